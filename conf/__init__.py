@@ -1,0 +1,1 @@
+"""Hydra configs of eval_learn, installed as the package data ``eval_learn.conf``."""

@@ -1,0 +1,59 @@
+"""``python -m eval_learn`` / ``eval-learn``: the Hydra application.
+
+    python -m eval_learn model=tiny technique=esd metric=asr
+    python -m eval_learn -m technique=free_run,esd metric=asr        # a sweep, one folder per job
+    python -m eval_learn technique=esd ~metric +metrics=[asr]        # one technique, several metrics
+    python -m eval_learn path/to/run.yaml|run.json [overrides]       # a seed-format or saved (.hydra) config
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from eval_learn.app import build_runner
+from eval_learn.models import CONF_DIR
+
+log = logging.getLogger("eval_learn")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    runner = build_runner(data)  # type: ignore[arg-type]
+    report = runner.run()
+    result = report.get("metric_result")
+    return result["value"] if result else None
+
+
+def _config_file_argv(argv: list[str]) -> list[str]:
+    """``eval-learn FILE [overrides]`` → Hydra arguments that make FILE the primary config.
+
+    The file may be JSON or YAML, in the seed page's format or a finished run's ``.hydra/config.yaml``; it is copied
+    as YAML into a temporary folder, and the package's config groups stay on the search path for overrides.
+    """
+    if not argv or argv[0].startswith("-") or "=" in argv[0]:
+        return argv
+    path = Path(argv[0])
+    if path.suffix not in {".yaml", ".yml", ".json"}:
+        return argv
+    if not path.is_file():
+        raise SystemExit(f"eval-learn: config file '{path}' does not exist")
+    data = OmegaConf.load(path)
+    folder = Path(tempfile.mkdtemp(prefix="eval_learn_config_"))
+    OmegaConf.save(data, folder / "run.yaml")
+    return ["--config-path", str(folder), "--config-name", "run", f"hydra.searchpath=[file://{CONF_DIR}]", *argv[1:]]
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *_config_file_argv(sys.argv[1:])]
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Strict dataclass configs: unknown keys, wrong types and impossible values fail before any model loads.
+
+The predecessor silently dropped unknown keys, so a typo such as ``trian_method`` ran the default and produced a
+wrong number with no warning. Every technique, metric and model config here is a dataclass read through
+:func:`from_mapping`, which rejects unknown keys (suggesting the nearest field), coerces only lossless types and
+runs the class's ``validate()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, Union
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or impossible."""
+
+
+def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}.{did_you_mean(str(value), map(str, choices))}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, typing.Sequence):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_mapping(cls: type[C], data: Mapping[str, Any] | None, where: str) -> C:
+    """Build the dataclass ``cls`` from ``data``, strictly. ``where`` names the config in error messages."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(
+            f"{where}: unknown key '{key}'.{did_you_mean(key, fields)} Valid keys: {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: required key '{name}' is missing")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return obj
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The resolved config (defaults filled in), as plain JSON-ready data."""
+    return dataclasses.asdict(config)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

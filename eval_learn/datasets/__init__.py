@@ -1,0 +1,1 @@
+"""Prompt sets that metrics own and load."""

@@ -1,0 +1,1 @@
+"""Judges: detectors and classifiers that decide what an image shows, with recorded settings."""

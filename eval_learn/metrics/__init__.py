@@ -1,0 +1,1 @@
+"""Metrics, one per module; each owns its prompt dataset. See :mod:`eval_learn.registry` for the names."""

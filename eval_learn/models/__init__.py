@@ -1,0 +1,128 @@
+"""Base models: which diffusion pipeline a run starts from, and how it is loaded.
+
+A model config (``conf/model/<name>.yaml``) names the weights (``id``: a hub id, a local folder, or a built-in
+offline model) and the generation defaults that belong to them (steps, guidance, resolution). Techniques never
+hard-code a base model; the runner hands them this spec.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eval_learn.configs import ConfigError, from_mapping, require
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODELS = ("tiny",)
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+if not CONF_DIR.is_dir():  # source checkout / editable install: conf/ sits beside the package
+    CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    id: str
+    revision: str | None = None
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    height: int = 512
+    width: int = 512
+    # Prompt set each metric family uses by default with this model ("auto"); empty for real models (→ I2P etc.).
+    default_datasets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        return self.id in BUILTIN_MODELS
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the weights (for the technique weight cache); not the generation defaults."""
+        return {"id": self.id, "revision": self.revision}
+
+    def validate(self) -> None:
+        require(self.num_inference_steps > 0, "num_inference_steps must be positive")
+        require(self.height % 8 == 0 and self.width % 8 == 0, "height and width must be multiples of 8")
+        require(bool(self.id), "id must name a hub model, a local folder or a built-in model")
+
+
+def model_config_names() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def resolve_model(spec: str | dict[str, Any] | ModelSpec) -> ModelSpec:
+    """A model config name (``sd14``), a hub id / local folder, a mapping, or a ModelSpec → ModelSpec."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, str):
+        path = CONF_DIR / "model" / f"{spec}.yaml"
+        if path.is_file():
+            spec = yaml.safe_load(path.read_text())
+        elif "/" in spec or os.path.isdir(spec):
+            spec = {"name": spec, "id": spec}
+        else:
+            from eval_learn.configs import did_you_mean
+
+            raise ConfigError(
+                f"Unknown model '{spec}'.{did_you_mean(spec, model_config_names())} "
+                f"Use one of {model_config_names()}, a hub id such as 'CompVis/stable-diffusion-v1-4', or a local folder."
+            )
+    return from_mapping(ModelSpec, spec, "model")
+
+
+def _offline_message(spec: ModelSpec, reason: str) -> str:
+    return (
+        f"Model '{spec.id}' cannot be loaded: {reason}. It is neither in the local Hugging Face cache nor reachable "
+        f"on the hub. Run with network access once to cache it, point model.id at a local folder, or use an offline "
+        f"model: {', '.join(BUILTIN_MODELS)} (model=tiny)."
+    )
+
+
+def ensure_available(spec: ModelSpec) -> None:
+    """Fail fast, before any other model loads, when the base weights cannot be had."""
+    if spec.builtin or os.path.isdir(spec.id):
+        return
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot_download(spec.id, revision=spec.revision, local_files_only=True)
+        return
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        raise RuntimeError(_offline_message(spec, "HF_HUB_OFFLINE is set"))
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(spec.id, revision=spec.revision, timeout=10)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not reachable"
+        raise RuntimeError(_offline_message(spec, f"{type(err).__name__}: {err}")) from None
+
+
+def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:
+    """Load the base text-to-image pipeline with the safety checker off (the benchmark judges images itself)."""
+    if spec.id == "tiny":
+        from eval_learn.models.tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline()
+    else:
+        ensure_available(spec)
+        from diffusers import AutoPipelineForText2Image
+
+        kwargs: dict[str, Any] = {"torch_dtype": dtype, "revision": spec.revision}
+        pipe = AutoPipelineForText2Image.from_pretrained(spec.id, safety_checker=None, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return cast_pipeline(pipe, device, dtype)
+
+
+def cast_pipeline(pipe: Any, device: str, dtype: Any) -> Any:
+    """Move ``pipe``; cast only when the dtype really changes (diffusers warns on every no-op cast)."""
+    if pipe.unet.dtype != dtype:
+        pipe = pipe.to(dtype=dtype)
+    return pipe.to(device)

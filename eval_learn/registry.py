@@ -1,0 +1,110 @@
+"""Name → class registries for techniques and metrics, plus the compatibility rules between them.
+
+Option name = config file stem = registry key: ``technique=esd`` selects ``conf/technique/esd.yaml`` whose
+``name: esd`` resolves here. Built-in entries are imported lazily (``module:Class``) so that listing names or
+validating a config imports no model code. Third-party packages add entries through the entry-point groups
+``eval_learn.techniques`` and ``eval_learn.metrics``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from eval_learn.configs import did_you_mean
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, entry_point_group: str) -> None:
+        self.kind = kind
+        self.group = entry_point_group
+        self._targets: dict[str, str | type[T]] = {}
+        self._aliases: dict[str, str] = {}
+        self._entry_points_loaded = False
+
+    def add(self, name: str, target: str | type[T], aliases: tuple[str, ...] = ()) -> None:
+        if name in self._targets or name in self._aliases:
+            raise ValueError(f"{self.kind} '{name}' is registered twice")
+        self._targets[name] = target
+        for alias in aliases:
+            self._aliases[alias] = name
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.group):
+            if ep.name not in self._targets:
+                self._targets[ep.name] = ep.value
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._targets)
+
+    def canonical(self, name: str) -> str:
+        """The registry key for ``name`` (aliases resolved); ValueError with a suggestion if unknown."""
+        self._load_entry_points()
+        key = self._aliases.get(name, name)
+        if key not in self._targets:
+            known = self.names() + sorted(self._aliases)
+            raise ValueError(
+                f"Unknown {self.kind} '{name}'.{did_you_mean(name, known)} Available: {', '.join(self.names())}"
+            )
+        return key
+
+    def get(self, name: str) -> type[T]:
+        key = self.canonical(name)
+        target = self._targets[key]
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            target = getattr(importlib.import_module(module), attr)
+            self._targets[key] = target
+        return target
+
+
+# A rule sees (technique name, resolved technique config, metric name, resolved metric config) and returns an error
+# message when the pair cannot give a meaningful number, or None.
+CompatibilityRule = Callable[[str, Any, str, Any], "str | None"]
+_RULES: list[CompatibilityRule] = []
+
+
+def compatibility_rule(rule: CompatibilityRule) -> CompatibilityRule:
+    """Register a rule that every technique–metric pair is checked against at runner construction."""
+    _RULES.append(rule)
+    return rule
+
+
+def check_compatible(technique_name: str, technique_cfg: Any, metric_name: str, metric_cfg: Any) -> None:
+    for rule in _RULES:
+        problem = rule(technique_name, technique_cfg, metric_name, metric_cfg)
+        if problem:
+            raise ValueError(f"Incompatible pair technique '{technique_name}' × metric '{metric_name}': {problem}")
+
+
+@compatibility_rule
+def _concept_must_match(technique_name: str, technique_cfg: Any, metric_name: str, metric_cfg: Any) -> str | None:
+    """A metric that measures one concept only makes sense for a technique that erased that concept."""
+    erased = getattr(technique_cfg, "erased_concepts", lambda: None)()
+    measured = getattr(metric_cfg, "measured_concept", lambda: None)()
+    if erased is None or measured is None:
+        return None
+    if measured.lower() not in {c.lower() for c in erased}:
+        return (
+            f"the metric measures '{measured}' but the technique erases {sorted(erased)}; "
+            f"set the metric's concept to one of them, or use technique=free_run for a baseline"
+        )
+    return None
+
+
+TECHNIQUES: Registry[Any] = Registry("technique", "eval_learn.techniques")
+METRICS: Registry[Any] = Registry("metric", "eval_learn.metrics")
+
+TECHNIQUES.add("free_run", "eval_learn.techniques.free_run:FreeRun")
+TECHNIQUES.add("esd", "eval_learn.techniques.esd:ESD")
+METRICS.add("asr", "eval_learn.metrics.asr:ASR", aliases=("asr_i2p",))

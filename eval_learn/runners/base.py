@@ -1,0 +1,148 @@
+"""What both runners share: validation at construction, and the generate → update loop of one metric."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from eval_learn.artifacts import write_json
+from eval_learn.configs import ConfigError, from_mapping
+from eval_learn.metrics.base import Metric
+from eval_learn.models import ensure_available, resolve_model
+from eval_learn.registry import METRICS, TECHNIQUES, check_compatible
+from eval_learn.runtime import RunContext, default_cache_dir, environment, peak_memory, resolve_device, resolve_dtype
+from eval_learn.techniques.base import Technique
+from eval_learn.types import MetricResult
+
+log = logging.getLogger(__name__)
+
+
+class MetricSpec:
+    """A metric name resolved to its class and strictly parsed config."""
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None, context: RunContext) -> None:
+        self.requested_name = name
+        self.name = METRICS.canonical(name)
+        self.cls: type[Metric] = METRICS.get(self.name)
+        self.config = from_mapping(self.cls.config_cls, config, f"metric '{name}' config")
+        self.dataset_name = self.cls.dataset_name(self.config, context.model)
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+
+class BaseRunner:
+    def __init__(
+        self,
+        technique_name: str,
+        technique_config: Mapping[str, Any] | None,
+        output_dir: str | Path,
+        seed: int,
+        model: str | Mapping[str, Any],
+        batch_size: int,
+        device: str,
+        dtype: str,
+        cache_dir: str | Path | None,
+    ) -> None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.technique_name = TECHNIQUES.canonical(technique_name)
+        self.technique_cls: type[Technique] = TECHNIQUES.get(self.technique_name)
+        self.technique_config = from_mapping(self.technique_cls.config_cls, technique_config,
+                                             f"technique '{technique_name}' config")
+        resolved_device = resolve_device(device)
+        self.context = RunContext(
+            model=resolve_model(dict(model) if isinstance(model, Mapping) else model),
+            device=resolved_device,
+            dtype=resolve_dtype(dtype, resolved_device),
+            seed=seed,
+            cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+        )
+        self.output_dir = Path(output_dir)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.timings: dict[str, float] = {}
+
+    def _metric_spec(self, name: str, config: Mapping[str, Any] | None) -> MetricSpec:
+        spec = MetricSpec(name, config, self.context)
+        check_compatible(self.technique_name, self.technique_config, spec.name, spec.config)
+        return spec
+
+    def _timed(self, key: str, start: float) -> None:
+        self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 4)
+
+    def _build_technique(self) -> Technique:
+        start = time.perf_counter()
+        log.info("Instantiating technique <%s>", self.technique_name)
+        technique = self.technique_cls(self.technique_config, self.context)
+        technique.prepare()
+        self._timed("technique_prepare_s", start)
+        return technique
+
+    def _setup_metric(self, spec: MetricSpec) -> tuple[Metric, Any]:
+        start = time.perf_counter()
+        log.info("Instantiating metric <%s>", spec.name)
+        metric = spec.cls(spec.config, self.context)
+        metric.setup()
+        self._timed("metric_setup_s", start)
+        start = time.perf_counter()
+        dataset = metric.load_dataset()
+        self._timed("dataset_load_s", start)
+        log.info("Metric <%s>: %d prompts from %s", spec.name, len(dataset), dataset.metadata.get("source"))
+        return metric, dataset
+
+    def _evaluate(self, technique: Technique, metric: Metric, dataset: Any, folder: Path) -> tuple[MetricResult, list]:
+        """Generate batch by batch, judge, write each image at once; no image outlives its batch."""
+        images_dir = folder / "images"
+        images_dir.mkdir(parents=True, exist_ok=True)
+        entries: list[dict[str, Any]] = []
+        settings = technique.generation_settings()
+        for batch in tqdm(dataset.batches(self.batch_size), desc=f"{technique.name} × {metric.name}", unit="batch"):
+            start = time.perf_counter()
+            images = technique.generate(batch)
+            self._timed("generation_s", start)
+            start = time.perf_counter()
+            judgements = metric.update(images, batch)
+            self._timed("metric_update_s", start)
+            for image, record, judgement in zip(images, batch, judgements, strict=True):
+                file = f"images/{record.index:05d}.png"
+                image.save(folder / file)
+                guidance = record.guidance_scale if record.guidance_scale is not None else settings["guidance_scale"]
+                entries.append({"file": file, "index": record.index, "prompt": record.prompt, "seed": record.seed,
+                                "guidance_scale": guidance, "categories": list(record.categories),
+                                "source": record.extra, "judgement": judgement})
+        start = time.perf_counter()
+        result = metric.compute()
+        self._timed("metric_compute_s", start)
+        return result, entries
+
+    def _check_model(self) -> None:
+        ensure_available(self.context.model)
+
+    def _common_report(self, technique: Technique | None) -> dict[str, Any]:
+        settings = technique.generation_settings() if technique is not None else {}
+        return {
+            "model": asdict(self.context.model),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "device": self.context.device,
+            "dtype": str(self.context.dtype).removeprefix("torch."),
+            "generation": settings,
+            "technique_info": technique.info if technique is not None else {},
+            "timings": dict(self.timings),
+            "peak_memory": peak_memory(self.context.device),
+            "environment": environment(),
+        }
+
+    @staticmethod
+    def _write_metric_files(folder: Path, report: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+        write_json(folder / "metadata.json", {"run_id": report["run_id"], "images": entries})
+        write_json(folder / "report.json", report)

@@ -1,0 +1,100 @@
+"""Device, dtype, cache location and the environment facts a report records."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval_learn.configs import ConfigError
+from eval_learn.models import ModelSpec
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` → CUDA when present, else CPU. Asking for CUDA on a machine without it is an error, not a fallback."""
+    device = device or "auto"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' was requested but CUDA is not available on this machine; use device=auto or cpu")
+    if device not in {"cpu", "mps"} and not device.startswith("cuda"):
+        raise ConfigError(f"device '{device}' is not one of auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
+    """``auto`` → fp16 on CUDA (the field's standard for SD inference), fp32 elsewhere."""
+    dtype = dtype or "auto"
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype '{dtype}' is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EVAL_LEARN_CACHE", Path.home() / ".cache" / "eval_learn"))
+
+
+@dataclass
+class RunContext:
+    """What techniques and metrics share within one run."""
+
+    model: ModelSpec
+    device: str
+    dtype: torch.dtype
+    seed: int
+    cache_dir: Path
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and hardware: what a reader needs to reproduce or distrust a number."""
+    from eval_learn import __version__
+
+    packages = ["torch", "diffusers", "transformers", "hydra-core", "nudenet", "onnxruntime", "numpy", "pillow"]
+    env: dict[str, Any] = {
+        "eval_learn": __version__,
+        "git_sha": _git_sha(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": {p: _version(p) for p in packages},
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def peak_memory(device: str) -> dict[str, float | None]:
+    import resource
+
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"cpu_max_rss_mb": round(rss_kb / 1024, 1), "cuda_max_allocated_mb": cuda}

@@ -1,0 +1,1 @@
+"""Concept-erasure techniques, one per module; see :mod:`eval_learn.registry` for the names."""
