@@ -1,9 +1,9 @@
 """``python -m eval_learn`` / ``eval-learn``: the Hydra application.
 
-    python -m eval_learn model=tiny technique=esd metric=asr
-    python -m eval_learn -m technique=free_run,esd metric=asr        # a sweep, one folder per job
-    python -m eval_learn technique=esd ~metric +metrics=[asr]        # one technique, several metrics
-    python -m eval_learn path/to/run.yaml|run.json [overrides]       # a seed-format or saved (.hydra) config
+python -m eval_learn model=tiny technique=esd metric=asr
+python -m eval_learn -m technique=free_run,esd metric=asr        # a sweep, one folder per job
+python -m eval_learn technique=esd ~metric +metrics=[asr]        # one technique, several metrics
+python -m eval_learn path/to/run.yaml|run.json [overrides]       # a seed-format or saved (.hydra) config
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ class RunConfig:
     dtype: str = "auto"
     output_dir: str = "results"
     cache_dir: str | None = None
+    batch_invariant: bool = True
 
 
 def _metric_list(metrics: Any) -> list[NamedConfig]:
@@ -56,6 +57,7 @@ def build_runner(data: Mapping[str, Any]) -> SingleBenchmarkRunner | MultiBenchm
         "device": cfg.device,
         "dtype": cfg.dtype,
         "cache_dir": cfg.cache_dir,
+        "batch_invariant": cfg.batch_invariant,
     }
     if cfg.metric is not None and cfg.metrics is not None:
         raise ConfigError(

@@ -9,8 +9,14 @@ from pathlib import Path
 from typing import Any
 
 
-def make_run_id(technique_name: str, technique_config: Any, metric_name: Any, metric_config: Any,
-                dataset_name: Any, timestamp: float) -> str:
+def make_run_id(
+    technique_name: str,
+    technique_config: Any,
+    metric_name: Any,
+    metric_config: Any,
+    dataset_name: Any,
+    timestamp: float,
+) -> str:
     """First 8 hex chars of SHA-256 over names, resolved configs, dataset and timestamp (the seed page's formula)."""
     payload = {
         "technique": technique_name,

@@ -47,7 +47,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}.{did_you_mean(str(value), map(str, choices))}")
+            raise ConfigError(
+                f"{where}: {value!r} is not one of {list(choices)}.{did_you_mean(str(value), map(str, choices))}"
+            )
         return value
     if origin in (list, tuple):
         if isinstance(value, str) or not isinstance(value, typing.Sequence):
@@ -84,9 +86,7 @@ def from_mapping(cls: type[C], data: Mapping[str, Any] | None, where: str) -> C:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
-        raise ConfigError(
-            f"{where}: unknown key '{key}'.{did_you_mean(key, fields)} Valid keys: {sorted(fields)}"
-        )
+        raise ConfigError(f"{where}: unknown key '{key}'.{did_you_mean(key, fields)} Valid keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():

@@ -4,6 +4,11 @@ Every prompt gets its own ``torch.Generator`` seeded from its record, created on
 is the same on every device; with a deterministic sampler (DDIM, PNDM, ...) an image therefore depends only on its
 prompt, seed and settings, not on which batch it landed in. Prompts that carry their own guidance scale (I2P's
 ``sd_guidance_scale``) are grouped so that each pipeline call has one scale.
+
+Batched matrix products round differently for different batch shapes, so a batched image can differ from the same
+image rendered alone by one grey level in a few pixels. With ``batch_invariant`` (the default) each prompt is run
+through the pipeline on its own and images are bit-identical whatever the batch size; turn it off on a GPU for
+throughput when last-bit equality across batch sizes does not matter.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ def generate_images(
     guidance_scale: float,
     height: int,
     width: int,
+    batch_invariant: bool = True,
     **pipe_kwargs: Any,
 ) -> list[Image]:
     """Render ``records`` in order; a record's own ``guidance_scale`` wins over the default."""
@@ -33,7 +39,12 @@ def generate_images(
         scale = record.guidance_scale if record.guidance_scale is not None else guidance_scale
         groups[float(scale)].append(i)
     images: list[Image | None] = [None] * len(records)
-    for scale, positions in groups.items():
+    calls = (
+        [(scale, [i]) for scale, positions in groups.items() for i in positions]
+        if batch_invariant
+        else list(groups.items())
+    )
+    for scale, positions in calls:
         generators = [torch.Generator("cpu").manual_seed(records[i].seed) for i in positions]
         with torch.inference_mode():
             out = pipe(

@@ -16,8 +16,14 @@ import torch
 from eval_learn.configs import ConfigError
 from eval_learn.models import ModelSpec
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def resolve_device(device: str | None) -> str:
@@ -26,7 +32,9 @@ def resolve_device(device: str | None) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' was requested but CUDA is not available on this machine; use device=auto or cpu")
+        raise ConfigError(
+            f"device '{device}' was requested but CUDA is not available on this machine; use device=auto or cpu"
+        )
     if device not in {"cpu", "mps"} and not device.startswith("cuda"):
         raise ConfigError(f"device '{device}' is not one of auto, cpu, cuda, cuda:N, mps")
     return device
@@ -55,6 +63,7 @@ class RunContext:
     dtype: torch.dtype
     seed: int
     cache_dir: Path
+    batch_invariant: bool = True
 
 
 def _version(package: str) -> str | None:
@@ -66,8 +75,9 @@ def _version(package: str) -> str | None:
 
 def _git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -79,7 +79,9 @@ def read_prompt_csv(
                 seed = int(float(seed_text)) if seed_text is not None else base_seed + index
                 guidance = float(guidance_text) if guidance_text is not None else None
             except ValueError:
-                raise ConfigError(f"{path}, line {line}: seed {seed_text!r} or guidance {guidance_text!r} is not a number") from None
+                raise ConfigError(
+                    f"{path}, line {line}: seed {seed_text!r} or guidance {guidance_text!r} is not a number"
+                ) from None
             extra: dict[str, Any] = {"source_line": line}
             for key in ("case_number", "sd_image_width", "sd_image_height"):
                 if row.get(key):
@@ -112,9 +114,11 @@ def load_i2p_format(
     base_seed: int,
 ) -> PromptDataset:
     source = str(path) if path is not None else f"hf://{I2P_REPO}"
-    records = read_prompt_csv(path if path is not None else download_i2p(), category=category, limit=limit,
-                              base_seed=base_seed)
+    records = read_prompt_csv(
+        path if path is not None else download_i2p(), category=category, limit=limit, base_seed=base_seed
+    )
     if not records:
         raise ConfigError(f"dataset '{name}' ({source}) has no prompts in category '{category}'")
-    return PromptDataset(name, records, {"source": source, "category": category, "limit": limit,
-                                         "total_loaded": len(records)})
+    return PromptDataset(
+        name, records, {"source": source, "category": category, "limit": limit, "total_loaded": len(records)}
+    )

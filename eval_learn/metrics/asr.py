@@ -39,20 +39,27 @@ class ASRConfig(MetricConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.concept in I2P_CATEGORY, f"concept '{self.concept}' has no judge yet; supported: {sorted(I2P_CATEGORY)}")
+        require(
+            self.concept in I2P_CATEGORY,
+            f"concept '{self.concept}' has no judge yet; supported: {sorted(I2P_CATEGORY)}",
+        )
         if self.threshold is not None:
             require(0.0 < self.threshold < 1.0, f"threshold must lie in (0, 1), got {self.threshold}")
         if self.nudenet_classes is not None:
             unknown = sorted(set(self.nudenet_classes) - set(ALL_EXPOSED))
-            require(not unknown and bool(self.nudenet_classes),
-                    f"nudenet_classes must be a non-empty subset of {list(ALL_EXPOSED)}; unknown: {unknown}")
+            require(
+                not unknown and bool(self.nudenet_classes),
+                f"nudenet_classes must be a non-empty subset of {list(ALL_EXPOSED)}; unknown: {unknown}",
+            )
         if self.prompts_path is not None:
             check_prompt_file(self.prompts_path)
 
     def judge_classes(self) -> tuple[tuple[str, ...], float]:
         classes, threshold = PRESETS[self.judge_preset]
-        return (tuple(self.nudenet_classes) if self.nudenet_classes else classes,
-                self.threshold if self.threshold is not None else threshold)
+        return (
+            tuple(self.nudenet_classes) if self.nudenet_classes else classes,
+            self.threshold if self.threshold is not None else threshold,
+        )
 
     def resolved_category(self) -> str | None:
         return I2P_CATEGORY[self.concept] if self.category == "auto" else self.category
@@ -122,8 +129,12 @@ class ASR(Metric):
             "images_per_class": class_counts,
             "ci95_wilson": wilson_interval(len(unsafe), total),
             "concept": self.config.concept,
-            "judge": {"name": "nudenet", "preset": self.config.judge_preset, "classes": list(classes),
-                      "threshold": threshold},
+            "judge": {
+                "name": "nudenet",
+                "preset": self.config.judge_preset,
+                "classes": list(classes),
+                "threshold": threshold,
+            },
         }
         if total == 0:
             details["error"] = "no images were judged"

@@ -28,13 +28,13 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, chars)))
+    return dict(zip(printable, map(chr, chars), strict=True))
 
 
 def _bpe(word: tuple[str, ...], ranks: dict[tuple[str, str], int]) -> tuple[str, ...]:
     """Apply merges lowest-rank first, as CLIP's tokenizer does."""
     while len(word) > 1:
-        pairs = [(ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(word, word[1:]))]
+        pairs = [(ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(word, word[1:], strict=False))]
         rank, i = min(pairs)
         if rank == 1 << 30:
             break

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from eval_learn.artifacts import write_json
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.metrics.base import Metric
-from eval_learn.models import ensure_available, resolve_model
+from eval_learn.models import ensure_available, resolve_model, technique_preset
 from eval_learn.registry import METRICS, TECHNIQUES, check_compatible
 from eval_learn.runtime import RunContext, default_cache_dir, environment, peak_memory, resolve_device, resolve_dtype
 from eval_learn.techniques.base import Technique
@@ -49,6 +49,7 @@ class BaseRunner:
         device: str,
         dtype: str,
         cache_dir: str | Path | None,
+        batch_invariant: bool = True,
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
@@ -56,15 +57,20 @@ class BaseRunner:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.technique_name = TECHNIQUES.canonical(technique_name)
         self.technique_cls: type[Technique] = TECHNIQUES.get(self.technique_name)
-        self.technique_config = from_mapping(self.technique_cls.config_cls, technique_config,
-                                             f"technique '{technique_name}' config")
+        model_spec = resolve_model(dict(model) if isinstance(model, Mapping) else model)
+        self.technique_config = from_mapping(
+            self.technique_cls.config_cls,
+            {**technique_preset(model_spec, self.technique_name), **(technique_config or {})},
+            f"technique '{technique_name}' config",
+        )
         resolved_device = resolve_device(device)
         self.context = RunContext(
-            model=resolve_model(dict(model) if isinstance(model, Mapping) else model),
+            model=model_spec,
             device=resolved_device,
             dtype=resolve_dtype(dtype, resolved_device),
             seed=seed,
             cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+            batch_invariant=bool(batch_invariant),
         )
         self.output_dir = Path(output_dir)
         self.seed = seed
@@ -116,9 +122,18 @@ class BaseRunner:
                 file = f"images/{record.index:05d}.png"
                 image.save(folder / file)
                 guidance = record.guidance_scale if record.guidance_scale is not None else settings["guidance_scale"]
-                entries.append({"file": file, "index": record.index, "prompt": record.prompt, "seed": record.seed,
-                                "guidance_scale": guidance, "categories": list(record.categories),
-                                "source": record.extra, "judgement": judgement})
+                entries.append(
+                    {
+                        "file": file,
+                        "index": record.index,
+                        "prompt": record.prompt,
+                        "seed": record.seed,
+                        "guidance_scale": guidance,
+                        "categories": list(record.categories),
+                        "source": record.extra,
+                        "judgement": judgement,
+                    }
+                )
         start = time.perf_counter()
         result = metric.compute()
         self._timed("metric_compute_s", start)

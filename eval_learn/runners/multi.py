@@ -35,9 +35,20 @@ class MultiBenchmarkRunner(BaseRunner):
         device: str = "auto",
         dtype: str = "auto",
         cache_dir: str | Path | None = None,
+        batch_invariant: bool = True,
     ) -> None:
-        super().__init__(technique_name, technique_config, output_dir, seed, model, batch_size, device, dtype,
-                         cache_dir)
+        super().__init__(
+            technique_name,
+            technique_config,
+            output_dir,
+            seed,
+            model,
+            batch_size,
+            device,
+            dtype,
+            cache_dir,
+            batch_invariant,
+        )
         if isinstance(metric_names, str) or not metric_names:
             raise ConfigError("metric_names must be a non-empty list of metric names")
         metric_configs = dict(metric_configs or {})
@@ -55,8 +66,14 @@ class MultiBenchmarkRunner(BaseRunner):
         timestamp = time.time()
         technique_config = asdict(self.technique_config)
         configs = {m.name: m.config_dict() for m in self.metrics}
-        run_id = make_run_id(self.technique_name, technique_config, sorted(configs), configs,
-                             sorted(m.dataset_name for m in self.metrics), timestamp)
+        run_id = make_run_id(
+            self.technique_name,
+            technique_config,
+            sorted(configs),
+            configs,
+            sorted(m.dataset_name for m in self.metrics),
+            timestamp,
+        )
         root = self.output_dir / run_id
         log.info("Run %s → %s", run_id, root)
         self._check_model()

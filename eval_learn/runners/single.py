@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +39,29 @@ class SingleBenchmarkRunner(BaseRunner):
         device: str = "auto",
         dtype: str = "auto",
         cache_dir: str | Path | None = None,
+        batch_invariant: bool = True,
     ) -> None:
-        super().__init__(technique_name, technique_config, output_dir, seed, model, batch_size, device, dtype,
-                         cache_dir)
+        super().__init__(
+            technique_name,
+            technique_config,
+            output_dir,
+            seed,
+            model,
+            batch_size,
+            device,
+            dtype,
+            cache_dir,
+            batch_invariant,
+        )
         self.metric = self._metric_spec(metric_name, metric_config)
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         timestamp = time.time()
         technique_config, metric_config = asdict(self.technique_config), self.metric.config_dict()
-        run_id = make_run_id(self.technique_name, technique_config, self.metric.name, metric_config,
-                             self.metric.dataset_name, timestamp)
+        run_id = make_run_id(
+            self.technique_name, technique_config, self.metric.name, metric_config, self.metric.dataset_name, timestamp
+        )
         folder = self.output_dir / run_id
         log.info("Run %s → %s", run_id, folder)
         self._check_model()

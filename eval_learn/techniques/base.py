@@ -60,10 +60,12 @@ class Technique:
         model = self.context.model
         return {
             "num_inference_steps": self.config.num_inference_steps or model.num_inference_steps,
-            "guidance_scale": self.config.guidance_scale if self.config.guidance_scale is not None
+            "guidance_scale": self.config.guidance_scale
+            if self.config.guidance_scale is not None
             else model.guidance_scale,
             "height": model.height,
             "width": model.width,
+            "batch_invariant": self.context.batch_invariant,
         }
 
     def generate(self, records: list[PromptRecord]) -> list[Image]:

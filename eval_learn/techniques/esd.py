@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,8 +41,17 @@ log = logging.getLogger(__name__)
 
 TrainMethod = Literal["noxattn", "xattn", "selfattn", "full"]
 ALGORITHM_VERSION = 1  # bump when a change would make cached weights differ for the same config
-_TRAINING_KEYS = ("erase_concept", "erase_from", "train_method", "negative_guidance", "train_steps",
-                  "learning_rate", "sample_steps", "sample_guidance", "train_seed")
+_TRAINING_KEYS = (
+    "erase_concept",
+    "erase_from",
+    "train_method",
+    "negative_guidance",
+    "train_steps",
+    "learning_rate",
+    "sample_steps",
+    "sample_guidance",
+    "train_seed",
+)
 
 
 @dataclass
@@ -73,8 +83,10 @@ class ESDConfig(TechniqueConfig):
 
     def cache_key(self, model_fingerprint: dict) -> str:
         training = {k: asdict(self)[k] for k in _TRAINING_KEYS}
-        blob = json.dumps({"technique": "esd", "version": ALGORITHM_VERSION, "config": training,
-                           "model": model_fingerprint}, sort_keys=True)
+        blob = json.dumps(
+            {"technique": "esd", "version": ALGORITHM_VERSION, "config": training, "model": model_fingerprint},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -121,8 +133,13 @@ class ESDTrainer:
         self.generator = torch.Generator("cpu").manual_seed(config.train_seed)
 
     def _encode(self, text: str) -> torch.Tensor:
-        tok = self.pipe.tokenizer(text, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt")
+        tok = self.pipe.tokenizer(
+            text,
+            padding="max_length",
+            max_length=self.pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         return self.pipe.text_encoder(tok.input_ids.to(self.device))[0]
 
     @torch.no_grad()
@@ -144,8 +161,9 @@ class ESDTrainer:
         with torch.no_grad():
             e_null = self.frozen(x_t, t, encoder_hidden_states=self.emb_null).sample
             e_concept = self.frozen(x_t, t, encoder_hidden_states=self.emb_concept).sample
-            e_from = (self.frozen(x_t, t, encoder_hidden_states=self.emb_from).sample
-                      if self.config.erase_from else e_concept)
+            e_from = (
+                self.frozen(x_t, t, encoder_hidden_states=self.emb_from).sample if self.config.erase_from else e_concept
+            )
         return e_from - self.config.negative_guidance * (e_concept - e_null)
 
     def loss(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -173,8 +191,9 @@ class ESDTrainer:
 def load_unet_weights(unet: torch.nn.Module, path: str | Path) -> int:
     """Load a (partial) UNet state dict from safetensors or a ``.pt`` file; returns how many tensors were set."""
     path = str(path)
-    state = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu",
-                                                                              weights_only=True)
+    state = (
+        load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu", weights_only=True)
+    )
     own = unet.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:
@@ -207,11 +226,20 @@ class ESD(Technique):
             n = load_unet_weights(self.pipe.unet, source)
             log.info("ESD: loaded %d trained tensors from %s (training skipped)", n, source)
             self.info.update(trained=False, weights_loaded_from=source)
+            if cfg.save_path and Path(cfg.save_path).resolve() != Path(source).resolve():
+                Path(cfg.save_path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, cfg.save_path)  # the user asked for the weights there, trained or not
+                self.info["saved_to"] = [cfg.save_path]
         else:
             model = self.context.model
             trainer = ESDTrainer(self.pipe, cfg, self.device, model.height, model.width)
-            log.info("ESD: training %d tensors (%s) for %d steps to erase '%s'", len(trainer.params),
-                     cfg.train_method, cfg.train_steps, cfg.erase_concept)
+            log.info(
+                "ESD: training %d tensors (%s) for %d steps to erase '%s'",
+                len(trainer.params),
+                cfg.train_method,
+                cfg.train_steps,
+                cfg.erase_concept,
+            )
             losses = trainer.train()
             state = trainer.trained_state()
             del trainer
@@ -221,6 +249,12 @@ class ESD(Technique):
             for target in targets:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 save_file(state, str(target), metadata=meta)
-            self.info.update(trained=True, trained_tensors=len(state), first_loss=losses[0] if losses else None,
-                             last_loss=losses[-1] if losses else None, losses=losses, saved_to=[str(t) for t in targets])
+            self.info.update(
+                trained=True,
+                trained_tensors=len(state),
+                first_loss=losses[0] if losses else None,
+                last_loss=losses[-1] if losses else None,
+                losses=losses,
+                saved_to=[str(t) for t in targets],
+            )
         self.pipe = cast_pipeline(self.pipe, self.device, dtype)

@@ -1,0 +1,125 @@
+"""The Hydra app as a user runs it: overrides, multirun, several metrics, config files, reproducing a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+
+def reports(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*/report.json"))
+
+
+def image_bytes(report: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((report.parent / "images").glob("*.png"))}
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    out = tmp_path / "run"
+    proc = run_cli(
+        "model=tiny", "technique=esd", "metric=asr", "metric.config.limit=2", f"hydra.run.dir={out}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_single_run_and_reproducing_it_from_the_saved_config(finished_run, tmp_path) -> None:
+    (report,) = reports(finished_run)
+    first = json.loads(report.read_text())
+    assert first["technique_name"] == "esd" and first["technique_config"]["train_steps"] == 20  # tiny preset
+    saved = finished_run / ".hydra" / "config.yaml"
+    again = tmp_path / "again"
+    proc = run_cli(str(saved), f"hydra.run.dir={again}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (report2,) = reports(again)
+    second = json.loads(report2.read_text())
+    assert second["technique_config"] == first["technique_config"]
+    assert second["metric_result"]["value"] == first["metric_result"]["value"]
+    assert image_bytes(report2) == image_bytes(report) and len(image_bytes(report)) == 2
+    assert second["technique_info"]["trained"] is False  # the ESD weights came from the cache
+
+
+def test_multirun_puts_every_job_in_its_own_folder(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m",
+        "model=tiny",
+        "technique=free_run,esd",
+        "metric=asr",
+        "metric.config.limit=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    techniques = {}
+    for job in ("0", "1"):
+        (report,) = reports(sweep / job)
+        techniques[job] = json.loads(report.read_text())["technique_name"]
+    assert techniques == {"0": "free_run", "1": "esd"}
+
+
+def test_one_technique_against_several_metrics_from_the_command_line(tmp_path) -> None:
+    out = tmp_path / "multi"
+    proc = run_cli(
+        "technique=free_run",
+        "~metric",
+        "+metrics=[asr]",
+        "metrics.asr.config.limit=1",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (combined,) = sorted(out.glob("*/multi/report.json"))
+    assert json.loads(combined.read_text())["metric_names"] == ["asr"]
+    assert (combined.parent.parent / "asr" / "report.json").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_seed_page_config_file_runs_as_is(tmp_path, suffix) -> None:
+    config = {
+        "technique": {
+            "name": "esd",
+            "config": {
+                "erase_concept": "nudity",
+                "train_method": "noxattn",
+                "train_steps": 2,
+                "sample_steps": 3,
+                "save_path": "checkpoints/esd_nudity.safetensors",
+            },
+        },
+        "metric": {"name": "asr_i2p", "config": {"device": "cpu", "limit": 1}},
+        "output_dir": "results/esd_asr",
+        "model": "tiny",
+    }
+    path = tmp_path / f"esd_asr{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(config))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(config))
+    proc = run_cli(str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (report,) = reports(tmp_path / "results" / "esd_asr")
+    data = json.loads(report.read_text())
+    assert data["metric_result"]["name"] == "asr_demo" and data["technique_config"]["train_steps"] == 2
+    assert (tmp_path / "checkpoints" / "esd_nudity.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("technique.config.trian_method=xattn", "trian_method"),
+        ("technique=esdd", "esd"),
+        ("metric.config.limit=0", "limit must be a positive integer"),
+    ],
+)
+def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) -> None:
+    proc = run_cli("model=tiny", override, f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not list((tmp_path / "x").glob("*/images"))

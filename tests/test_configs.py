@@ -1,0 +1,70 @@
+"""Every config option composes, resolves in the registries and agrees with its dataclass defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from eval_learn.app import build_runner
+from eval_learn.models import CONF_DIR, resolve_model
+from eval_learn.registry import METRICS, TECHNIQUES
+
+TECHNIQUE_OPTIONS = sorted(p.stem for p in (CONF_DIR / "technique").glob("*.yaml"))
+METRIC_OPTIONS = sorted(p.stem for p in (CONF_DIR / "metric").glob("*.yaml"))
+MODEL_OPTIONS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def compose_run(overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    data = OmegaConf.to_container(cfg, resolve=False)
+    data["output_dir"] = "unused"
+    return data
+
+
+@pytest.mark.parametrize(
+    ("technique", "metric", "model"), list(itertools.product(TECHNIQUE_OPTIONS, METRIC_OPTIONS, MODEL_OPTIONS))
+)
+def test_every_combination_composes_and_validates(technique: str, metric: str, model: str) -> None:
+    data = compose_run([f"technique={technique}", f"metric={metric}", f"model={model}"])
+    assert data["technique"]["name"] == technique
+    assert data["metric"]["name"] == metric
+    assert set(data) >= {"technique", "metric", "model", "seed", "output_dir"}
+    # The whole chain up to the runner validates without loading anything (no network: sd14 is not touched).
+    runner = build_runner(data)
+    assert runner.context.model.name == model
+
+
+def test_option_name_is_registry_key_and_defaults_match_dataclasses() -> None:
+    for group, registry in (("technique", TECHNIQUES), ("metric", METRICS)):
+        for path in (CONF_DIR / group).glob("*.yaml"):
+            node = yaml.safe_load(path.read_text())
+            assert node["name"] == path.stem
+            cls = registry.get(path.stem)
+            defaults = {f.name: f.default for f in dataclasses.fields(cls.config_cls)}
+            assert node["config"] == defaults, f"{path} drifted from {cls.config_cls.__name__}"
+    assert sorted(TECHNIQUES.names()) == TECHNIQUE_OPTIONS
+    assert sorted(METRICS.names()) == METRIC_OPTIONS
+
+
+def test_every_metric_has_a_multi_select_wrapper() -> None:
+    assert sorted(p.stem for p in (CONF_DIR / "metrics").glob("*.yaml")) == METRIC_OPTIONS
+    data = compose_run(["~metric", "+metrics=[asr]"])
+    assert "metric" not in data
+    assert data["metrics"]["asr"]["name"] == "asr"
+
+
+@pytest.mark.parametrize("model", MODEL_OPTIONS)
+def test_model_configs_parse(model: str) -> None:
+    spec = resolve_model(model)
+    assert spec.name == model and spec.num_inference_steps > 0
+
+
+def test_default_config_is_offline() -> None:
+    data = compose_run([])
+    assert data["model"]["id"] == "tiny"

@@ -1,0 +1,122 @@
+"""ESD: the target matches the paper's formula, only the selected parameters move, the loss falls, weights cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eval_learn.configs import ConfigError, from_mapping
+from eval_learn.models import resolve_model
+from eval_learn.runtime import RunContext
+from eval_learn.techniques.esd import ESD, ESDConfig, ESDTrainer, select_parameters
+
+
+def esd_config(**overrides) -> ESDConfig:
+    return from_mapping(ESDConfig, {"train_steps": 3, "sample_steps": 4, **overrides}, "esd")
+
+
+def make_context(cache_dir) -> RunContext:
+    return RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0, cache_dir=cache_dir)
+
+
+def test_train_method_selects_exactly_its_parameters(tiny_pipe) -> None:
+    unet = tiny_pipe.unet
+    everything = {n for n, _ in unet.named_parameters()}
+    xattn, selfattn = set(select_parameters(unet, "xattn")), set(select_parameters(unet, "selfattn"))
+    noxattn = set(select_parameters(unet, "noxattn"))
+    assert xattn == {n for n in everything if ".attn2." in n}
+    assert {"to_q", "to_k", "to_v", "to_out"} <= {n.split(".attn2.")[1].split(".")[0] for n in xattn}
+    assert selfattn == {n for n in everything if ".attn1." in n and ".norm" not in n}
+    assert noxattn.isdisjoint(xattn) and selfattn <= noxattn
+    assert {"conv_in.weight", "conv_out.weight"} <= noxattn
+    assert any(".resnets." in n for n in noxattn)
+    assert not any(".norm" in n for n in noxattn)  # ESD-u trains linear and conv layers, not normalisation
+    assert set(select_parameters(unet, "full")) == everything
+
+
+def test_target_matches_negative_guidance_formula(tiny_pipe) -> None:
+    cfg = esd_config(negative_guidance=1.5, erase_concept="red", erase_from="photo")
+    trainer = ESDTrainer(tiny_pipe, cfg, "cpu", 64, 64)
+    x_t, t = trainer.sample_xt()
+    frozen = trainer.frozen
+    with torch.no_grad():
+        e_null = frozen(x_t, t, encoder_hidden_states=trainer._encode("")).sample
+        e_red = frozen(x_t, t, encoder_hidden_states=trainer._encode("red")).sample
+        e_photo = frozen(x_t, t, encoder_hidden_states=trainer._encode("photo")).sample
+    expected = e_photo - 1.5 * (e_red - e_null)
+    assert torch.allclose(trainer.target(x_t, t), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["xattn", "noxattn", "selfattn"])
+def test_training_changes_only_selected_parameters(tiny_pipe, method) -> None:
+    before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
+    text_before = {n: p.detach().clone() for n, p in tiny_pipe.text_encoder.named_parameters()}
+    trainer = ESDTrainer(tiny_pipe, esd_config(train_method=method, learning_rate=1e-3), "cpu", 64, 64)
+    trainer.train()
+    selected = set(trainer.params)
+    changed = {n for n, p in tiny_pipe.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= selected
+    assert len(changed) >= 0.5 * len(selected)
+    assert all(torch.equal(p, text_before[n]) for n, p in tiny_pipe.text_encoder.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in trainer.frozen.named_parameters())
+
+
+def test_esd_loss_falls_on_held_out_partial_samples(tiny_pipe) -> None:
+    torch.manual_seed(0)
+    trainer = ESDTrainer(
+        tiny_pipe,
+        esd_config(train_steps=60, learning_rate=3e-4, train_method="xattn", negative_guidance=3.0),
+        "cpu",
+        64,
+        64,
+    )
+    held_out = [trainer.sample_xt() for _ in range(6)]
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return sum(trainer.loss(x, t).item() for x, t in held_out) / len(held_out)
+
+    start = mean_loss()
+    losses = trainer.train()
+    end = mean_loss()
+    assert len(losses) == 60
+    assert end < 0.5 * start, (start, end)
+
+
+def test_second_run_hits_the_cache_and_save_load_paths_work(cache_dir, tmp_path, monkeypatch) -> None:
+    cfg = esd_config(save_path=str(tmp_path / "esd.safetensors"))
+    first = ESD(cfg, make_context(cache_dir))
+    first.prepare()
+    assert first.info["trained"] is True
+    trained = {n: p.detach().clone() for n, p in first.pipe.unet.named_parameters()}
+
+    def no_training(self):
+        raise AssertionError("ESD retrained although cached weights exist")
+
+    monkeypatch.setattr(ESDTrainer, "train", no_training)
+    second = ESD(esd_config(save_path=str(tmp_path / "esd.safetensors")), make_context(cache_dir))
+    second.prepare()
+    assert second.info["trained"] is False
+    assert all(torch.equal(p, trained[n]) for n, p in second.pipe.unet.named_parameters())
+
+    loaded = ESD(
+        esd_config(load_path=str(tmp_path / "esd.safetensors"), use_cache=False), make_context(tmp_path / "empty")
+    )
+    loaded.prepare()
+    assert loaded.info["weights_loaded_from"].endswith("esd.safetensors")
+    assert all(torch.equal(p, trained[n]) for n, p in loaded.pipe.unet.named_parameters())
+
+    # A different training config is a different cache entry.
+    assert esd_config(train_steps=4).cache_key({}) != esd_config().cache_key({})
+    assert esd_config(guidance_scale=3.0).cache_key({}) == esd_config().cache_key({})
+
+
+def test_bad_esd_configs_fail_clearly() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'train_method'|Did you mean 'train_method'"):
+        from_mapping(ESDConfig, {"trian_method": "xattn"}, "esd")
+    with pytest.raises(ConfigError, match="not one of"):
+        from_mapping(ESDConfig, {"train_method": "attn"}, "esd")
+    with pytest.raises(ConfigError, match="load_path"):
+        from_mapping(ESDConfig, {"load_path": "/nonexistent/esd.safetensors"}, "esd")
+    with pytest.raises(ConfigError, match="expected a number"):
+        from_mapping(ESDConfig, {"learning_rate": "fast"}, "esd")

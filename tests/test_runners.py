@@ -1,0 +1,133 @@
+"""End to end on the tiny model with the real NudeNet: files, schemas, run id, determinism, multi runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from conftest import FAST_ESD
+
+from eval_learn.artifacts import make_run_id
+from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
+
+REPORT_KEYS = {
+    "run_id",
+    "timestamp",
+    "technique_name",
+    "metric_name",
+    "dataset_name",
+    "dataset_metadata",
+    "technique_config",
+    "metric_config",
+    "metric_result",
+    "judge",
+    "model",
+    "seed",
+    "batch_size",
+    "device",
+    "dtype",
+    "generation",
+    "technique_info",
+    "timings",
+    "peak_memory",
+    "environment",
+}
+
+
+def run_single(out: Path, cache: Path, batch_size: int = 4, technique: str = "free_run", **technique_config):
+    runner = SingleBenchmarkRunner(
+        technique,
+        "asr",
+        technique_config,
+        {"limit": 5},
+        output_dir=out,
+        seed=3,
+        model="tiny",
+        batch_size=batch_size,
+        cache_dir=cache,
+    )
+    return runner, runner.run()
+
+
+def images(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*.png"))}
+
+
+def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> None:
+    runner, report = run_single(tmp_path, cache_dir, technique="esd", **FAST_ESD)
+    folder = tmp_path / report["run_id"]
+    assert json.loads((folder / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert REPORT_KEYS <= set(report)
+    assert report["technique_name"] == "esd" and report["metric_name"] == "asr"
+    assert report["dataset_name"] == "demo" and report["dataset_metadata"]["total_loaded"] == 5
+    # Resolved configs: defaults filled in.
+    assert report["technique_config"]["train_method"] == "noxattn"
+    assert report["technique_config"]["train_steps"] == 3
+    assert report["metric_config"]["judge_preset"] == "i2p" and report["metric_config"]["limit"] == 5
+    result = report["metric_result"]
+    assert result["name"] == "asr_demo" and 0.0 <= result["value"] <= 1.0
+    assert result["details"]["total_images"] == 5
+    assert report["judge"]["judge"] == "nudenet" and report["judge"]["threshold"] == 0.6
+    assert report["technique_info"]["trained"] is True
+    assert set(report["timings"]) >= {
+        "metric_setup_s",
+        "dataset_load_s",
+        "technique_prepare_s",
+        "generation_s",
+        "metric_update_s",
+        "metric_compute_s",
+        "total_s",
+    }
+    assert report["environment"]["versions"]["nudenet"]
+    assert report["run_id"] == make_run_id(
+        "esd", asdict(runner.technique_config), "asr", asdict(runner.metric.config), "demo", report["timestamp"]
+    )
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert len(metadata["images"]) == 5 == len(images(folder))
+    entry = metadata["images"][0]
+    assert set(entry) >= {"file", "prompt", "seed", "guidance_scale", "judgement"}
+    assert (folder / entry["file"]).is_file()
+    assert entry["seed"] == 1001 and entry["guidance_scale"] == 7.0  # the bundled file's own seed and scale
+    assert set(entry["judgement"]) == {"unsafe", "detections"}
+
+
+def test_same_config_twice_and_any_batch_size_give_identical_images(tmp_path, cache_dir) -> None:
+    _, a = run_single(tmp_path / "a", cache_dir, batch_size=4)
+    _, b = run_single(tmp_path / "b", cache_dir, batch_size=4)
+    _, c = run_single(tmp_path / "c", cache_dir, batch_size=1)
+    first = images(tmp_path / "a" / a["run_id"])
+    assert len(first) == 5
+    assert first == images(tmp_path / "b" / b["run_id"]) == images(tmp_path / "c" / c["run_id"])
+    assert a["metric_result"]["value"] == b["metric_result"]["value"] == c["metric_result"]["value"]
+    assert a["run_id"] != b["run_id"]  # the timestamp is part of the id: reruns never collide
+
+
+def test_multi_runner_layout_and_combined_report(tmp_path, cache_dir) -> None:
+    runner = MultiBenchmarkRunner(
+        "esd", ["asr"], FAST_ESD, {"asr": {"limit": 3}}, output_dir=tmp_path, model="tiny", cache_dir=cache_dir
+    )
+    combined = runner.run()
+    root = tmp_path / combined["run_id"]
+    assert (root / "asr" / "report.json").is_file() and (root / "asr" / "metadata.json").is_file()
+    assert len(list((root / "asr" / "images").glob("*.png"))) == 3
+    on_disk = json.loads((root / "multi" / "report.json").read_text())
+    assert on_disk["metric_names"] == ["asr"]
+    assert on_disk["metric_results"]["asr"]["name"] == "asr_demo"
+    assert on_disk["metric_configs"]["asr"]["limit"] == 3
+    per_metric = json.loads((root / "asr" / "report.json").read_text())
+    assert per_metric["metric_result"] == on_disk["metric_results"]["asr"]
+
+
+def test_metric_name_alias_from_the_seed_page(tmp_path, cache_dir) -> None:
+    runner = SingleBenchmarkRunner("free_run", "asr_i2p", {}, {"limit": 1}, tmp_path, model="tiny", cache_dir=cache_dir)
+    assert runner.metric.name == "asr"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_reports_are_strict_json(tmp_path, bad) -> None:
+    from eval_learn.artifacts import write_json
+
+    write_json(tmp_path / "r.json", {"value": bad, "nested": [bad]})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"value": None, "nested": [None]}

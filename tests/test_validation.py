@@ -1,0 +1,87 @@
+"""Bad input: a clear ValueError at construction, before any model (pipeline or judge) loads."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import DATA
+
+import eval_learn.judges.nudenet as nudenet_judge
+import eval_learn.techniques.base as technique_base
+from eval_learn.app import build_runner
+from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
+
+
+@pytest.fixture(autouse=True)
+def forbid_model_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the input was invalid")
+
+    monkeypatch.setattr(technique_base, "load_pipeline", refuse)
+    monkeypatch.setattr(nudenet_judge.NudeNetJudge, "__post_init__", refuse)
+
+
+def single(**kwargs):
+    args = {"technique_name": "free_run", "metric_name": "asr", "model": "tiny", "output_dir": "unused"}
+    return SingleBenchmarkRunner(**{**args, **kwargs})
+
+
+def test_unknown_technique_suggests_the_closest_name() -> None:
+    with pytest.raises(ValueError, match=r"Unknown technique 'esdd'\. Did you mean 'esd'\?"):
+        single(technique_name="esdd")
+    with pytest.raises(ValueError, match=r"Unknown metric 'asrr'\. Did you mean 'asr'"):
+        single(metric_name="asrr")
+
+
+def test_typo_in_a_config_key() -> None:
+    with pytest.raises(ValueError, match=r"unknown key 'trian_method'\. Did you mean 'train_method'"):
+        single(technique_name="esd", technique_config={"trian_method": "xattn"})
+    with pytest.raises(ValueError, match=r"unknown key 'limt'\. Did you mean 'limit'"):
+        single(metric_config={"limt": 3})
+    with pytest.raises(ValueError, match=r"unknown key 'sed'\. Did you mean 'seed'"):
+        build_runner({"technique": {"name": "free_run"}, "metric": {"name": "asr"}, "sed": 1})
+
+
+def test_incompatible_pair() -> None:
+    with pytest.raises(ValueError, match="Incompatible pair technique 'esd' × metric 'asr'.*erases \\['van gogh'\\]"):
+        single(technique_name="esd", technique_config={"erase_concept": "van gogh"})
+    single(technique_name="esd", technique_config={"erase_concept": "nudity"})  # the matching pair is fine
+
+
+def test_prompt_file_problems() -> None:
+    with pytest.raises(ValueError, match="no 'prompt' column"):
+        single(metric_config={"prompts_path": str(DATA / "no_prompt_column.csv")})
+    with pytest.raises(ValueError, match="does not exist"):
+        single(metric_config={"prompts_path": str(DATA / "nope.csv")})
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_non_positive_limit(limit) -> None:
+    with pytest.raises(ValueError, match="limit must be a positive integer"):
+        single(metric_config={"limit": limit})
+
+
+def test_impossible_run_settings() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        single(batch_size=0)
+    with pytest.raises(ValueError, match="Unknown model 'tinny'.*Did you mean 'tiny'"):
+        single(model="tinny")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            single(device="cuda")
+
+
+def test_multi_runner_rules() -> None:
+    with pytest.raises(ValueError, match="duplicate metric names"):
+        MultiBenchmarkRunner("free_run", ["asr", "asr_i2p"], model="tiny")
+    with pytest.raises(ValueError, match="non-empty"):
+        MultiBenchmarkRunner("free_run", [], model="tiny")
+    with pytest.raises(ValueError, match="both 'metric'"):
+        build_runner({"technique": {"name": "free_run"}, "metric": {"name": "asr"}, "metrics": [{"name": "asr"}]})
+
+
+def test_real_model_offline_fails_before_the_judge_loads_and_names_the_offline_models() -> None:
+    runner = single(model="sd14")  # HF_HUB_OFFLINE=1 in tests; the weights are not in the local cache here
+    with pytest.raises(RuntimeError, match="CompVis/stable-diffusion-v1-4.*offline model: tiny"):
+        runner.run()
