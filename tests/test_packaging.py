@@ -1,0 +1,31 @@
+"""A plain (non-editable) install must carry the configs and bundled prompt files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+from conftest import ROOT
+
+
+def test_wheel_contains_configs_and_prompt_files(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in (
+        "eval_learn/conf/config.yaml",
+        "eval_learn/conf/technique/esd.yaml",
+        "eval_learn/conf/metric/asr.yaml",
+        "eval_learn/conf/metrics/asr.yaml",
+        "eval_learn/conf/model/tiny.yaml",
+        "eval_learn/conf/preset/tiny_esd.yaml",
+        "eval_learn/data/prompts/demo_i2p.csv",
+    ):
+        assert expected in names, expected
