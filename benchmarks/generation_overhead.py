@@ -59,17 +59,30 @@ def main() -> None:
         ("raw diffusers, batch 1", timed(lambda: raw(1))),
         ("raw diffusers, batch 8", timed(lambda: raw(8))),
         ("generate_images, batch-invariant", timed(lambda: generate_images(pipe, records, **settings))),
-        ("generate_images, batched (8)", timed(
-            lambda: [generate_images(pipe, records[i : i + 8], **settings, batch_invariant=False)
-                     for i in range(0, len(records), 8)])),
+        (
+            "generate_images, batched (8)",
+            timed(
+                lambda: [
+                    generate_images(pipe, records[i : i + 8], **settings, batch_invariant=False)
+                    for i in range(0, len(records), 8)
+                ]
+            ),
+        ),
     ]
     with tempfile.TemporaryDirectory() as out:
         csv = os.path.join(out, "prompts.csv")
         with open(csv, "w") as f:
             f.write("prompt,sd_seed,sd_guidance_scale\n")
             f.writelines(f"{r.prompt},{r.seed},7\n" for r in records)
-        runner = SingleBenchmarkRunner("free_run", "asr", {"num_inference_steps": args.steps},
-                                       {"prompts_path": csv, "category": None}, out, model="tiny", batch_size=8)
+        runner = SingleBenchmarkRunner(
+            "free_run",
+            "asr",
+            {"num_inference_steps": args.steps},
+            {"prompts_path": csv, "category": None},
+            out,
+            model="tiny",
+            batch_size=8,
+        )
         report = runner.run()
         rows.append(("SingleBenchmarkRunner free_run × asr (total)", report["timings"]["total_s"]))
         rows.append(("  of which generation", report["timings"]["generation_s"]))

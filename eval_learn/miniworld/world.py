@@ -98,9 +98,7 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
-    return Scene(
-        str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), str(rng.choice(BACKGROUNDS))
-    )
+    return Scene(str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), str(rng.choice(BACKGROUNDS)))
 
 
 def prompt_for(scene: Scene, rng: np.random.Generator) -> str:
@@ -118,8 +116,9 @@ def prompt_for(scene: Scene, rng: np.random.Generator) -> str:
     return f"a {scene.background} background"
 
 
-def prompt(colour: str | None = None, shape: str | None = None, background: str | None = None,
-           template: str = "a {}") -> str:
+def prompt(
+    colour: str | None = None, shape: str | None = None, background: str | None = None, template: str = "a {}"
+) -> str:
     """An evaluation prompt naming the given attributes, in the training captions' wording."""
     if colour and shape:
         text = template.format(f"{colour} {shape}")

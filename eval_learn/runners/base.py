@@ -157,6 +157,32 @@ class BaseRunner:
             "environment": environment(),
         }
 
+    def _metric_report(
+        self,
+        run_id: str,
+        timestamp: float,
+        spec: MetricSpec,
+        technique: Technique,
+        metric: Metric,
+        dataset: Any,
+        result: MetricResult,
+    ) -> dict[str, Any]:
+        """The seed page's report schema plus what a reader needs to trust the number."""
+        return {
+            "run_id": run_id,
+            "timestamp": timestamp,
+            "technique_name": self.technique_name,
+            "metric_name": spec.name,
+            "dataset_name": dataset.name,
+            "dataset_metadata": dataset.metadata,
+            "technique_config": asdict(self.technique_config),
+            "metric_config": spec.config_dict(),
+            "metric_result": result.to_dict(),
+            "judge": metric.judge_settings(),
+            "metric_state": metric.state_dict(),
+            **self._common_report(technique),
+        }
+
     @staticmethod
     def _write_metric_files(folder: Path, report: dict[str, Any], entries: list[dict[str, Any]]) -> None:
         write_json(folder / "metadata.json", {"run_id": report["run_id"], "images": entries})

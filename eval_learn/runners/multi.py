@@ -83,20 +83,7 @@ class MultiBenchmarkRunner(BaseRunner):
         try:
             for spec, metric, dataset in prepared:
                 result, entries = self._evaluate(technique, metric, dataset, root / spec.name)
-                report = {
-                    "run_id": run_id,
-                    "timestamp": timestamp,
-                    "technique_name": self.technique_name,
-                    "metric_name": spec.name,
-                    "dataset_name": dataset.name,
-                    "dataset_metadata": dataset.metadata,
-                    "technique_config": technique_config,
-                    "metric_config": configs[spec.name],
-                    "metric_result": result.to_dict(),
-                    "judge": metric.judge_settings(),
-                    "metric_state": metric.state_dict(),
-                    **self._common_report(technique),
-                }
+                report = self._metric_report(run_id, timestamp, spec, technique, metric, dataset, result)
                 self._write_metric_files(root / spec.name, report, entries)
                 results[spec.name] = report
                 log.info("%s = %s", result.name, result.value)

@@ -70,20 +70,7 @@ class SingleBenchmarkRunner(BaseRunner):
         try:
             result, entries = self._evaluate(technique, metric, dataset, folder)
             self._timed("total_s", started)
-            report = {
-                "run_id": run_id,
-                "timestamp": timestamp,
-                "technique_name": self.technique_name,
-                "metric_name": self.metric.name,
-                "dataset_name": dataset.name,
-                "dataset_metadata": dataset.metadata,
-                "technique_config": technique_config,
-                "metric_config": metric_config,
-                "metric_result": result.to_dict(),
-                "judge": metric.judge_settings(),
-                "metric_state": metric.state_dict(),
-                **self._common_report(technique),
-            }
+            report = self._metric_report(run_id, timestamp, self.metric, technique, metric, dataset, result)
             self._write_metric_files(folder, report, entries)
         finally:
             technique.close()
