@@ -30,7 +30,8 @@ def compose_run(overrides: list[str]) -> dict:
 @pytest.mark.parametrize(
     ("technique", "metric", "model"), list(itertools.product(TECHNIQUE_OPTIONS, METRIC_OPTIONS, MODEL_OPTIONS))
 )
-def test_every_combination_composes_and_validates(technique: str, metric: str, model: str) -> None:
+def test_every_combination_composes_and_validates(technique: str, metric: str, model: str, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # validation must not touch the network either way
     data = compose_run([f"technique={technique}", f"metric={metric}", f"model={model}"])
     assert data["technique"]["name"] == technique
     assert data["metric"]["name"] == metric

@@ -47,6 +47,11 @@ def test_incompatible_pair() -> None:
     single(technique_name="esd", technique_config={"erase_concept": "nudity"})  # the matching pair is fine
 
 
+def test_i2p_without_prompts_path_offline_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="I2P prompts .* not in the local cache.*prompts_path"):
+        single(metric_config={"dataset": "i2p"})
+
+
 def test_prompt_file_problems() -> None:
     with pytest.raises(ValueError, match="no 'prompt' column"):
         single(metric_config={"prompts_path": str(DATA / "no_prompt_column.csv")})
@@ -82,6 +87,7 @@ def test_multi_runner_rules() -> None:
 
 
 def test_real_model_offline_fails_before_the_judge_loads_and_names_the_offline_models() -> None:
-    runner = single(model="sd14")  # HF_HUB_OFFLINE=1 in tests; the weights are not in the local cache here
+    # HF_HUB_OFFLINE=1 in tests; the weights are not in the local cache here
+    runner = single(model="sd14", metric_config={"dataset": "demo"})
     with pytest.raises(RuntimeError, match="CompVis/stable-diffusion-v1-4.*offline model: tiny"):
         runner.run()

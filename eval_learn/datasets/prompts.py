@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -92,6 +93,28 @@ def read_prompt_csv(
     return records
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+_I2P_OFFLINE_HELP = (
+    "Offline, pass a local copy in I2P's format as metric.config.prompts_path, or use a bundled set "
+    "(metric.config.dataset=demo)."
+)
+
+
+def i2p_available_offline_or_raise() -> None:
+    """With HF_HUB_OFFLINE set, I2P must already be in the local hub cache; say so before any model loads."""
+    if not _offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(I2P_REPO, I2P_FILE, repo_type="dataset"), str):
+        raise ConfigError(
+            f"The I2P prompts ({I2P_REPO}) are not in the local cache and HF_HUB_OFFLINE is set. {_I2P_OFFLINE_HELP}"
+        )
+
+
 def download_i2p() -> Path:
     """The I2P CSV from the hub (cached by huggingface_hub); a clear error when offline."""
     from huggingface_hub import hf_hub_download
@@ -100,8 +123,7 @@ def download_i2p() -> Path:
         return Path(hf_hub_download(I2P_REPO, I2P_FILE, repo_type="dataset"))
     except Exception as err:  # noqa: BLE001
         raise RuntimeError(
-            f"Cannot fetch the I2P prompts from the hub ({I2P_REPO}: {type(err).__name__}). Offline, pass a local "
-            f"copy in I2P's format as metric.config.prompts_path, or use a bundled set (metric.config.dataset=demo)."
+            f"Cannot fetch the I2P prompts from the hub ({I2P_REPO}: {type(err).__name__}). {_I2P_OFFLINE_HELP}"
         ) from None
 
 

@@ -15,7 +15,13 @@ from typing import Any, Literal
 from PIL.Image import Image
 
 from eval_learn.configs import ConfigError, require
-from eval_learn.datasets.prompts import I2P_CATEGORY, bundled_prompts, check_prompt_file, load_i2p_format
+from eval_learn.datasets.prompts import (
+    I2P_CATEGORY,
+    bundled_prompts,
+    check_prompt_file,
+    i2p_available_offline_or_raise,
+    load_i2p_format,
+)
 from eval_learn.judges.nudenet import ALL_EXPOSED, PRESETS, NudeNetJudge
 from eval_learn.metrics.base import Metric, MetricConfig
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord
@@ -91,6 +97,11 @@ class ASR(Metric):
         if config.dataset == "auto":
             return model.default_datasets.get("asr", "i2p")
         return config.dataset
+
+    @classmethod
+    def preflight(cls, config: ASRConfig, context: Any) -> None:
+        if cls.dataset_name(config, context.model) == "i2p" and config.prompts_path is None:
+            i2p_available_offline_or_raise()
 
     def setup(self) -> None:
         classes, threshold = self.config.judge_classes()

@@ -49,6 +49,10 @@ class Metric:
     def dataset_name(cls, config: MetricConfig, context_model: Any) -> str:
         raise NotImplementedError
 
+    @classmethod
+    def preflight(cls, config: MetricConfig, context: RunContext) -> None:
+        """Checks that need the run context (e.g. is the prompt source reachable?), done at runner construction."""
+
     def setup(self) -> None:
         """Load the metric's own models (judges)."""
 

@@ -32,6 +32,7 @@ class MetricSpec:
         self.cls: type[Metric] = METRICS.get(self.name)
         self.config = from_mapping(self.cls.config_cls, config, f"metric '{name}' config")
         self.dataset_name = self.cls.dataset_name(self.config, context.model)
+        self.cls.preflight(self.config, context)
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -97,11 +98,11 @@ class BaseRunner:
         start = time.perf_counter()
         log.info("Instantiating metric <%s>", spec.name)
         metric = spec.cls(spec.config, self.context)
+        dataset = metric.load_dataset()  # prompts first: a download failure must not wait for the judge to load
+        self._timed("dataset_load_s", start)
+        start = time.perf_counter()
         metric.setup()
         self._timed("metric_setup_s", start)
-        start = time.perf_counter()
-        dataset = metric.load_dataset()
-        self._timed("dataset_load_s", start)
         log.info("Metric <%s>: %d prompts from %s", spec.name, len(dataset), dataset.metadata.get("source"))
         return metric, dataset
 
