@@ -1,9 +1,10 @@
 """``python -m eval_learn`` / ``eval-learn``: the Hydra application.
 
-python -m eval_learn model=tiny technique=esd metric=asr
-python -m eval_learn -m technique=free_run,esd metric=asr        # a sweep, one folder per job
-python -m eval_learn technique=esd ~metric +metrics=[asr]        # one technique, several metrics
-python -m eval_learn path/to/run.yaml|run.json [overrides]       # a seed-format or saved (.hydra) config
+python -m eval_learn                                        # MiniWorld: ESD erases "red"; asr + ua_ira
+python -m eval_learn model=tiny technique=esd metric=asr    # metric=X: the single runner on X
+python -m eval_learn -m technique=free_run,esd metric=asr   # a sweep, one folder per job
+python -m eval_learn technique=esd 'metrics=[asr,ua_ira]'   # one technique, several metrics
+python -m eval_learn path/to/run.yaml|run.json [overrides]  # a seed-format or saved (.hydra) config
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from eval_learn.app import build_runner
+from eval_learn.configs import did_you_mean
 from eval_learn.models import CONF_DIR
 
 log = logging.getLogger("eval_learn")
+GROUPS = ("technique", "metric", "model")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -50,8 +53,35 @@ def _config_file_argv(argv: list[str]) -> list[str]:
     return ["--config-path", str(folder), "--config-name", "run", f"hydra.searchpath=[file://{CONF_DIR}]", *argv[1:]]
 
 
+def _check_group_choices(argv: list[str]) -> None:
+    """Refuse an unknown option of a config group with a suggestion, before Hydra composes anything."""
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        group = group.lstrip("+")
+        if not sep or group not in GROUPS or not value or value.startswith(("[", "$")):
+            continue
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in options and choice != "null":
+                raise SystemExit(
+                    f"eval-learn: unknown {group} '{choice}'.{did_you_mean(choice, options)} Available: {', '.join(options)}"
+                )
+
+
+def single_metric_overrides(argv: list[str]) -> list[str]:
+    """``metric=X`` runs the single runner on X: it replaces the default metric set (``metrics``)."""
+    keys = [a.partition("=")[0].lstrip("+~") for a in argv if not a.startswith("-")]
+    if "metric" in keys and "metrics" not in keys:
+        return [*argv, "metrics=[]"]
+    return argv
+
+
 def main() -> None:
-    sys.argv = [sys.argv[0], *_config_file_argv(sys.argv[1:])]
+    argv = _config_file_argv(sys.argv[1:])
+    if "--config-name" not in argv:
+        argv = single_metric_overrides(argv)
+    _check_group_choices(argv)
+    sys.argv = [sys.argv[0], *argv]
     hydra_main()
 
 

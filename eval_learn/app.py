@@ -61,8 +61,8 @@ def build_runner(data: Mapping[str, Any]) -> SingleBenchmarkRunner | MultiBenchm
     }
     if cfg.metric is not None and cfg.metrics is not None:
         raise ConfigError(
-            "the run config has both 'metric' (single runner) and 'metrics' (multi runner); "
-            "on the command line drop the default single metric with ~metric, e.g. '~metric +metrics=[asr]'"
+            "the run config has both 'metric' (single runner) and 'metrics' (multi runner); keep one "
+            "(on the command line, metric=X alone selects the single runner)"
         )
     if cfg.metrics is not None:
         metrics = _metric_list(cfg.metrics)

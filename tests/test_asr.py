@@ -17,7 +17,7 @@ from eval_learn.types import PromptRecord
 
 def make_asr(**config) -> ASR:
     ctx = RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0, cache_dir=None)
-    metric = ASR(from_mapping(ASRConfig, config, "asr"), ctx)
+    metric = ASR(ASR.resolve_config(from_mapping(ASRConfig, config, "asr"), ctx, None), ctx)
     metric.setup()
     return metric
 
@@ -104,8 +104,13 @@ def test_wilson_interval_hand_values() -> None:
 def test_bad_asr_configs() -> None:
     with pytest.raises(ConfigError, match="limit must be a positive integer"):
         from_mapping(ASRConfig, {"limit": 0}, "asr")
+    ctx = RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0, cache_dir=None)
     with pytest.raises(ConfigError, match="has no judge yet"):
-        from_mapping(ASRConfig, {"concept": "violence"}, "asr")
+        ASR.resolve_config(from_mapping(ASRConfig, {"concept": "violence"}, "asr"), ctx, None)
+    with pytest.raises(ConfigError, match="needs dataset=miniworld"):
+        ASR.resolve_config(from_mapping(ASRConfig, {"concept": "red"}, "asr"), ctx, None)
+    resolved = ASR.resolve_config(from_mapping(ASRConfig, {}, "asr"), ctx, ["nudity"])
+    assert (resolved.concept, resolved.dataset) == ("nudity", "demo")
     with pytest.raises(ConfigError, match="threshold"):
         from_mapping(ASRConfig, {"threshold": 1.5}, "asr")
     with pytest.raises(ConfigError, match="subset"):

@@ -66,16 +66,17 @@ def test_one_technique_against_several_metrics_from_the_command_line(tmp_path) -
     out = tmp_path / "multi"
     proc = run_cli(
         "technique=free_run",
-        "~metric",
-        "+metrics=[asr]",
-        "metrics.asr.config.limit=1",
+        "metrics=[asr,ua_ira]",
+        "metrics.asr.config.limit=2",
+        "metrics.ua_ira.config.limit=3",
         f"hydra.run.dir={out}",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (combined,) = sorted(out.glob("*/multi/report.json"))
-    assert json.loads(combined.read_text())["metric_names"] == ["asr"]
-    assert (combined.parent.parent / "asr" / "report.json").is_file()
+    assert json.loads(combined.read_text())["metric_names"] == ["asr", "ua_ira"]
+    for metric in ("asr", "ua_ira"):
+        assert (combined.parent.parent / metric / "report.json").is_file()
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
@@ -114,12 +115,14 @@ def test_seed_page_config_file_runs_as_is(tmp_path, suffix) -> None:
     ("override", "message"),
     [
         ("technique.config.trian_method=xattn", "trian_method"),
-        ("technique=esdd", "esd"),
-        ("metric.config.limit=0", "limit must be a positive integer"),
+        ("technique=esdd", "unknown technique 'esdd'. Did you mean 'esd'?"),
+        ("metric=asr,ua_iraa", "unknown metric 'ua_iraa'. Did you mean 'ua_ira'?"),
+        ("metric=asr metric.config.limit=0", "limit must be a positive integer"),
+        ("metric=ua_ira", "ua_ira measures MiniWorld concepts on model=miniworld"),
     ],
 )
 def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) -> None:
-    proc = run_cli("model=tiny", override, f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    proc = run_cli("model=tiny", *override.split(), f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not list((tmp_path / "x").glob("*/images"))

@@ -10,6 +10,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from eval_learn.__main__ import single_metric_overrides
 from eval_learn.app import build_runner
 from eval_learn.models import CONF_DIR, resolve_model
 from eval_learn.registry import METRICS, TECHNIQUES
@@ -20,8 +21,9 @@ MODEL_OPTIONS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
 
 def compose_run(overrides: list[str]) -> dict:
+    """Compose as the command line does (``metric=X`` replaces the default metric set)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+        cfg = compose("config", overrides=single_metric_overrides(overrides))
     data = OmegaConf.to_container(cfg, resolve=False)
     data["output_dir"] = "unused"
     return data
@@ -37,6 +39,11 @@ def test_every_combination_composes_and_validates(technique: str, metric: str, m
     assert data["metric"]["name"] == metric
     assert set(data) >= {"technique", "metric", "model", "seed", "output_dir"}
     # The whole chain up to the runner validates without loading anything (no network: sd14 is not touched).
+    # ua_ira measures MiniWorld concepts only: elsewhere it must be refused with a clear message.
+    if metric == "ua_ira" and model != "miniworld":
+        with pytest.raises(ValueError, match="ua_ira measures MiniWorld concepts"):
+            build_runner(data)
+        return
     runner = build_runner(data)
     assert runner.context.model.name == model
 
@@ -55,9 +62,9 @@ def test_option_name_is_registry_key_and_defaults_match_dataclasses() -> None:
 
 def test_every_metric_has_a_multi_select_wrapper() -> None:
     assert sorted(p.stem for p in (CONF_DIR / "metrics").glob("*.yaml")) == METRIC_OPTIONS
-    data = compose_run(["~metric", "+metrics=[asr]"])
+    data = compose_run(["metrics=[asr]"])
     assert "metric" not in data
-    assert data["metrics"]["asr"]["name"] == "asr"
+    assert list(data["metrics"]) == ["asr"] and data["metrics"]["asr"]["name"] == "asr"
 
 
 @pytest.mark.parametrize("model", MODEL_OPTIONS)
@@ -66,6 +73,10 @@ def test_model_configs_parse(model: str) -> None:
     assert spec.name == model and spec.num_inference_steps > 0
 
 
-def test_default_config_is_offline() -> None:
+def test_default_config_is_the_miniworld_benchmark() -> None:
     data = compose_run([])
-    assert data["model"]["id"] == "tiny"
+    assert data["model"]["id"] == "miniworld"
+    assert "metric" not in data and list(data["metrics"]) == ["asr", "ua_ira"]
+    runner = build_runner(data)
+    assert runner.technique_config.erased_concepts() == ["red"]
+    assert [m.config.concept for m in runner.metrics] == ["red", "red"]

@@ -34,8 +34,9 @@ def test_train_method_selects_exactly_its_parameters(tiny_pipe) -> None:
     assert set(select_parameters(unet, "full")) == everything
 
 
-def test_target_matches_negative_guidance_formula(tiny_pipe) -> None:
-    cfg = esd_config(negative_guidance=1.5, erase_concept="red", erase_from="photo")
+@pytest.mark.parametrize("erase_from", [None, "photo"])
+def test_target_matches_negative_guidance_formula(tiny_pipe, erase_from) -> None:
+    cfg = esd_config(negative_guidance=1.5, erase_concept="red", erase_from=erase_from)
     trainer = ESDTrainer(tiny_pipe, cfg, "cpu", 64, 64)
     x_t, t = trainer.sample_xt()
     frozen = trainer.frozen
@@ -43,8 +44,11 @@ def test_target_matches_negative_guidance_formula(tiny_pipe) -> None:
         e_null = frozen(x_t, t, encoder_hidden_states=trainer._encode("")).sample
         e_red = frozen(x_t, t, encoder_hidden_states=trainer._encode("red")).sample
         e_photo = frozen(x_t, t, encoder_hidden_states=trainer._encode("photo")).sample
-    expected = e_photo - 1.5 * (e_red - e_null)
+    base = e_null if erase_from is None else e_photo  # the paper's eq. 3; the release's erase_from variant
+    expected = base - 1.5 * (e_red - e_null)
     assert torch.allclose(trainer.target(x_t, t), expected, atol=1e-6)
+    # The model being edited is conditioned on the concept (or on c_from when erasing from a broader concept).
+    assert torch.equal(trainer.emb_from, trainer._encode(erase_from or "red"))
 
 
 @pytest.mark.parametrize("method", ["xattn", "noxattn", "selfattn"])
@@ -81,6 +85,13 @@ def test_esd_loss_falls_on_held_out_partial_samples(tiny_pipe) -> None:
     end = mean_loss()
     assert len(losses) == 60
     assert end < 0.5 * start, (start, end)
+
+
+def test_batched_partial_samples(tiny_pipe) -> None:
+    trainer = ESDTrainer(tiny_pipe, esd_config(batch_size=3, learning_rate=1e-3), "cpu", 64, 64)
+    x_t, t = trainer.sample_xt()
+    assert x_t.shape[0] == 3 and trainer.target(x_t, t).shape == x_t.shape
+    assert len(trainer.train()) == 3
 
 
 def test_second_run_hits_the_cache_and_save_load_paths_work(cache_dir, tmp_path, monkeypatch) -> None:

@@ -27,5 +27,11 @@ def test_wheel_contains_configs_and_prompt_files(tmp_path) -> None:
         "eval_learn/conf/model/tiny.yaml",
         "eval_learn/conf/preset/tiny_esd.yaml",
         "eval_learn/data/prompts/demo_i2p.csv",
+        "eval_learn/conf/model/miniworld.yaml",
+        "eval_learn/conf/metric/ua_ira.yaml",
+        "eval_learn/assets/miniworld/model_index.json",
+        "eval_learn/assets/miniworld/unet/diffusion_pytorch_model.safetensors",
+        "eval_learn/assets/miniworld/tokenizer/vocab.json",
+        "eval_learn/assets/miniworld/judge/judge.safetensors",
     ):
         assert expected in names, expected

@@ -43,8 +43,15 @@ def test_typo_in_a_config_key() -> None:
 
 def test_incompatible_pair() -> None:
     with pytest.raises(ValueError, match="Incompatible pair technique 'esd' × metric 'asr'.*erases \\['van gogh'\\]"):
+        single(
+            technique_name="esd", technique_config={"erase_concept": "van gogh"}, metric_config={"concept": "nudity"}
+        )
+    with pytest.raises(ValueError, match="'van gogh' has no judge yet"):
         single(technique_name="esd", technique_config={"erase_concept": "van gogh"})
-    single(technique_name="esd", technique_config={"erase_concept": "nudity"})  # the matching pair is fine
+    with pytest.raises(ValueError, match="ua_ira measures MiniWorld concepts"):
+        single(metric_name="ua_ira")  # on model=tiny
+    runner = single(technique_name="esd", technique_config={"erase_concept": "nudity"})  # the matching pair is fine
+    assert runner.metric.config.concept == "nudity"  # concept: auto follows the technique
 
 
 def test_i2p_without_prompts_path_offline_is_refused_at_construction() -> None:

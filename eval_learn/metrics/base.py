@@ -34,6 +34,18 @@ class MetricConfig:
         require(self.limit is None or self.limit > 0, f"limit must be a positive integer, got {self.limit}")
 
 
+def resolve_auto(
+    concept: str, dataset: str, family: str, context: RunContext, erased: list[str] | None, fallback: str | None
+) -> tuple[str, str | None]:
+    """``auto`` concept → the technique's erased concept, else the model's default concept; ``auto`` dataset → the
+    model's own prompt set for this metric family, else ``fallback``."""
+    if concept == "auto":
+        concept = erased[0] if erased else context.model.default_concept
+    if dataset == "auto":
+        dataset = context.model.default_datasets.get(family, fallback)
+    return concept, dataset
+
+
 class Metric:
     name: ClassVar[str]
     config_cls: ClassVar[type[MetricConfig]] = MetricConfig
@@ -48,6 +60,12 @@ class Metric:
     @classmethod
     def dataset_name(cls, config: MetricConfig, context_model: Any) -> str:
         raise NotImplementedError
+
+    @classmethod
+    def resolve_config(cls, config: MetricConfig, context: RunContext, erased: list[str] | None) -> MetricConfig:
+        """Fill ``auto`` values from the run (the technique's erased concept, the model's prompt set) and check
+        that the result is coherent; the resolved config is what the report records."""
+        return config
 
     @classmethod
     def preflight(cls, config: MetricConfig, context: RunContext) -> None:

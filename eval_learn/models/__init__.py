@@ -19,7 +19,8 @@ from eval_learn.configs import ConfigError, from_mapping, require
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = ("tiny",)
+BUILTIN_MODELS = ("tiny", "miniworld")
+MINIWORLD_DIR = Path(__file__).resolve().parents[1] / "assets" / "miniworld"
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 if not CONF_DIR.is_dir():  # source checkout / editable install: conf/ sits beside the package
     CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -34,6 +35,8 @@ class ModelSpec:
     guidance_scale: float = 7.5
     height: int = 512
     width: int = 512
+    # The concept a metric measures when neither it nor the technique names one (e.g. for the free_run baseline).
+    default_concept: str = "nudity"
     # Prompt set each metric family uses by default with this model ("auto"); empty for real models (→ I2P etc.).
     default_datasets: dict[str, str] = field(default_factory=dict)
 
@@ -123,6 +126,12 @@ def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:
         from eval_learn.models.tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline()
+    elif spec.id == "miniworld":
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(MINIWORLD_DIR), safety_checker=None, requires_safety_checker=False, local_files_only=True
+        )
     else:
         ensure_available(spec)
         from diffusers import AutoPipelineForText2Image

@@ -26,11 +26,17 @@ log = logging.getLogger(__name__)
 class MetricSpec:
     """A metric name resolved to its class and strictly parsed config."""
 
-    def __init__(self, name: str, config: Mapping[str, Any] | None, context: RunContext) -> None:
+    def __init__(
+        self, name: str, config: Mapping[str, Any] | None, context: RunContext, erased: list[str] | None
+    ) -> None:
         self.requested_name = name
         self.name = METRICS.canonical(name)
         self.cls: type[Metric] = METRICS.get(self.name)
-        self.config = from_mapping(self.cls.config_cls, config, f"metric '{name}' config")
+        parsed = from_mapping(self.cls.config_cls, config, f"metric '{name}' config")
+        try:
+            self.config = self.cls.resolve_config(parsed, context, erased)
+        except ConfigError as err:
+            raise ConfigError(f"metric '{name}' config: {err}") from None
         self.dataset_name = self.cls.dataset_name(self.config, context.model)
         self.cls.preflight(self.config, context)
 
@@ -79,14 +85,14 @@ class BaseRunner:
         self.timings: dict[str, float] = {}
 
     def _metric_spec(self, name: str, config: Mapping[str, Any] | None) -> MetricSpec:
-        spec = MetricSpec(name, config, self.context)
+        spec = MetricSpec(name, config, self.context, self.technique_config.erased_concepts())
         check_compatible(self.technique_name, self.technique_config, spec.name, spec.config)
         return spec
 
     def _timed(self, key: str, start: float) -> None:
         self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 4)
 
-    def _build_technique(self) -> Technique:
+    def build_technique(self) -> Technique:
         start = time.perf_counter()
         log.info("Instantiating technique <%s>", self.technique_name)
         technique = self.technique_cls(self.technique_config, self.context)

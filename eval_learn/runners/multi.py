@@ -78,7 +78,7 @@ class MultiBenchmarkRunner(BaseRunner):
         log.info("Run %s → %s", run_id, root)
         self._check_model()
         prepared = [(spec, *self._setup_metric(spec)) for spec in self.metrics]
-        technique = self._build_technique()
+        technique = self.build_technique()
         results: dict[str, Any] = {}
         try:
             for spec, metric, dataset in prepared:

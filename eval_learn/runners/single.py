@@ -66,7 +66,7 @@ class SingleBenchmarkRunner(BaseRunner):
         log.info("Run %s → %s", run_id, folder)
         self._check_model()
         metric, dataset = self._setup_metric(self.metric)
-        technique = self._build_technique()
+        technique = self.build_technique()
         try:
             result, entries = self._evaluate(technique, metric, dataset, folder)
             self._timed("total_s", started)

@@ -4,10 +4,13 @@ Models", ICCV 2023 (arXiv:2303.07345).
 ESD fine-tunes the UNet θ so that, conditioned on the concept c, it predicts the noise a *negatively guided* frozen
 copy θ* would predict:
 
-    ε_θ(x_t, c, t)  →  ε_θ*(x_t, c_from, t) − η · [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)]
+    ε_θ(x_t, c, t)  →  ε_θ*(x_t, t) − η · [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)]
 
-with c_from = c unless ``erase_from`` names a broader concept to erase c from (the authors' diffusers release),
-η = ``negative_guidance`` and ε(x_t, t) the prediction for the empty prompt. As in the paper, x_t is not noised data
+with η = ``negative_guidance`` and ε(x_t, t) the prediction for the empty prompt (the paper's equation 3). With
+``erase_from`` (the authors' diffusers release: erase c from a broader concept c_from, e.g. a hat from cowboys) the
+model is trained on c_from and the base term is ε_θ*(x_t, c_from, t). The release writes the base term as
+ε_θ*(x_t, c, t) when there is no c_from and defaults to η = 2, which is exactly the paper's target with η = 1; η here
+always means the paper's η. As in the paper, x_t is not noised data
 but a partial sample: the model being edited denoises random noise with DDIM (``sample_steps`` steps, guidance
 ``sample_guidance``, conditioned on the concept) and stops at a random step t. ``train_method`` picks the parameters
 that may change: ``xattn`` (ESD-x: cross-attention only, for styles and objects), ``noxattn`` (ESD-u: every linear and
@@ -34,14 +37,15 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from eval_learn.configs import require
-from eval_learn.models import cast_pipeline
+from eval_learn.models import cast_pipeline, load_pipeline
 from eval_learn.techniques.base import Technique, TechniqueConfig
 
 log = logging.getLogger(__name__)
 
 TrainMethod = Literal["noxattn", "xattn", "selfattn", "full"]
-ALGORITHM_VERSION = 1  # bump when a change would make cached weights differ for the same config
+ALGORITHM_VERSION = 2  # bump when a change would make cached weights differ for the same config
 _TRAINING_KEYS = (
+    "batch_size",
     "erase_concept",
     "erase_from",
     "train_method",
@@ -59,12 +63,13 @@ class ESDConfig(TechniqueConfig):
     erase_concept: str = "nudity"
     erase_from: str | None = None
     train_method: TrainMethod = "noxattn"
-    negative_guidance: float = 2.0
+    negative_guidance: float = 1.0  # the paper's η
     train_steps: int = 200
     learning_rate: float = 5e-5
     sample_steps: int = 50
     sample_guidance: float = 3.0
     train_seed: int = 0
+    batch_size: int = 1  # partial samples per step (the paper uses 1)
     save_path: str | None = None
     load_path: str | None = None
     use_cache: bool = True
@@ -78,6 +83,7 @@ class ESDConfig(TechniqueConfig):
         require(self.train_steps >= 0, "train_steps must be >= 0")
         require(self.learning_rate > 0, "learning_rate must be > 0")
         require(self.sample_steps > 0, "sample_steps must be > 0")
+        require(self.batch_size > 0, "batch_size must be > 0")
         if self.load_path is not None:
             require(os.path.isfile(self.load_path), f"load_path '{self.load_path}' does not exist")
 
@@ -109,13 +115,17 @@ def select_parameters(unet: torch.nn.Module, train_method: TrainMethod) -> dict[
     return selected
 
 
+def _batch(embedding: torch.Tensor, n: int) -> torch.Tensor:
+    return embedding.expand(n, -1, -1)
+
+
 class ESDTrainer:
     """The ESD objective and its training loop on a diffusers Stable Diffusion pipeline."""
 
     def __init__(self, pipe, config: ESDConfig, device: str, height: int, width: int) -> None:
         self.pipe = pipe
         factor = pipe.vae_scale_factor
-        self.latent_shape = (1, pipe.unet.config.in_channels, height // factor, width // factor)
+        self.latent_shape = (config.batch_size, pipe.unet.config.in_channels, height // factor, width // factor)
         self.config = config
         self.device = device
         self.unet = pipe.unet
@@ -148,7 +158,7 @@ class ESDTrainer:
         stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=self.generator))
         latents = torch.randn(self.latent_shape, generator=self.generator).to(self.device)
         latents = latents * self.scheduler.init_noise_sigma
-        cond = torch.cat([self.emb_null, self.emb_from])
+        cond = torch.cat([_batch(self.emb_null, x_t_batch := len(latents)), _batch(self.emb_from, x_t_batch)])
         for t in self.scheduler.timesteps[:stop]:
             model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
             uncond, text = self.unet(model_in, t, encoder_hidden_states=cond).sample.chunk(2)
@@ -157,17 +167,20 @@ class ESDTrainer:
         return latents, self.scheduler.timesteps[stop]
 
     def target(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε*(x_t, c_from) − η·[ε*(x_t, c) − ε*(x_t, ∅)] from the frozen copy."""
+        """ε*(x_t, ∅) − η·[ε*(x_t, c) − ε*(x_t, ∅)] from the frozen copy (base ε*(x_t, c_from) with erase_from)."""
         with torch.no_grad():
-            e_null = self.frozen(x_t, t, encoder_hidden_states=self.emb_null).sample
-            e_concept = self.frozen(x_t, t, encoder_hidden_states=self.emb_concept).sample
-            e_from = (
-                self.frozen(x_t, t, encoder_hidden_states=self.emb_from).sample if self.config.erase_from else e_concept
+            n = len(x_t)
+            e_null = self.frozen(x_t, t, encoder_hidden_states=_batch(self.emb_null, n)).sample
+            e_concept = self.frozen(x_t, t, encoder_hidden_states=_batch(self.emb_concept, n)).sample
+            e_base = (
+                self.frozen(x_t, t, encoder_hidden_states=_batch(self.emb_from, n)).sample
+                if self.config.erase_from
+                else e_null
             )
-        return e_from - self.config.negative_guidance * (e_concept - e_null)
+        return e_base - self.config.negative_guidance * (e_concept - e_null)
 
     def loss(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        prediction = self.unet(x_t, t, encoder_hidden_states=self.emb_from).sample
+        prediction = self.unet(x_t, t, encoder_hidden_states=_batch(self.emb_from, len(x_t))).sample
         return torch.nn.functional.mse_loss(prediction, self.target(x_t, t))
 
     def train(self) -> list[float]:
@@ -213,11 +226,7 @@ class ESD(Technique):
 
     def prepare(self) -> None:
         dtype = self.context.dtype
-        self.context.dtype = torch.float32  # train in fp32: fp16 ESD training diverges to NaN
-        try:
-            super().prepare()
-        finally:
-            self.context.dtype = dtype
+        self.pipe = load_pipeline(self.context.model, self.device, torch.float32)  # fp16 ESD training diverges
         cfg = self.config
         cache = self.cache_path()
         source = cfg.load_path or (str(cache) if cfg.use_cache and cache.is_file() else None)
