@@ -36,6 +36,7 @@ class RunConfig:
     output_dir: str = "results"
     cache_dir: str | None = None
     batch_invariant: bool = True
+    num_threads: int | None = None  # torch CPU threads for this process (None: torch's default)
 
 
 def _metric_list(metrics: Any) -> list[NamedConfig]:
@@ -48,6 +49,12 @@ def _metric_list(metrics: Any) -> list[NamedConfig]:
 
 def build_runner(data: Mapping[str, Any]) -> SingleBenchmarkRunner | MultiBenchmarkRunner:
     cfg = from_mapping(RunConfig, data, "run config")
+    if cfg.num_threads is not None:
+        if cfg.num_threads < 1:
+            raise ConfigError(f"num_threads must be a positive integer, got {cfg.num_threads}")
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
     technique = from_mapping(NamedConfig, cfg.technique, "technique")
     common: dict[str, Any] = {
         "output_dir": cfg.output_dir,

@@ -75,6 +75,8 @@ def test_non_positive_limit(limit) -> None:
 def test_impossible_run_settings() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         single(batch_size=0)
+    with pytest.raises(ValueError, match="num_threads must be a positive integer"):
+        build_runner({"technique": {"name": "free_run"}, "metric": {"name": "asr"}, "num_threads": 0})
     with pytest.raises(ValueError, match="Unknown model 'tinny'.*Did you mean 'tiny'"):
         single(model="tinny")
     import torch
