@@ -126,3 +126,12 @@ def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) ->
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not list((tmp_path / "x").glob("*/images"))
+
+
+def test_metric_choice_replaces_the_default_metric_set() -> None:
+    from eval_learn.__main__ import single_metric_overrides
+
+    assert single_metric_overrides(["metric=asr"]) == ["metric=asr", "metrics=[]"]
+    assert single_metric_overrides(["-m", "technique=free_run,esd", "metric=asr"])[-1] == "metrics=[]"
+    assert single_metric_overrides(["metrics=[asr]"]) == ["metrics=[asr]"]
+    assert single_metric_overrides(["model=tiny"]) == ["model=tiny"]
