@@ -72,7 +72,7 @@ def _background(style: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _mask(shape: str, rng: np.random.Generator) -> np.ndarray:
-    r = rng.uniform(6, 11)
+    r = rng.uniform(7, 12)
     cx, cy = rng.uniform(r + 1, SIZE - r - 1, size=2)
     y, x = np.mgrid[0:SIZE, 0:SIZE] + 0.5
     dx, dy = x - cx, y - cy
@@ -107,11 +107,11 @@ def prompt_for(scene: Scene, rng: np.random.Generator) -> str:
     template = TEMPLATES[rng.integers(len(TEMPLATES))]
     if kind < 0.40:
         return template.format(f"{scene.colour} {scene.shape}") + f" on a {scene.background} background"
-    if kind < 0.70:
+    if kind < 0.78:
         return template.format(f"{scene.colour} {scene.shape}")
-    if kind < 0.80:
+    if kind < 0.86:
         return (f"a {scene.colour} shape", f"something {scene.colour}", scene.colour)[rng.integers(3)]
-    if kind < 0.90:
+    if kind < 0.95:
         return template.format(scene.shape)
     return f"a {scene.background} background"
 
