@@ -104,11 +104,6 @@ def from_mapping(cls: type[C], data: Mapping[str, Any] | None, where: str) -> C:
     return obj
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    """The resolved config (defaults filled in), as plain JSON-ready data."""
-    return dataclasses.asdict(config)
-
-
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)

@@ -29,7 +29,6 @@ class MetricSpec:
     def __init__(
         self, name: str, config: Mapping[str, Any] | None, context: RunContext, erased: list[str] | None
     ) -> None:
-        self.requested_name = name
         self.name = METRICS.canonical(name)
         self.cls: type[Metric] = METRICS.get(self.name)
         parsed = from_mapping(self.cls.config_cls, config, f"metric '{name}' config")
