@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -83,8 +85,8 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment() -> dict[str, Any]:
-    """Library versions and hardware: what a reader needs to reproduce or distrust a number."""
+@cache
+def _environment() -> dict[str, Any]:
     from eval_learn import __version__
 
     packages = ["torch", "diffusers", "transformers", "hydra-core", "nudenet", "onnxruntime", "numpy", "pillow"]
@@ -100,6 +102,11 @@ def environment() -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(0)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and hardware: what a reader needs to reproduce or distrust a number (looked up once)."""
+    return copy.deepcopy(_environment())
 
 
 def peak_memory(device: str) -> dict[str, float | None]:
