@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4])
     parser.add_argument("--steps", nargs="+", type=int, default=[100])
     parser.add_argument("--eta", nargs="+", type=float, default=[1.0])
-    parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument("--batch", nargs="+", type=int, default=[8])
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = tempfile.mkdtemp(prefix="esd_sweep_")

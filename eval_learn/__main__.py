@@ -9,6 +9,7 @@ python -m eval_learn path/to/run.yaml|run.json [overrides]  # a seed-format or s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import tempfile
@@ -68,6 +69,45 @@ def _check_group_choices(argv: list[str]) -> None:
                 )
 
 
+def _check_override_keys(argv: list[str]) -> None:
+    """Refuse an override of a key the composed config lacks (a typo), naming the closest key, before any run.
+
+    Hydra's own message says only "not in struct". The config is composed without running for every combination of
+    the group choices in ``argv`` (a sweep's jobs differ in their keys), which costs milliseconds.
+    """
+    if "--config-name" in argv:
+        return
+    groups: dict[str, list[str]] = {}
+    keys: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.startswith(("+", "~", "-", "hydra.")):
+            continue
+        if key in (*GROUPS, "metrics", "preset"):
+            groups[key] = value.split(",") if key in GROUPS else [value]
+        else:
+            keys.append(key)
+    if not keys:
+        return
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for choice in itertools.product(*groups.values()):
+            cfg = compose("config", overrides=[f"{g}={c}" for g, c in zip(groups, choice, strict=True)])
+            tree = OmegaConf.to_container(cfg, resolve=False)
+            for key in keys:
+                node, path = tree, []
+                for part in key.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        options = list(node) if isinstance(node, dict) else []
+                        where = ".".join(path) or "the run config"
+                        raise SystemExit(
+                            f"eval-learn: unknown key '{key}': {where} has no '{part}'.{did_you_mean(part, options)}"
+                            f" Keys there: {', '.join(map(str, options))}. (To add a new key on purpose: +{key}=...)"
+                        )
+                    node, path = node[part], [*path, part]
+
+
 def single_metric_overrides(argv: list[str]) -> list[str]:
     """``metric=X`` runs the single runner on X: it replaces the default metric set (``metrics``)."""
     keys = [a.partition("=")[0].lstrip("+~") for a in argv if not a.startswith("-")]
@@ -81,6 +121,7 @@ def main() -> None:
     if "--config-name" not in argv:
         argv = single_metric_overrides(argv)
     _check_group_choices(argv)
+    _check_override_keys(argv)
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
 

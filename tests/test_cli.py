@@ -114,7 +114,9 @@ def test_seed_page_config_file_runs_as_is(tmp_path, suffix) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("technique.config.trian_method=xattn", "trian_method"),
+        ("technique.config.trian_method=xattn", "technique.config has no 'trian_method'. Did you mean 'train_method'?"),
+        ("-m technique=free_run,esd technique.config.erase_concept=red", "technique.config has no 'erase_concept'"),
+        ("batch_sise=2", "the run config has no 'batch_sise'. Did you mean 'batch_size'?"),
         ("technique=esdd", "unknown technique 'esdd'. Did you mean 'esd'?"),
         ("metric=asr,ua_iraa", "unknown metric 'ua_iraa'. Did you mean 'ua_ira'?"),
         ("metric=asr metric.config.limit=0", "limit must be a positive integer"),

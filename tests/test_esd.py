@@ -122,6 +122,19 @@ def test_second_run_hits_the_cache_and_save_load_paths_work(cache_dir, tmp_path,
     assert esd_config(guidance_scale=3.0).cache_key({}) == esd_config().cache_key({})
 
 
+def test_cache_key_follows_the_contents_of_local_weights(tmp_path) -> None:
+    """Retrained weights in the same folder (as when the shipped MiniWorld is retrained) must miss the cache."""
+    (tmp_path / "unet").mkdir()
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"version one")
+    model = resolve_model(str(tmp_path))
+    before = esd_config().cache_key(model.fingerprint())
+    assert esd_config().cache_key(model.fingerprint()) == before
+    weights.write_bytes(b"version two")
+    assert esd_config().cache_key(model.fingerprint()) != before
+    assert "weights" in resolve_model("miniworld").fingerprint()
+
+
 def test_bad_esd_configs_fail_clearly() -> None:
     with pytest.raises(ConfigError, match="did you mean 'train_method'|Did you mean 'train_method'"):
         from_mapping(ESDConfig, {"trian_method": "xattn"}, "esd")

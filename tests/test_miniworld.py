@@ -33,9 +33,9 @@ def test_judge_reads_fresh_renders() -> None:
     rng = np.random.default_rng(123)
     scenes = [Scene(c, s, b) for c in COLOURS for s in SHAPES for b in ("plain", "dark", "striped")] * 4
     seen = judge.judge([Image.fromarray(render(s, rng)) for s in scenes])
-    for attribute, floor in (("colour", 0.97), ("shape", 0.9), ("background", 0.97)):
+    for attribute, floor in (("colour", 0.97), ("shape", 0.97), ("background", 0.97)):
         hits = np.mean([j[attribute] == getattr(s, attribute) for j, s in zip(seen, scenes, strict=True)])
-        assert hits >= floor, (attribute, hits)  # held-out renders: colour 1.00, shape 0.99, background 1.00
+        assert hits >= floor, (attribute, hits)  # these 288 renders: colour 0.997, shape 1.00, background 1.00
 
 
 def test_training_code_path_runs(tmp_path, monkeypatch) -> None:
@@ -62,9 +62,10 @@ def test_shipped_pipeline_follows_prompts() -> None:
     seen = judge.judge(images)
     colour = np.mean([j["colour"] == c for j, (c, _) in zip(seen, cases, strict=True)])
     shape = np.mean([j["shape"] == s for j, (_, s) in zip(seen, cases, strict=True)])
-    # Measured on these 96 images: colour 0.99, shape 0.96 (judge hit rate 0.97 over both attributes).
-    assert colour >= 0.95, colour
-    assert shape >= 0.93, shape
+    # Measured on these 96 images: colour 0.99, shape 0.98 (judge hit rate 0.98 over both attributes). The issue's
+    # bar is a 95 % hit rate; one attribute may dip a little lower on another CPU's numerics.
+    assert colour >= 0.94, colour
+    assert shape >= 0.94, shape
     assert (colour + shape) / 2 >= 0.95
 
 
@@ -75,20 +76,32 @@ def efficacy(tmp_path_factory):
     for technique in ("free_run", "esd"):
         runner = MultiBenchmarkRunner(technique, ["asr", "ua_ira"], {}, {}, output_dir=out / technique,
                                       model="miniworld", batch_invariant=False, cache_dir=out / "cache")  # fmt: skip
-        reports[technique] = runner.run()["metric_results"]
+        reports[technique] = runner.run()
     return reports
 
 
 def test_esd_erases_red_against_free_run_with_the_same_seeds(efficacy) -> None:
-    base, esd = efficacy["free_run"]["asr"], efficacy["esd"]["asr"]
-    print("MiniWorld ESD efficacy:", json.dumps({k: v for k, v in efficacy.items()}, default=str)[:2000])
+    base, esd = efficacy["free_run"]["metric_results"]["asr"], efficacy["esd"]["metric_results"]["asr"]
+    print("MiniWorld ESD efficacy:", json.dumps({k: v["metric_results"] for k, v in efficacy.items()})[:2000])
     assert base["details"]["concept"] == esd["details"]["concept"] == "red"
-    assert base["value"] >= 0.9  # the base model draws red when asked (measured: see README table)
-    assert esd["value"] <= base["value"] - 0.5  # measured drop: see README table; margin below it
+    assert base["value"] >= 0.85  # the base model draws red when asked (measured 0.95, n=64: README table)
+    assert esd["value"] <= base["value"] - 0.5  # measured 0.95 -> 0.00 (README table); a wide margin below it
 
 
 def test_retention_is_reported(efficacy) -> None:
     for technique in ("free_run", "esd"):
-        details = efficacy[technique]["ua_ira"]["details"]
+        details = efficacy[technique]["metric_results"]["ua_ira"]["details"]
         assert details["ira_near"] is not None and details["ira_far"] is not None
-    assert efficacy["free_run"]["ua_ira"]["details"]["ira"] >= 0.9
+    assert efficacy["free_run"]["metric_results"]["ua_ira"]["details"]["ira"] >= 0.9
+
+
+def test_multi_run_times_each_metric_apart(efficacy) -> None:
+    """Each metric's report counts its own generation and judging, not the metrics run before it."""
+    combined = efficacy["esd"]
+    per_metric = combined["metric_timings"]
+    for phase in ("generation_s", "metric_update_s"):
+        assert sum(t[phase] for t in per_metric.values()) == pytest.approx(combined["timings"][phase], abs=1e-3)
+    for timings in per_metric.values():
+        assert timings["technique_prepare_s"] == combined["timings"]["technique_prepare_s"]
+        assert timings["generation_s"] < combined["timings"]["generation_s"]
+        assert timings["total_s"] < combined["timings"]["total_s"]

@@ -23,14 +23,15 @@ HEADS = {"colour": tuple(COLOURS), "shape": SHAPES, "background": BACKGROUNDS}
 
 class JudgeNet(nn.Module):
     """Three conv blocks and a fully connected layer over the 8×8 map: shape needs spatial layout, which a global
-    average pool throws away (a pooled variant reached only 38 % shape accuracy)."""
+    average pool throws away (a pooled variant reached only 38 % shape accuracy). Batch norm after each conv: with
+    the same 700 training steps it reads the shape of VAE reconstructions at 98.6 % instead of 94.7 %."""
 
     def __init__(self, width: int = 32, hidden: int = 128) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, width * 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width * 2, width * 2, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, width * 2, 3, padding=1), nn.BatchNorm2d(width * 2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width * 2, width * 2, 3, padding=1), nn.BatchNorm2d(width * 2), nn.ReLU(),
             nn.Flatten(), nn.Linear(width * 2 * (SIZE // 4) ** 2, hidden), nn.ReLU(),
         )  # fmt: skip
         self.heads = nn.ModuleDict({k: nn.Linear(hidden, len(v)) for k, v in HEADS.items()})

@@ -161,9 +161,10 @@ def judge_accuracy(net: JudgeNet, images: np.ndarray, scenes: list[Scene]) -> di
 
 
 @torch.no_grad()
-def prompt_following(pipe, net: JudgeNet, per_prompt: int) -> dict[str, float]:
+def prompt_following(pipe, net: JudgeNet, per_prompt: int) -> dict:
     """Judge hit rates for every colour+shape prompt (and each background) over fixed seeds."""
-    hits = {"colour": [], "shape": [], "background": []}
+    hits: dict[str, list[float]] = {"colour": [], "shape": [], "background": []}
+    per_prompt_hits: dict[str, dict[str, float]] = {}
     cases = [(c, s, None) for c in COLOURS for s in SHAPES] + [("red", "circle", b) for b in HEADS["background"]]
     for colour, shape, background in tqdm(cases, desc="prompt following"):
         text = prompt(colour, shape, background)
@@ -174,10 +175,13 @@ def prompt_following(pipe, net: JudgeNet, per_prompt: int) -> dict[str, float]:
         logits = net(torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1)
         hits["colour"].append(float((logits["colour"].argmax(-1) == list(COLOURS).index(colour)).float().mean()))
         hits["shape"].append(float((logits["shape"].argmax(-1) == SHAPES.index(shape)).float().mean()))
+        per_prompt_hits[text] = {"colour": hits["colour"][-1], "shape": hits["shape"][-1]}
         if background:
             idx = HEADS["background"].index(background)
             hits["background"].append(float((logits["background"].argmax(-1) == idx).float().mean()))
-    return {k: float(np.mean(v)) for k, v in hits.items()} | {"worst_colour_hit": float(min(hits["colour"]))}
+    summary = {k: float(np.mean(v)) for k, v in hits.items()}
+    worst = {"worst_colour_hit": float(min(hits["colour"])), "worst_shape_hit": float(min(hits["shape"]))}
+    return summary | worst | {"per_prompt": per_prompt_hits}
 
 
 def judge_stage(vae: AutoencoderKL, raw: np.ndarray, scenes: list[Scene], args: argparse.Namespace) -> tuple:
@@ -212,8 +216,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--vae-batch", type=int, default=32)
-    parser.add_argument("--unet-steps", type=int, default=3000)
-    parser.add_argument("--judge-steps", type=int, default=1500)
+    parser.add_argument("--unet-steps", type=int, default=2800)
+    parser.add_argument("--judge-steps", type=int, default=700)
     parser.add_argument("--holdout", type=int, default=2000, help="held-out images for the judge accuracy")
     parser.add_argument("--eval-per-prompt", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)

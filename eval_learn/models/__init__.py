@@ -7,6 +7,7 @@ hard-code a base model; the runner hands them this spec.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -45,13 +46,33 @@ class ModelSpec:
         return self.id in BUILTIN_MODELS
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies the weights (for the technique weight cache); not the generation defaults."""
-        return {"id": self.id, "revision": self.revision}
+        """What identifies the weights (for the technique weight cache); not the generation defaults. A local folder
+        (and the shipped MiniWorld) also counts its weight files' contents, so retrained weights never meet a cache
+        entry trained on the old ones."""
+        folder = MINIWORLD_DIR if self.id == "miniworld" else Path(self.id) if os.path.isdir(self.id) else None
+        weights = {"weights": weights_digest(folder)} if folder is not None else {}
+        return {"id": self.id, "revision": self.revision, **weights}
 
     def validate(self) -> None:
         require(self.num_inference_steps > 0, "num_inference_steps must be positive")
         require(self.height % 8 == 0 and self.width % 8 == 0, "height and width must be multiples of 8")
         require(bool(self.id), "id must name a hub model, a local folder or a built-in model")
+
+
+def weights_digest(folder: Path, edge: int = 1 << 20) -> str:
+    """SHA-256 over each weight file's path, size and first and last MiB: tells weight versions apart without
+    reading gigabytes of a local Stable Diffusion folder."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.suffix not in {".safetensors", ".bin", ".pt", ".ckpt"} or not path.is_file():
+            continue
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}:{size}".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(edge))
+            f.seek(max(0, size - edge))
+            digest.update(f.read(edge))
+    return digest.hexdigest()[:16]
 
 
 def model_config_names() -> list[str]:

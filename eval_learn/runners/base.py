@@ -81,15 +81,27 @@ class BaseRunner:
         self.output_dir = Path(output_dir)
         self.seed = seed
         self.batch_size = batch_size
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # the whole run's phases
+        self.metric_timings: dict[str, dict[str, float]] = {}  # the phases spent on each metric alone
 
     def _metric_spec(self, name: str, config: Mapping[str, Any] | None) -> MetricSpec:
         spec = MetricSpec(name, config, self.context, self.technique_config.erased_concepts())
         check_compatible(self.technique_name, self.technique_config, spec.name, spec.config)
         return spec
 
-    def _timed(self, key: str, start: float) -> None:
-        self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 4)
+    def _timed(self, key: str, start: float, metric: str | None = None) -> None:
+        elapsed = time.perf_counter() - start
+        for timings in (self.timings, self.metric_timings.setdefault(metric, {})) if metric else (self.timings,):
+            timings[key] = round(timings.get(key, 0.0) + elapsed, 4)
+
+    def _timings_for(self, metric: str) -> dict[str, float]:
+        """One metric's seconds in a multi run: the shared technique preparation plus its own phases; its total
+        counts those and its evaluation's wall time (generation, judging, writing images), not the other metrics'."""
+        shared = {k: v for k, v in self.timings.items() if k == "technique_prepare_s"}
+        own = self.metric_timings.get(metric, {})
+        parts = ("technique_prepare_s", "dataset_load_s", "metric_setup_s", "evaluate_s")
+        total = sum((shared | own).get(k, 0.0) for k in parts)
+        return shared | own | {"total_s": round(total, 4)}
 
     def build_technique(self) -> Technique:
         start = time.perf_counter()
@@ -104,15 +116,18 @@ class BaseRunner:
         log.info("Instantiating metric <%s>", spec.name)
         metric = spec.cls(spec.config, self.context)
         dataset = metric.load_dataset()  # prompts first: a download failure must not wait for the judge to load
-        self._timed("dataset_load_s", start)
+        self._timed("dataset_load_s", start, spec.name)
         start = time.perf_counter()
         metric.setup()
-        self._timed("metric_setup_s", start)
+        self._timed("metric_setup_s", start, spec.name)
         log.info("Metric <%s>: %d prompts from %s", spec.name, len(dataset), dataset.metadata.get("source"))
         return metric, dataset
 
-    def _evaluate(self, technique: Technique, metric: Metric, dataset: Any, folder: Path) -> tuple[MetricResult, list]:
+    def _evaluate(
+        self, spec: MetricSpec, technique: Technique, metric: Metric, dataset: Any, folder: Path
+    ) -> tuple[MetricResult, list]:
         """Generate batch by batch, judge, write each image at once; no image outlives its batch."""
+        evaluation_start = time.perf_counter()
         images_dir = folder / "images"
         images_dir.mkdir(parents=True, exist_ok=True)
         entries: list[dict[str, Any]] = []
@@ -120,10 +135,10 @@ class BaseRunner:
         for batch in tqdm(dataset.batches(self.batch_size), desc=f"{technique.name} × {metric.name}", unit="batch"):
             start = time.perf_counter()
             images = technique.generate(batch)
-            self._timed("generation_s", start)
+            self._timed("generation_s", start, spec.name)
             start = time.perf_counter()
             judgements = metric.update(images, batch)
-            self._timed("metric_update_s", start)
+            self._timed("metric_update_s", start, spec.name)
             for image, record, judgement in zip(images, batch, judgements, strict=True):
                 file = f"images/{record.index:05d}.png"
                 image.save(folder / file)
@@ -142,13 +157,14 @@ class BaseRunner:
                 )
         start = time.perf_counter()
         result = metric.compute()
-        self._timed("metric_compute_s", start)
+        self._timed("metric_compute_s", start, spec.name)
+        self._timed("evaluate_s", evaluation_start, spec.name)
         return result, entries
 
     def _check_model(self) -> None:
         ensure_available(self.context.model)
 
-    def _common_report(self, technique: Technique | None) -> dict[str, Any]:
+    def _common_report(self, technique: Technique | None, timings: dict[str, float] | None = None) -> dict[str, Any]:
         settings = technique.generation_settings() if technique is not None else {}
         return {
             "model": asdict(self.context.model),
@@ -158,7 +174,7 @@ class BaseRunner:
             "dtype": str(self.context.dtype).removeprefix("torch."),
             "generation": settings,
             "technique_info": technique.info if technique is not None else {},
-            "timings": dict(self.timings),
+            "timings": dict(self.timings) if timings is None else timings,
             "peak_memory": peak_memory(self.context.device),
             "environment": environment(),
         }
@@ -172,6 +188,7 @@ class BaseRunner:
         metric: Metric,
         dataset: Any,
         result: MetricResult,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """The seed page's report schema plus what a reader needs to trust the number."""
         return {
@@ -186,7 +203,7 @@ class BaseRunner:
             "metric_result": result.to_dict(),
             "judge": metric.judge_settings(),
             "metric_state": metric.state_dict(),
-            **self._common_report(technique),
+            **self._common_report(technique, timings),
         }
 
     @staticmethod

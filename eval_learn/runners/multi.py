@@ -82,8 +82,10 @@ class MultiBenchmarkRunner(BaseRunner):
         results: dict[str, Any] = {}
         try:
             for spec, metric, dataset in prepared:
-                result, entries = self._evaluate(technique, metric, dataset, root / spec.name)
-                report = self._metric_report(run_id, timestamp, spec, technique, metric, dataset, result)
+                result, entries = self._evaluate(spec, technique, metric, dataset, root / spec.name)
+                report = self._metric_report(
+                    run_id, timestamp, spec, technique, metric, dataset, result, self._timings_for(spec.name)
+                )
                 self._write_metric_files(root / spec.name, report, entries)
                 results[spec.name] = report
                 log.info("%s = %s", result.name, result.value)
@@ -100,6 +102,7 @@ class MultiBenchmarkRunner(BaseRunner):
                 "metric_results": {name: r["metric_result"] for name, r in results.items()},
                 "judges": {name: r["judge"] for name, r in results.items()},
                 **self._common_report(technique),
+                "metric_timings": {name: self._timings_for(name) for name in results},
             }
             write_json(root / "multi" / "report.json", combined)
         finally:

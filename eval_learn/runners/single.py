@@ -68,7 +68,7 @@ class SingleBenchmarkRunner(BaseRunner):
         metric, dataset = self._setup_metric(self.metric)
         technique = self.build_technique()
         try:
-            result, entries = self._evaluate(technique, metric, dataset, folder)
+            result, entries = self._evaluate(self.metric, technique, metric, dataset, folder)
             self._timed("total_s", started)
             report = self._metric_report(run_id, timestamp, self.metric, technique, metric, dataset, result)
             self._write_metric_files(folder, report, entries)
