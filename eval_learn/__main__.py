@@ -103,7 +103,7 @@ def _check_override_keys(argv: list[str]) -> None:
                         where = ".".join(path) or "the run config"
                         raise SystemExit(
                             f"eval-learn: unknown key '{key}': {where} has no '{part}'.{did_you_mean(part, options)}"
-                            f" Keys there: {', '.join(map(str, options))}. (To add a new key on purpose: +{key}=...)"
+                            f" Keys there: {', '.join(map(str, options))}."
                         )
                     node, path = node[part], [*path, part]
 
