@@ -81,8 +81,8 @@ def _check_override_keys(argv: list[str]) -> None:
     keys: list[str] = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or key.startswith(("+", "~", "-", "hydra.")):
-            continue
+        if not sep or key.startswith(("+", "~", "-", "hydra")) or "/" in key or "@" in key:
+            continue  # additions, deletions, Hydra's own settings and group paths (hydra/launcher=...)
         if key in (*GROUPS, "metrics", "preset"):
             groups[key] = value.split(",") if key in GROUPS else [value]
         else:

@@ -130,6 +130,19 @@ def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) ->
     assert not list((tmp_path / "x").glob("*/images"))
 
 
+def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
+    from eval_learn.__main__ import _check_override_keys, single_metric_overrides
+
+    for line in (
+        "technique.config.train_method=noxattn metrics.asr.config.limit=16 seed=1",
+        "-m model=tiny technique=free_run,esd metric=asr seed=0,1 hydra/launcher=basic hydra.job.chdir=false",
+        "technique=esd metrics=[asr,ua_ira] metrics.ua_ira.config.retain_check=all",
+    ):
+        _check_override_keys(single_metric_overrides(line.split()))  # raises SystemExit on a false alarm
+    with pytest.raises(SystemExit, match="Did you mean 'limit'"):
+        _check_override_keys(single_metric_overrides(["metric=asr", "metric.config.limt=3"]))
+
+
 def test_metric_choice_replaces_the_default_metric_set() -> None:
     from eval_learn.__main__ import single_metric_overrides
 
