@@ -14,6 +14,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +25,9 @@ from eval_learn.models import CONF_DIR
 
 log = logging.getLogger("eval_learn")
 GROUPS = ("technique", "metric", "model")
+SELECTIONS = (*GROUPS, "metrics", "preset")  # overrides that choose configs rather than set a value
+# A config of the user's (name/path), or extra config folders: our own config is then not the whole story.
+CONFIG_MODE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -72,40 +76,66 @@ def _check_group_choices(argv: list[str]) -> None:
 def _check_override_keys(argv: list[str]) -> None:
     """Refuse an override of a key the composed config lacks (a typo), naming the closest key, before any run.
 
-    Hydra's own message says only "not in struct". The config is composed without running for every combination of
-    the group choices in ``argv`` (a sweep's jobs differ in their keys), which costs milliseconds.
+    Hydra's own message says only "not in struct". The config is composed without running (about 0.1 s) for every
+    combination of the config-group choices in ``argv``, since a sweep's jobs differ in their keys. Whatever Hydra
+    itself will report more precisely (unparsable overrides, unknown group options, a user's own config file via
+    ``-cn``/``-cp``, Hydra's settings) is left to Hydra.
     """
-    if "--config-name" in argv:
+    if any(arg.startswith(CONFIG_MODE_FLAGS) for arg in argv):
         return
-    groups: dict[str, list[str]] = {}
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    texts = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    try:
+        overrides = OverridesParser.create().parse_overrides(texts)
+    except HydraException:
+        return
+    selections: list[list[str]] = []  # per selection override: its alternatives (several in a sweep)
     keys: list[str] = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key.startswith(("+", "~", "-", "hydra")) or "/" in key or "@" in key:
-            continue  # additions, deletions, Hydra's own settings and group paths (hydra/launcher=...)
-        if key in (*GROUPS, "metrics", "preset"):
-            groups[key] = value.split(",") if key in GROUPS else [value]
-        else:
+    for override in overrides:
+        key = override.key_or_group
+        if key.startswith("hydra") or "/" in key:
+            continue
+        if override.is_delete():
+            selections.append([override.input_line])
+        elif key in SELECTIONS:
+            prefix = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}.get(override.type, "")
+            package = f"@{override.package}" if override.package else ""
+            values = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [override.get_value_element_as_str()]
+            )
+            selections.append([f"{prefix}{key}{package}={value}" for value in values])
+        elif override.type == OverrideType.CHANGE and override.package is None:
             keys.append(key)
     if not keys:
         return
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for choice in itertools.product(*groups.values()):
-            cfg = compose("config", overrides=[f"{g}={c}" for g, c in zip(groups, choice, strict=True)])
-            tree = OmegaConf.to_container(cfg, resolve=False)
+        for combination in itertools.product(*selections):
+            try:
+                tree = OmegaConf.to_container(compose("config", overrides=list(combination)), resolve=False)
+            except (HydraException, OmegaConfBaseException, ValueError):
+                return  # a composition error: Hydra reports it when it composes the run
             for key in keys:
-                node, path = tree, []
-                for part in key.split("."):
-                    if not isinstance(node, dict) or part not in node:
-                        options = list(node) if isinstance(node, dict) else []
-                        where = ".".join(path) or "the run config"
-                        raise SystemExit(
-                            f"eval-learn: unknown key '{key}': {where} has no '{part}'.{did_you_mean(part, options)}"
-                            f" Keys there: {', '.join(map(str, options))}."
-                        )
-                    node, path = node[part], [*path, part]
+                _require_key(tree, key)
+
+
+def _require_key(tree: Any, key: str) -> None:
+    node, path = tree, []
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            options = list(node) if isinstance(node, dict) else []
+            where = ".".join(path) or "the run config"
+            raise SystemExit(
+                f"eval-learn: unknown key '{key}': {where} has no '{part}'.{did_you_mean(part, options)}"
+                f" Keys there: {', '.join(map(str, options))}."
+            )
+        node, path = node[part], [*path, part]
 
 
 def single_metric_overrides(argv: list[str]) -> list[str]:
@@ -118,7 +148,7 @@ def single_metric_overrides(argv: list[str]) -> list[str]:
 
 def main() -> None:
     argv = _config_file_argv(sys.argv[1:])
-    if "--config-name" not in argv:
+    if not any(arg.startswith(CONFIG_MODE_FLAGS[:4]) for arg in argv):  # not a config file of the user's
         argv = single_metric_overrides(argv)
     _check_group_choices(argv)
     _check_override_keys(argv)

@@ -124,10 +124,11 @@ def test_seed_page_config_file_runs_as_is(tmp_path, suffix) -> None:
     ],
 )
 def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) -> None:
-    proc = run_cli("model=tiny", *override.split(), f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    out = tmp_path / "x"
+    proc = run_cli("model=tiny", *override.split(), f"hydra.run.dir={out}", f"hydra.sweep.dir={out}", cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr
-    assert not list((tmp_path / "x").glob("*/images"))
+    assert not list(out.rglob("*.png")) and not list(out.rglob("report.json"))
 
 
 def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
@@ -137,6 +138,11 @@ def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
         "technique.config.train_method=noxattn metrics.asr.config.limit=16 seed=1",
         "-m model=tiny technique=free_run,esd metric=asr seed=0,1 hydra/launcher=basic hydra.job.chdir=false",
         "technique=esd metrics=[asr,ua_ira] metrics.ua_ira.config.retain_check=all",
+        "-m metrics=[asr],[ua_ira] seed=1",  # a sweep over metric sets
+        "-m preset=tiny_esd,miniworld_esd technique.config.train_steps=5",
+        "+metric=asr metric.config.limit=1",
+        "-cn my_config my_own_key=1",  # the user's own config: its keys are Hydra's business
+        "metrics=[asr,no_such_metric] seed=1",  # a composition error: left for Hydra to report
     ):
         _check_override_keys(single_metric_overrides(line.split()))  # raises SystemExit on a false alarm
     with pytest.raises(SystemExit, match="Did you mean 'limit'"):

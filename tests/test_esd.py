@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -126,11 +128,14 @@ def test_cache_key_follows_the_contents_of_local_weights(tmp_path) -> None:
     """Retrained weights in the same folder (as when the shipped MiniWorld is retrained) must miss the cache."""
     (tmp_path / "unet").mkdir()
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
-    weights.write_bytes(b"version one")
+    content = bytearray(3 << 20)  # 3 MiB: the changed byte sits far from both ends of the file
+    weights.write_bytes(content)
     model = resolve_model(str(tmp_path))
     before = esd_config().cache_key(model.fingerprint())
     assert esd_config().cache_key(model.fingerprint()) == before
-    weights.write_bytes(b"version two")
+    content[len(content) // 2] = 1
+    weights.write_bytes(content)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
     assert esd_config().cache_key(model.fingerprint()) != before
     assert "weights" in resolve_model("miniworld").fingerprint()
 

@@ -7,6 +7,7 @@ hard-code a base model; the runner hands them this spec.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -49,7 +50,10 @@ class ModelSpec:
         """What identifies the weights (for the technique weight cache); not the generation defaults. A local folder
         (and the shipped MiniWorld) also counts its weight files' contents, so retrained weights never meet a cache
         entry trained on the old ones."""
-        folder = MINIWORLD_DIR if self.id == "miniworld" else Path(self.id) if os.path.isdir(self.id) else None
+        if self.builtin:
+            folder = MINIWORLD_DIR if self.id == "miniworld" else None  # tiny is built from code
+        else:
+            folder = Path(self.id) if os.path.isdir(self.id) else None
         weights = {"weights": weights_digest(folder)} if folder is not None else {}
         return {"id": self.id, "revision": self.revision, **weights}
 
@@ -59,20 +63,25 @@ class ModelSpec:
         require(bool(self.id), "id must name a hub model, a local folder or a built-in model")
 
 
-def weights_digest(folder: Path, edge: int = 1 << 20) -> str:
-    """SHA-256 over each weight file's path, size and first and last MiB: tells weight versions apart without
-    reading gigabytes of a local Stable Diffusion folder."""
+def weights_digest(folder: Path) -> str:
+    """SHA-256 over each weight file's path and full contents: an edit anywhere in a tensor (say a cross-attention
+    layer in the middle of a UNet file) changes it. Each file is read once per process."""
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
-        if path.suffix not in {".safetensors", ".bin", ".pt", ".ckpt"} or not path.is_file():
-            continue
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder).as_posix()}:{size}".encode())
-        with path.open("rb") as f:
-            digest.update(f.read(edge))
-            f.seek(max(0, size - edge))
-            digest.update(f.read(edge))
+        if path.suffix in {".safetensors", ".bin", ".pt", ".ckpt"} and path.is_file():
+            stat = path.stat()
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns).encode())
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is read again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def model_config_names() -> list[str]:
