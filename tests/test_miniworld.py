@@ -69,6 +69,28 @@ def test_shipped_pipeline_follows_prompts() -> None:
     assert (colour + shape) / 2 >= 0.95
 
 
+def test_a_retrained_folder_is_benchmarked_like_the_shipped_model(tmp_path) -> None:
+    """``model=miniworld model.id=DIR`` runs a retrain (say another seed) under the same settings and the shipped judge;
+    with the shipped weights copied there it must give the same images' verdicts as ``model=miniworld``."""
+    import shutil
+
+    import yaml
+
+    from eval_learn.models import CONF_DIR, MINIWORLD_DIR
+    from eval_learn.runners import SingleBenchmarkRunner
+
+    folder = tmp_path / "my_miniworld"
+    shutil.copytree(MINIWORLD_DIR, folder)
+    spec = yaml.safe_load((CONF_DIR / "model" / "miniworld.yaml").read_text()) | {"id": str(folder)}
+    reports = [
+        SingleBenchmarkRunner("free_run", "asr", {}, {"limit": 8}, tmp_path / str(i), model=model).run()
+        for i, model in enumerate(("miniworld", spec))
+    ]
+    assert reports[1]["model"]["id"] == str(folder) and reports[1]["dataset_name"] == "miniworld"
+    assert reports[0]["metric_state"] == reports[1]["metric_state"]
+    assert reports[0]["metric_result"]["value"] == reports[1]["metric_result"]["value"]
+
+
 @pytest.fixture(scope="module")
 def efficacy(tmp_path_factory):
     out = tmp_path_factory.mktemp("efficacy")
