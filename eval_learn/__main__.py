@@ -58,42 +58,55 @@ def _config_file_argv(argv: list[str]) -> list[str]:
     return ["--config-path", str(folder), "--config-name", "run", f"hydra.searchpath=[file://{CONF_DIR}]", *argv[1:]]
 
 
-def _check_group_choices(argv: list[str]) -> None:
+def _parse_overrides(argv: list[str]) -> list[Any] | None:
+    """The command line's overrides as Hydra reads them (sweeps, ``+``/``~``, packages); None when Hydra will refuse
+    them itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    texts = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    try:
+        return OverridesParser.create().parse_overrides(texts)
+    except HydraException:
+        return None
+
+
+def _values(override: Any) -> list[str]:
+    """Every value an override takes: several for a sweep (``a,b``, ``range(...)``), else one."""
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
+def _check_group_choices(overrides: list[Any]) -> None:
     """Refuse an unknown option of a config group with a suggestion, before Hydra composes anything."""
-    for arg in argv:
-        group, sep, value = arg.partition("=")
-        group = group.lstrip("+")
-        if not sep or group not in GROUPS or not value or value.startswith(("[", "$")):
+    for override in overrides:
+        group = override.key_or_group
+        if group not in GROUPS or override.is_delete():
             continue
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        for choice in value.split(","):
-            if choice not in options and choice != "null":
+        for choice in _values(override):
+            if choice not in options and choice != "null" and not choice.startswith("$"):
                 raise SystemExit(
                     f"eval-learn: unknown {group} '{choice}'.{did_you_mean(choice, options)} Available: {', '.join(options)}"
                 )
 
 
-def _check_override_keys(argv: list[str]) -> None:
+def _check_override_keys(argv: list[str], overrides: list[Any]) -> None:
     """Refuse an override of a key the composed config lacks (a typo), naming the closest key, before any run.
 
     Hydra's own message says only "not in struct". The config is composed without running (about 0.1 s) for every
     combination of the config-group choices in ``argv``, since a sweep's jobs differ in their keys. Whatever Hydra
-    itself will report more precisely (unparsable overrides, unknown group options, a user's own config file via
-    ``-cn``/``-cp``, Hydra's settings) is left to Hydra.
+    itself will report more precisely (composition errors, a user's own config file via ``-cn``/``-cp``, Hydra's
+    settings) is left to Hydra.
     """
     if any(arg.startswith(CONFIG_MODE_FLAGS) for arg in argv):
         return
     from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    texts = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
-    try:
-        overrides = OverridesParser.create().parse_overrides(texts)
-    except HydraException:
-        return
     selections: list[list[str]] = []  # per selection override: its alternatives (several in a sweep)
     keys: list[str] = []
     for override in overrides:
@@ -105,12 +118,7 @@ def _check_override_keys(argv: list[str]) -> None:
         elif key in SELECTIONS:
             prefix = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}.get(override.type, "")
             package = f"@{override.package}" if override.package else ""
-            values = (
-                list(override.sweep_string_iterator())
-                if override.is_sweep_override()
-                else [override.get_value_element_as_str()]
-            )
-            selections.append([f"{prefix}{key}{package}={value}" for value in values])
+            selections.append([f"{prefix}{key}{package}={value}" for value in _values(override)])
         elif override.type == OverrideType.CHANGE and override.package is None:
             keys.append(key)
     if not keys:
@@ -150,8 +158,10 @@ def main() -> None:
     argv = _config_file_argv(sys.argv[1:])
     if not any(arg.startswith(CONFIG_MODE_FLAGS[:4]) for arg in argv):  # not a config file of the user's
         argv = single_metric_overrides(argv)
-    _check_group_choices(argv)
-    _check_override_keys(argv)
+    overrides = _parse_overrides(argv)
+    if overrides is not None:
+        _check_group_choices(overrides)
+        _check_override_keys(argv, overrides)
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
 

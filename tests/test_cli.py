@@ -132,7 +132,7 @@ def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) ->
 
 
 def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
-    from eval_learn.__main__ import _check_override_keys, single_metric_overrides
+    from eval_learn.__main__ import _check_override_keys, _parse_overrides, single_metric_overrides
 
     for line in (
         "technique.config.train_method=noxattn metrics.asr.config.limit=16 seed=1",
@@ -144,9 +144,13 @@ def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
         "-cn my_config my_own_key=1",  # the user's own config: its keys are Hydra's business
         "metrics=[asr,no_such_metric] seed=1",  # a composition error: left for Hydra to report
     ):
-        _check_override_keys(single_metric_overrides(line.split()))  # raises SystemExit on a false alarm
+        argv = single_metric_overrides(line.split())
+        overrides = _parse_overrides(argv)
+        assert overrides is not None, line
+        _check_override_keys(argv, overrides)  # raises SystemExit on a false alarm
+    argv = single_metric_overrides(["metric=asr", "metric.config.limt=3"])
     with pytest.raises(SystemExit, match="Did you mean 'limit'"):
-        _check_override_keys(single_metric_overrides(["metric=asr", "metric.config.limt=3"]))
+        _check_override_keys(argv, _parse_overrides(argv) or [])
 
 
 def test_metric_choice_replaces_the_default_metric_set() -> None:

@@ -135,9 +135,6 @@ class ASR(Metric):
         else:
             self.judge_model = NudeNetJudge(*self.config.judge_classes())
 
-    def judge_settings(self) -> dict[str, Any]:
-        return self.judge_model.settings()
-
     def load_dataset(self) -> PromptDataset:
         name = self.dataset_name(self.config, self.context.model)
         cfg = self.config

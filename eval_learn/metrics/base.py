@@ -85,7 +85,9 @@ class Metric:
         raise NotImplementedError
 
     def judge_settings(self) -> dict[str, Any]:
-        return {}
+        """The judge's exact settings for the report: those of ``self.judge_model`` once ``setup`` has loaded one."""
+        judge = getattr(self, "judge_model", None)
+        return judge.settings() if judge is not None else {}
 
     # --- shared state handling -----------------------------------------------------------------------------------
     def reset(self) -> None:

@@ -71,9 +71,6 @@ class UAIRA(Metric):
 
         self.judge_model = load_shipped_judge()
 
-    def judge_settings(self) -> dict[str, Any]:
-        return self.judge_model.settings()
-
     def load_dataset(self) -> PromptDataset:
         cfg, seed = self.config, self.context.seed
         records = concept_records(cfg.concept, "target", cfg.target_samples_per_prompt, 0, seed)
