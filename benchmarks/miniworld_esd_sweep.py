@@ -24,7 +24,6 @@ def run(technique: str, config: dict, concept: str, out: str) -> tuple[dict, flo
     start = time.perf_counter()
     runner = MultiBenchmarkRunner(
         technique, ["asr", "ua_ira"], config, {}, output_dir=out, model="miniworld", cache_dir=out,
-        batch_invariant=False,
     )  # fmt: skip
     results = runner.run()["metric_results"]
     return results, time.perf_counter() - start

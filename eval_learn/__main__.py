@@ -5,57 +5,121 @@ python -m eval_learn model=tiny technique=esd metric=asr    # metric=X: the sing
 python -m eval_learn -m technique=free_run,esd metric=asr   # a sweep, one folder per job
 python -m eval_learn technique=esd 'metrics=[asr,ua_ira]'   # one technique, several metrics
 python -m eval_learn path/to/run.yaml|run.json [overrides]  # a seed-format or saved (.hydra) config
+
+Every mistake in the input ends with one message on stderr and exit code 2, before any model loads: every job of a
+sweep is composed and validated first. A run that cannot produce a trustworthy number stops with a message and exit
+code 1. ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import sys
-import tempfile
-from pathlib import Path
-from typing import Any
+import os
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is imported: no torchvision notices
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no accelerate notice
 
-from eval_learn.app import build_runner
-from eval_learn.configs import did_you_mean
-from eval_learn.models import CONF_DIR
+import itertools  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from eval_learn.app import build_runner  # noqa: E402
+from eval_learn.configs import did_you_mean  # noqa: E402
+from eval_learn.errors import ConfigError, EvalLearnError  # noqa: E402
+from eval_learn.models import CONF_DIR  # noqa: E402
+from eval_learn.settings import RunConfigSchema  # noqa: E402
+from eval_learn.summary import summary_lines  # noqa: E402
 
 log = logging.getLogger("eval_learn")
 GROUPS = ("technique", "metric", "model")
 SELECTIONS = (*GROUPS, "metrics", "preset")  # overrides that choose configs rather than set a value
 # A config of the user's (name/path), or extra config folders: our own config is then not the whole story.
 CONFIG_MODE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+RUN_FILE_KEYS = {f for f in RunConfigSchema.__dataclass_fields__}
+_FAILURES: list[EvalLearnError] = []  # errors of jobs in this process (a sweep runs its jobs one after another)
+
+ConfigStore.instance().store(name="run_schema", node=RunConfigSchema)
+OmegaConf.register_new_resolver("unique_run", lambda: os.urandom(3).hex(), use_cache=True, replace=True)
+
+
+def _full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR", "0") == "1"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    data = OmegaConf.to_container(cfg, resolve=True)
-    runner = build_runner(data)  # type: ignore[arg-type]
-    report = runner.run()
+    try:
+        runner = build_runner(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        report = runner.run()
+    except EvalLearnError as err:
+        if _full_error():
+            raise
+        log.error("%s", err)
+        _FAILURES.append(err)
+        return None
+    for line in summary_lines(report, runner.output_dir / report["run_id"]):
+        log.info(line)
     result = report.get("metric_result")
     return result["value"] if result else None
 
 
-def _config_file_argv(argv: list[str]) -> list[str]:
-    """``eval-learn FILE [overrides]`` → Hydra arguments that make FILE the primary config.
+def _quiet_libraries() -> None:
+    """The notices every run would print (weights-loading progress bars) are off; real warnings stay."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
 
-    The file may be JSON or YAML, in the seed page's format or a finished run's ``.hydra/config.yaml``; it is copied
-    as YAML into a temporary folder, and the package's config groups stay on the search path for overrides.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def _run_file_argv(argv: list[str]) -> tuple[list[str], Path | None]:
+    """``eval-learn FILE [overrides]`` → Hydra arguments that make FILE the primary config, and the temporary
+    folder holding it (removed after the run).
+
+    The file may be JSON or YAML, in the seed page's format or a finished run's ``.hydra/config.yaml``. It may set the
+    run's own keys only: Hydra's settings (which can instantiate arbitrary code, e.g. ``hydra.callbacks``) belong on
+    the command line. Plain overrides of keys the file leaves out work (they are passed as ``++key=value``).
     """
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
-        return argv
+        return argv, None
     path = Path(argv[0])
     if path.suffix not in {".yaml", ".yml", ".json"}:
-        return argv
+        return argv, None
+    if path.is_dir():
+        raise ConfigError(f"run file '{path}' is a folder; give a .yaml or .json file")
     if not path.is_file():
-        raise SystemExit(f"eval-learn: config file '{path}' does not exist")
-    data = OmegaConf.load(path)
+        raise ConfigError(f"run file '{path}' does not exist")
+    try:
+        data = OmegaConf.load(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"run file '{path}' is not UTF-8 text") from None
+    except Exception as err:  # noqa: BLE001 - YAML/JSON syntax errors of every kind
+        raise ConfigError(f"run file '{path}' cannot be read: {err}") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"run file '{path}' must hold a mapping (technique, metric, ...), not a list")
+    for key in data:
+        if key in ("hydra", "defaults"):
+            raise ConfigError(
+                f"run file '{path}' sets '{key}': a run file may set the run's own keys only "
+                f"({', '.join(sorted(RUN_FILE_KEYS))}); Hydra's settings go on the command line (e.g. hydra.run.dir=...)"
+            )
+        if key not in RUN_FILE_KEYS:
+            raise ConfigError(f"run file '{path}': unknown key '{key}'.{did_you_mean(str(key), RUN_FILE_KEYS)} "
+                              f"Keys: {', '.join(sorted(RUN_FILE_KEYS))}")  # fmt: skip
+    ours = OmegaConf.load(CONF_DIR / "config.yaml")
+    data["hydra"] = ours.hydra  # our run and sweep folders (unique per run), as for any other run
     folder = Path(tempfile.mkdtemp(prefix="eval_learn_config_"))
     OmegaConf.save(data, folder / "run.yaml")
-    return ["--config-path", str(folder), "--config-name", "run", f"hydra.searchpath=[file://{CONF_DIR}]", *argv[1:]]
+    overrides = [a if a.startswith(("-", "+", "~", "hydra")) or "=" not in a else f"++{a}" for a in argv[1:]]
+    return ["--config-path", str(folder), "--config-name", "run", f"hydra.searchpath=[file://{CONF_DIR}]",
+            *overrides], folder  # fmt: skip
 
 
 def _parse_overrides(argv: list[str]) -> list[Any] | None:
@@ -64,11 +128,25 @@ def _parse_overrides(argv: list[str]) -> list[Any] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    texts = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    texts = [a for a in _override_texts(argv)]
     try:
         return OverridesParser.create().parse_overrides(texts)
     except HydraException:
         return None
+
+
+def _override_texts(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in CONFIG_MODE_FLAGS:
+            skip = True
+            continue
+        if not arg.startswith("-") and ("=" in arg or arg.startswith("~")):
+            out.append(arg)
+    return out
 
 
 def _values(override: Any) -> list[str]:
@@ -87,8 +165,8 @@ def _check_group_choices(overrides: list[Any]) -> None:
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         for choice in _values(override):
             if choice not in options and choice != "null" and not choice.startswith("$"):
-                raise SystemExit(
-                    f"eval-learn: unknown {group} '{choice}'.{did_you_mean(choice, options)} Available: {', '.join(options)}"
+                raise ConfigError(
+                    f"unknown {group} '{choice}'.{did_you_mean(choice, options)} Available: {', '.join(options)}"
                 )
 
 
@@ -128,7 +206,7 @@ def _check_override_keys(argv: list[str], overrides: list[Any]) -> None:
             try:
                 tree = OmegaConf.to_container(compose("config", overrides=list(combination)), resolve=False)
             except (HydraException, OmegaConfBaseException, ValueError):
-                return  # a composition error: Hydra reports it when it composes the run
+                return  # a composition error: reported when the jobs are validated
             for key in keys:
                 _require_key(tree, key)
 
@@ -139,11 +217,45 @@ def _require_key(tree: Any, key: str) -> None:
         if not isinstance(node, dict) or part not in node:
             options = list(node) if isinstance(node, dict) else []
             where = ".".join(path) or "the run config"
-            raise SystemExit(
-                f"eval-learn: unknown key '{key}': {where} has no '{part}'.{did_you_mean(part, options)}"
-                f" Keys there: {', '.join(map(str, options))}."
+            hint = ""
+            if not isinstance(node, dict) and path:
+                hint = (f" '{'.'.join(path)}' is {node!r}, not a mapping: set it whole, e.g. "
+                        f"'{'.'.join(path)}={{name: ..., {part}: ...}}'.")  # fmt: skip
+            raise ConfigError(
+                f"unknown key '{key}': {where} has no '{part}'.{did_you_mean(part, options)}{hint}"
+                + (f" Keys there: {', '.join(map(str, options))}." if options else "")
             )
         node, path = node[part], [*path, part]
+
+
+def _validate_jobs(argv: list[str], overrides: list[Any], run_file: Path | None) -> None:
+    """Compose every job of the command line (all combinations of a sweep) and build its runner, which checks
+    everything but loads no model: a mistake in any job stops the command before the first one starts."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if run_file is None and any(arg.startswith(CONFIG_MODE_FLAGS) for arg in argv):
+        return  # the user's own config: validated when it runs
+    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    jobs = [[o for o in job if not o.lstrip("+~").startswith("hydra")] for job in jobs]
+    config_dir, name = (str(run_file), "run") if run_file else (str(CONF_DIR), "config")
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        for job in jobs[:512]:
+            try:
+                cfg = compose(name, overrides=job)
+            except (HydraException, OmegaConfBaseException) as err:
+                raise ConfigError(str(err).strip().split("\n")[0]) from None
+            data = OmegaConf.to_container(cfg, resolve=False)
+            if isinstance(data.get("output_dir"), str) and "${" in data["output_dir"]:  # type: ignore[union-attr]
+                data["output_dir"] = "outputs"  # type: ignore[index]
+            data = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+            prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
+            try:
+                build_runner(data)  # type: ignore[arg-type]
+            except ConfigError as err:
+                raise ConfigError(f"{prefix}{err}") from None
 
 
 def single_metric_overrides(argv: list[str]) -> list[str]:
@@ -154,17 +266,37 @@ def single_metric_overrides(argv: list[str]) -> list[str]:
     return argv
 
 
-def main() -> None:
-    argv = _config_file_argv(sys.argv[1:])
-    if not any(arg.startswith(CONFIG_MODE_FLAGS[:4]) for arg in argv):  # not a config file of the user's
-        argv = single_metric_overrides(argv)
-    overrides = _parse_overrides(argv)
-    if overrides is not None:
-        _check_group_choices(overrides)
-        _check_override_keys(argv, overrides)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_file: Path | None = None
+    try:
+        argv, run_file = _run_file_argv(argv)
+        if run_file is None and not any(arg.startswith(CONFIG_MODE_FLAGS[:4]) for arg in argv):
+            argv = single_metric_overrides(argv)
+        overrides = _parse_overrides(argv)
+        if overrides is not None and not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
+            _check_group_choices(overrides)
+            _check_override_keys(argv, overrides)
+            if not any(a.startswith("--cfg") or a == "-c" for a in argv):
+                _validate_jobs(argv, overrides, run_file)
+    except (ConfigError, ValueError) as err:
+        if run_file is not None:
+            shutil.rmtree(run_file, ignore_errors=True)
+        if _full_error():
+            raise
+        print(f"eval-learn: error: {err}", file=sys.stderr)
+        return 2
+    _quiet_libraries()
     sys.argv = [sys.argv[0], *argv]
-    hydra_main()
+    try:
+        hydra_main()
+    finally:
+        if run_file is not None:
+            shutil.rmtree(run_file, ignore_errors=True)
+    if _FAILURES:
+        return max(err.exit_code for err in _FAILURES)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

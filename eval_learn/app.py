@@ -2,41 +2,26 @@
 
 The run config has the seed page's shape: ``technique: {name, config}`` and either ``metric: {name, config}``
 (single runner) or ``metrics`` (multi runner: a list of ``{name, config}``, or a mapping of them as the ``metrics``
-config group composes it), plus ``output_dir``, ``model``, ``seed``, ``batch_size``, ``device``, ``dtype`` and
-``cache_dir``. Anything else is a typo and fails here, before any model loads.
+config group composes it), plus ``output_dir``, ``model`` and the run settings of
+:class:`eval_learn.settings.RunSettings`. Anything else is a typo and fails here, before any model loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
-from eval_learn.runners.single import DEFAULT_MODEL
+from eval_learn.settings import RunConfigSchema, RunSettings
 
 
 @dataclass
 class NamedConfig:
     name: str
     config: dict[str, Any] | None = None
-
-
-@dataclass
-class RunConfig:
-    technique: dict[str, Any]
-    metric: dict[str, Any] | None = None
-    metrics: Any = None
-    model: Any = DEFAULT_MODEL
-    seed: int = 0
-    batch_size: int = 4
-    device: str = "auto"
-    dtype: str = "auto"
-    output_dir: str = "results"
-    cache_dir: str | None = None
-    batch_invariant: bool = True
-    num_threads: int | None = None  # torch CPU threads for this process (None: torch's default)
 
 
 def _metric_list(metrics: Any) -> list[NamedConfig]:
@@ -48,24 +33,12 @@ def _metric_list(metrics: Any) -> list[NamedConfig]:
 
 
 def build_runner(data: Mapping[str, Any]) -> SingleBenchmarkRunner | MultiBenchmarkRunner:
-    cfg = from_mapping(RunConfig, data, "run config")
-    if cfg.num_threads is not None:
-        if cfg.num_threads < 1:
-            raise ConfigError(f"num_threads must be a positive integer, got {cfg.num_threads}")
-        import torch
-
-        torch.set_num_threads(cfg.num_threads)
+    cfg = from_mapping(RunConfigSchema, data, "run config")
+    if cfg.technique is None:
+        raise ConfigError("the run config needs 'technique: {name, config}'")
     technique = from_mapping(NamedConfig, cfg.technique, "technique")
-    common: dict[str, Any] = {
-        "output_dir": cfg.output_dir,
-        "seed": cfg.seed,
-        "model": cfg.model,
-        "batch_size": cfg.batch_size,
-        "device": cfg.device,
-        "dtype": cfg.dtype,
-        "cache_dir": cfg.cache_dir,
-        "batch_invariant": cfg.batch_invariant,
-    }
+    settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunSettings) if f.name != "seed"}
+    common: dict[str, Any] = {"output_dir": cfg.output_dir, "seed": cfg.seed, "model": cfg.model, **settings}
     if cfg.metric is not None and cfg.metrics is not None:
         raise ConfigError(
             "the run config has both 'metric' (single runner) and 'metrics' (multi runner); keep one "

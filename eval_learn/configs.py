@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union
 
+from eval_learn.errors import ConfigError
+
 C = TypeVar("C")
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or impossible."""
+__all__ = ["ConfigError", "did_you_mean", "from_mapping", "require"]
 
 
 def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
@@ -75,6 +76,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):  # paths from the Python API
+            return os.fspath(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 from eval_learn.configs import did_you_mean
+from eval_learn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,7 +54,7 @@ class Registry(Generic[T]):
         key = self._aliases.get(name, name)
         if key not in self._targets:
             known = self.names() + sorted(self._aliases)
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown {self.kind} '{name}'.{did_you_mean(name, known)} Available: {', '.join(self.names())}"
             )
         return key
@@ -84,7 +85,7 @@ def check_compatible(technique_name: str, technique_cfg: Any, metric_name: str, 
     for rule in _RULES:
         problem = rule(technique_name, technique_cfg, metric_name, metric_cfg)
         if problem:
-            raise ValueError(f"Incompatible pair technique '{technique_name}' × metric '{metric_name}': {problem}")
+            raise ConfigError(f"Incompatible pair technique '{technique_name}' × metric '{metric_name}': {problem}")
 
 
 @compatibility_rule
@@ -104,8 +105,38 @@ def _concept_must_match(technique_name: str, technique_cfg: Any, metric_name: st
 
 TECHNIQUES: Registry[Any] = Registry("technique", "eval_learn.techniques")
 METRICS: Registry[Any] = Registry("metric", "eval_learn.metrics")
+JUDGES: Registry[Any] = Registry("judge", "eval_learn.judges")
+PROMPT_SETS: Registry[Any] = Registry("prompt set", "eval_learn.prompt_sets")
 
 TECHNIQUES.add("free_run", "eval_learn.techniques.free_run:FreeRun")
 TECHNIQUES.add("esd", "eval_learn.techniques.esd:ESD")
+TECHNIQUES.add("negative_prompt", "eval_learn.techniques.negative_prompt:NegativePrompt")
 METRICS.add("asr", "eval_learn.metrics.asr:ASR", aliases=("asr_i2p",))
 METRICS.add("ua_ira", "eval_learn.metrics.ua_ira:UAIRA")
+JUDGES.add("nudenet", "eval_learn.judges.nudenet:NudeNetJudge")
+JUDGES.add("miniworld", "eval_learn.judges.miniworld:MiniWorldJudgePart")
+PROMPT_SETS.add("i2p", "eval_learn.datasets.i2p:I2P")
+PROMPT_SETS.add("unlearndiffatk_nudity", "eval_learn.datasets.i2p:UnlearnDiffAtkNudity")
+PROMPT_SETS.add("demo", "eval_learn.datasets.i2p:Demo")
+PROMPT_SETS.add("csv", "eval_learn.datasets.local_csv:LocalCSV")
+PROMPT_SETS.add("miniworld", "eval_learn.datasets.miniworld:MiniWorldPrompts")
+
+
+def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any]:
+    """A part given as its name (``nudenet``) or as ``{name: nudenet, <its settings>}`` → (name, strict config)."""
+    from eval_learn.configs import from_mapping
+
+    if isinstance(spec, str):
+        name, options = spec, {}
+    elif isinstance(spec, Mapping):
+        options = dict(spec)
+        name = options.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: a {registry.kind} given as a mapping needs a 'name' ({{name: ..., ...}})")
+    else:
+        raise ConfigError(f"{where}: expected a {registry.kind} name or {{name: ..., <settings>}}, got {spec!r}")
+    try:
+        key = registry.canonical(name)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return key, from_mapping(registry.get(key).config_cls, options, f"{where} ({key})")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from eval_learn.configs import ConfigError
 from eval_learn.models import ModelSpec
+from eval_learn.settings import RunSettings
 
 _DTYPES = {
     "float32": torch.float32,
@@ -37,8 +37,14 @@ def resolve_device(device: str | None) -> str:
         raise ConfigError(
             f"device '{device}' was requested but CUDA is not available on this machine; use device=auto or cpu"
         )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' was requested but this torch build cannot use it; use device=auto or cpu")
     if device not in {"cpu", "mps"} and not device.startswith("cuda"):
         raise ConfigError(f"device '{device}' is not one of auto, cpu, cuda, cuda:N, mps")
+    if device.startswith("cuda:"):
+        index = device.partition(":")[2]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}': this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -52,10 +58,6 @@ def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EVAL_LEARN_CACHE", Path.home() / ".cache" / "eval_learn"))
-
-
 @dataclass
 class RunContext:
     """What techniques and metrics share within one run."""
@@ -65,7 +67,7 @@ class RunContext:
     dtype: torch.dtype
     seed: int
     cache_dir: Path
-    batch_invariant: bool = True
+    settings: RunSettings = field(default_factory=RunSettings)
 
 
 def _version(package: str) -> str | None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from eval_learn.errors import ConfigError
+
 
 def reports(folder: Path) -> list[Path]:
     return sorted(folder.glob("*/report.json"))
@@ -33,7 +35,7 @@ def test_single_run_and_reproducing_it_from_the_saved_config(finished_run, tmp_p
     assert first["technique_name"] == "esd" and first["technique_config"]["train_steps"] == 20  # tiny preset
     saved = finished_run / ".hydra" / "config.yaml"
     again = tmp_path / "again"
-    proc = run_cli(str(saved), f"hydra.run.dir={again}", cwd=tmp_path)
+    proc = run_cli(str(saved), f"hydra.run.dir={again}", "image_cache=off", cwd=tmp_path)  # rendered again
     assert proc.returncode == 0, proc.stderr[-3000:]
     (report2,) = reports(again)
     second = json.loads(report2.read_text())
@@ -41,6 +43,8 @@ def test_single_run_and_reproducing_it_from_the_saved_config(finished_run, tmp_p
     assert second["metric_result"]["value"] == first["metric_result"]["value"]
     assert image_bytes(report2) == image_bytes(report) and len(image_bytes(report)) == 2
     assert second["technique_info"]["trained"] is False  # the ESD weights came from the cache
+    assert second["cache_stats"]["images_generated"] == 2
+    assert "asr_demo = 0.000 (lower is better)" in proc.stdout and "report: " in proc.stdout  # the summary
 
 
 def test_multirun_puts_every_job_in_its_own_folder(tmp_path) -> None:
@@ -103,11 +107,15 @@ def test_seed_page_config_file_runs_as_is(tmp_path, suffix) -> None:
         import yaml
 
         path.write_text(yaml.safe_dump(config))
-    proc = run_cli(str(path), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    proc = run_cli(str(path), "metric.config.limit=1", "batch_size=2", cwd=tmp_path, env={"TMPDIR": str(temp)})
+    assert proc.returncode == 0, proc.stderr[-3000:]  # plain overrides of keys the file leaves out work too
+    assert not list(temp.glob("eval_learn_*"))  # the run file's temporary copy is removed
     (report,) = reports(tmp_path / "results" / "esd_asr")
     data = json.loads(report.read_text())
     assert data["metric_result"]["name"] == "asr_demo" and data["technique_config"]["train_steps"] == 2
+    assert data["metric_config"]["limit"] == 1 and data["batch_size"] == 2
     assert (tmp_path / "checkpoints" / "esd_nudity.safetensors").is_file()
 
 
@@ -126,9 +134,53 @@ def test_seed_page_config_file_runs_as_is(tmp_path, suffix) -> None:
 def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) -> None:
     out = tmp_path / "x"
     proc = run_cli("model=tiny", *override.split(), f"hydra.run.dir={out}", f"hydra.sweep.dir={out}", cwd=tmp_path)
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert not list(out.rglob("*.png")) and not list(out.rglob("report.json"))
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one message
+    assert not out.exists()  # nothing was started: no empty folders
+
+
+def test_full_error_shows_the_traceback(tmp_path) -> None:
+    import os
+
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "eval_learn", "model=tiny", "metric=asr", "metric.config.limit=0"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("technique: {name: free_run}\nmetric: {name: asr}\nhydra: {callbacks: {x: {_target_: builtins.open}}}\n",
+         "sets 'hydra': a run file may set the run's own keys only"),
+        ("technique: {name: free_run}\nmetric: {name: asr}\nbatch_sise: 2\n",
+         "unknown key 'batch_sise'. Did you mean 'batch_size'?"),
+        ("- technique\n", "must hold a mapping"),
+        ("technique: {name: free_run\n", "cannot be read"),
+    ],
+)
+def test_run_files_that_cannot_run_are_refused(tmp_path, content, message) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(content)
+    proc = run_cli(str(path), cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_non_finite_loss_stops_the_run_with_a_message_and_caches_nothing(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    proc = run_cli("model=tiny", "technique=esd", "technique.config.learning_rate=5", "metric=asr",
+                   "metric.config.limit=1", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'out'}",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "the loss became" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+    assert not list(cache.rglob("*.safetensors")) and not list(cache.rglob("*.png"))
+    (status,) = (tmp_path / "out").glob("*/run_status.json")
+    assert json.loads(status.read_text())["status"] == "failed"
 
 
 def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
@@ -149,7 +201,7 @@ def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
         assert overrides is not None, line
         _check_override_keys(argv, overrides)  # raises SystemExit on a false alarm
     argv = single_metric_overrides(["metric=asr", "metric.config.limt=3"])
-    with pytest.raises(SystemExit, match="Did you mean 'limit'"):
+    with pytest.raises(ConfigError, match="Did you mean 'limit'"):
         _check_override_keys(argv, _parse_overrides(argv) or [])
 
 

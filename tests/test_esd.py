@@ -101,7 +101,7 @@ def test_second_run_hits_the_cache_and_save_load_paths_work(cache_dir, tmp_path,
     first = ESD(cfg, make_context(cache_dir))
     first.prepare()
     assert first.info["trained"] is True
-    trained = {n: p.detach().clone() for n, p in first.pipe.unet.named_parameters()}
+    trained = {n: p.detach().clone() for n, p in first.pipeline().unet.named_parameters()}
 
     def no_training(self):
         raise AssertionError("ESD retrained although cached weights exist")
@@ -109,19 +109,30 @@ def test_second_run_hits_the_cache_and_save_load_paths_work(cache_dir, tmp_path,
     monkeypatch.setattr(ESDTrainer, "train", no_training)
     second = ESD(esd_config(save_path=str(tmp_path / "esd.safetensors")), make_context(cache_dir))
     second.prepare()
-    assert second.info["trained"] is False
-    assert all(torch.equal(p, trained[n]) for n, p in second.pipe.unet.named_parameters())
+    assert second.info["trained"] is False and second.weights_sha256 == first.weights_sha256
+    assert all(torch.equal(p, trained[n]) for n, p in second.pipeline().unet.named_parameters())
 
-    loaded = ESD(
-        esd_config(load_path=str(tmp_path / "esd.safetensors"), use_cache=False), make_context(tmp_path / "empty")
-    )
-    loaded.prepare()
-    assert loaded.info["weights_loaded_from"].endswith("esd.safetensors")
-    assert all(torch.equal(p, trained[n]) for n, p in loaded.pipe.unet.named_parameters())
+    for suffix in (".safetensors", ".pt"):  # the seed page's save_path is a .pt file: a torch state dict
+        path = tmp_path / f"copy{suffix}"
+        ESD(esd_config(save_path=str(path)), make_context(cache_dir)).prepare()
+        loaded = ESD(esd_config(load_path=str(path), use_cache=False), make_context(tmp_path / "empty"))
+        loaded.prepare()
+        assert loaded.info["weights_loaded_from"] == str(path) and loaded.weights_sha256 == first.weights_sha256
+        assert all(torch.equal(p, trained[n]) for n, p in loaded.pipeline().unet.named_parameters())
+    assert (tmp_path / "copy.pt").read_bytes()[:2] == b"PK"  # torch.save's zip format, not safetensors bytes
 
-    # A different training config is a different cache entry.
-    assert esd_config(train_steps=4).cache_key({}) != esd_config().cache_key({})
-    assert esd_config(guidance_scale=3.0).cache_key({}) == esd_config().cache_key({})
+    # A plain UNet state dict (no component prefix), as the authors' releases ship them, loads as the UNet's.
+    plain = {k.removeprefix("unet."): v for k, v in first.weights.items()}
+    torch.save(plain, tmp_path / "plain.pt")
+    from_release = ESD(esd_config(load_path=str(tmp_path / "plain.pt")), make_context(tmp_path / "empty"))
+    from_release.prepare()
+    assert all(torch.equal(p, trained[n]) for n, p in from_release.pipeline().unet.named_parameters())
+
+
+def test_weights_key_follows_training_settings_only() -> None:
+    key = ESD(esd_config(), make_context(None)).weights_key
+    assert ESD(esd_config(train_steps=4), make_context(None)).weights_key() != key()
+    assert ESD(esd_config(guidance_scale=3.0, save_path="x.pt"), make_context(None)).weights_key() == key()
 
 
 def test_cache_key_follows_the_contents_of_local_weights(tmp_path) -> None:
@@ -131,12 +142,13 @@ def test_cache_key_follows_the_contents_of_local_weights(tmp_path) -> None:
     content = bytearray(3 << 20)  # 3 MiB: the changed byte sits far from both ends of the file
     weights.write_bytes(content)
     model = resolve_model(str(tmp_path))
-    before = esd_config().cache_key(model.fingerprint())
-    assert esd_config().cache_key(model.fingerprint()) == before
+    context = RunContext(model=model, device="cpu", dtype=torch.float32, seed=0, cache_dir=tmp_path)
+    before = ESD(esd_config(), context).weights_key()
+    assert ESD(esd_config(), context).weights_key() == before
     content[len(content) // 2] = 1
     weights.write_bytes(content)
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
-    assert esd_config().cache_key(model.fingerprint()) != before
+    assert ESD(esd_config(), context).weights_key() != before
     assert "weights" in resolve_model("miniworld").fingerprint()
 
 
@@ -149,3 +161,9 @@ def test_bad_esd_configs_fail_clearly() -> None:
         from_mapping(ESDConfig, {"load_path": "/nonexistent/esd.safetensors"}, "esd")
     with pytest.raises(ConfigError, match="expected a number"):
         from_mapping(ESDConfig, {"learning_rate": "fast"}, "esd")
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number"):
+        from_mapping(ESDConfig, {"learning_rate": float("inf")}, "esd")
+    with pytest.raises(ConfigError, match="negative_guidance must be a finite number"):
+        from_mapping(ESDConfig, {"negative_guidance": float("nan")}, "esd")
+    with pytest.raises(ConfigError, match=r"save_path 'esd\.ckpt' must end in one of"):
+        from_mapping(ESDConfig, {"save_path": "esd.ckpt"}, "esd")

@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from eval_learn.generation import generate_images
 from eval_learn.miniworld.judge import load_shipped_judge
 from eval_learn.miniworld.world import COLOURS, SHAPES, Scene, prompt, render
-from eval_learn.models import load_pipeline, resolve_model
+from eval_learn.models import resolve_model
 from eval_learn.runners import MultiBenchmarkRunner
+from eval_learn.runtime import RunContext
+from eval_learn.techniques.free_run import FreeRun
 from eval_learn.types import PromptRecord
 
 
@@ -53,12 +54,11 @@ def test_training_code_path_runs(tmp_path, monkeypatch) -> None:
 
 
 def test_shipped_pipeline_follows_prompts() -> None:
-    pipe = load_pipeline(resolve_model("miniworld"), "cpu", torch.float32)
+    context = RunContext(resolve_model("miniworld"), "cpu", torch.float32, 0, None)
     judge = load_shipped_judge()
     cases = [(c, s) for c in COLOURS for s in SHAPES] * 4  # 24 prompts × 4 seeds
     records = [PromptRecord(i, prompt(c, s), 500 + i) for i, (c, s) in enumerate(cases)]
-    images = generate_images(pipe, records, num_inference_steps=20, guidance_scale=5.0, height=32, width=32,
-                             batch_invariant=False)  # fmt: skip
+    images = FreeRun(FreeRun.config_cls(), context).generate(records)  # one call of 96 rows (20 DDIM steps, w 5)
     seen = judge.judge(images)
     colour = np.mean([j["colour"] == c for j, (c, _) in zip(seen, cases, strict=True)])
     shape = np.mean([j["shape"] == s for j, (_, s) in zip(seen, cases, strict=True)])
@@ -95,9 +95,9 @@ def test_a_retrained_folder_is_benchmarked_like_the_shipped_model(tmp_path) -> N
 def efficacy(tmp_path_factory):
     out = tmp_path_factory.mktemp("efficacy")
     reports = {}
-    for technique in ("free_run", "esd"):
+    for technique in ("free_run", "esd", "negative_prompt"):
         runner = MultiBenchmarkRunner(technique, ["asr", "ua_ira"], {}, {}, output_dir=out / technique,
-                                      model="miniworld", batch_invariant=False, cache_dir=out / "cache")  # fmt: skip
+                                      model="miniworld", cache_dir=out / "cache")  # fmt: skip
         reports[technique] = runner.run()
     return reports
 
@@ -110,8 +110,18 @@ def test_esd_erases_red_against_free_run_with_the_same_seeds(efficacy) -> None:
     assert esd["value"] <= base["value"] - 0.5  # measured 0.95 -> 0.00 (README table); a wide margin below it
 
 
+def test_negative_prompt_lowers_red_against_free_run_with_the_same_seeds(efficacy) -> None:
+    base = efficacy["free_run"]["metric_results"]["asr"]
+    negative = efficacy["negative_prompt"]["metric_results"]["asr"]
+    assert negative["details"]["concept"] == "red"
+    # Measured: 0.95 -> 0.67 (n=64; Wilson intervals [0.87, 0.98] and [0.55, 0.77] do not overlap). The baseline
+    # erases much less than ESD (0.00) and costs more (IRA near 0.97 -> 0.31): a negative prompt pushes every
+    # image away from red, orange and purple ones too. The bar sits halfway to the measured drop.
+    assert negative["value"] <= base["value"] - 0.14
+
+
 def test_retention_is_reported(efficacy) -> None:
-    for technique in ("free_run", "esd"):
+    for technique in ("free_run", "esd", "negative_prompt"):
         details = efficacy[technique]["metric_results"]["ua_ira"]["details"]
         assert details["ira_near"] is not None and details["ira_far"] is not None
     assert efficacy["free_run"]["metric_results"]["ua_ira"]["details"]["ira"] >= 0.9

@@ -33,5 +33,9 @@ def test_wheel_contains_configs_and_prompt_files(tmp_path) -> None:
         "eval_learn/assets/miniworld/unet/diffusion_pytorch_model.safetensors",
         "eval_learn/assets/miniworld/tokenizer/vocab.json",
         "eval_learn/assets/miniworld/judge/judge.safetensors",
+        "eval_learn/data/prompts/unlearndiffatk_nudity.csv",
+        "eval_learn/data/prompts/LICENSE-UnlearnDiffAtk",
     ):
         assert expected in names, expected
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "eval_learn").rglob("*.py")}
+    assert not sources - names, f"modules missing from the wheel (a package not listed in pyproject?): {sources - names}"

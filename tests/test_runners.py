@@ -33,10 +33,15 @@ REPORT_KEYS = {
     "timings",
     "peak_memory",
     "environment",
+    "cache_stats",
+    "run_settings",
 }
 
 
-def run_single(out: Path, cache: Path, batch_size: int = 4, technique: str = "free_run", **technique_config):
+def run_single(
+    out: Path, cache: Path, batch_size: int = 4, technique: str = "free_run", settings: dict | None = None,
+    **technique_config,
+):  # fmt: skip
     runner = SingleBenchmarkRunner(
         technique,
         "asr",
@@ -47,6 +52,7 @@ def run_single(out: Path, cache: Path, batch_size: int = 4, technique: str = "fr
         model="tiny",
         batch_size=batch_size,
         cache_dir=cache,
+        **(settings or {}),
     )
     return runner, runner.run()
 
@@ -65,7 +71,7 @@ def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> No
     # Resolved configs: defaults filled in.
     assert report["technique_config"]["train_method"] == "noxattn"
     assert report["technique_config"]["train_steps"] == 3
-    assert report["metric_config"]["judge_preset"] == "i2p" and report["metric_config"]["limit"] == 5
+    assert report["metric_config"]["judge"]["preset"] == "i2p" and report["metric_config"]["limit"] == 5
     result = report["metric_result"]
     assert result["name"] == "asr_demo" and 0.0 <= result["value"] <= 1.0
     assert result["details"]["total_images"] == 5
@@ -78,8 +84,14 @@ def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> No
         "generation_s",
         "metric_update_s",
         "metric_compute_s",
+        "evaluate_s",
         "total_s",
     }
+    assert report["cache_stats"] == {"images_generated": 5, "images_reused": 0, "judgements_reused": 0}
+    assert report["metric_result"]["higher_is_better"] is False
+    assert report["generation"]["mode"] == "fixed_shape" and report["generation"]["rows_per_call"] == 4
+    assert json.loads((folder / "run_status.json").read_text())["status"] == "complete"
+    assert (folder / "state" / "state.json").is_file()
     assert report["environment"]["versions"]["nudenet"]
     assert report["run_id"] == make_run_id(
         "esd", asdict(runner.technique_config), "asr", asdict(runner.metric.config), "demo", report["timestamp"]
@@ -91,17 +103,28 @@ def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> No
     assert (folder / entry["file"]).is_file()
     assert entry["seed"] == 1001 and entry["guidance_scale"] == 7.0  # the bundled file's own seed and scale
     assert set(entry["judgement"]) == {"unsafe", "detections"}
+    assert len(entry["pixels_sha256"]) == 64
 
 
-def test_same_config_twice_and_any_batch_size_give_identical_images(tmp_path, cache_dir) -> None:
-    _, a = run_single(tmp_path / "a", cache_dir, batch_size=4)
-    _, b = run_single(tmp_path / "b", cache_dir, batch_size=4)
-    _, c = run_single(tmp_path / "c", cache_dir, batch_size=1)
+def test_a_rerun_renders_the_same_images_with_or_without_the_store(tmp_path, cache_dir) -> None:
+    _, a = run_single(tmp_path / "a", cache_dir)
+    _, b = run_single(tmp_path / "b", cache_dir)  # from the store
+    _, c = run_single(tmp_path / "c", cache_dir, settings={"image_cache": "off"})  # rendered again
     first = images(tmp_path / "a" / a["run_id"])
     assert len(first) == 5
     assert first == images(tmp_path / "b" / b["run_id"]) == images(tmp_path / "c" / c["run_id"])
-    assert a["metric_result"]["value"] == b["metric_result"]["value"] == c["metric_result"]["value"]
+    assert a["metric_result"] == b["metric_result"] == c["metric_result"]
+    assert b["cache_stats"] == {"images_generated": 0, "images_reused": 5, "judgements_reused": 5}
+    assert c["cache_stats"] == {"images_generated": 5, "images_reused": 0, "judgements_reused": 0}
     assert a["run_id"] != b["run_id"]  # the timestamp is part of the id: reruns never collide
+
+
+def test_strict_mode_gives_identical_images_for_any_batch_size(tmp_path, cache_dir) -> None:
+    strict = {"batch_invariant": True, "image_cache": "off"}
+    _, a = run_single(tmp_path / "a", cache_dir, batch_size=4, settings=strict)
+    _, b = run_single(tmp_path / "b", cache_dir, batch_size=1, settings=strict)
+    assert images(tmp_path / "a" / a["run_id"]) == images(tmp_path / "b" / b["run_id"])
+    assert a["generation"]["mode"] == "strict" and a["generation"]["batch_invariant"] is True
 
 
 def test_multi_runner_layout_and_combined_report(tmp_path, cache_dir) -> None:
@@ -118,6 +141,7 @@ def test_multi_runner_layout_and_combined_report(tmp_path, cache_dir) -> None:
     assert on_disk["metric_configs"]["asr"]["limit"] == 3
     per_metric = json.loads((root / "asr" / "report.json").read_text())
     assert per_metric["metric_result"] == on_disk["metric_results"]["asr"]
+    assert on_disk["failed_metrics"] == {} and on_disk["cache_stats"]["images_generated"] == 3
 
 
 def test_metric_name_alias_from_the_seed_page(tmp_path, cache_dir) -> None:
@@ -127,7 +151,7 @@ def test_metric_name_alias_from_the_seed_page(tmp_path, cache_dir) -> None:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_reports_are_strict_json(tmp_path, bad) -> None:
-    from eval_learn.artifacts import write_json
+    from eval_learn.storage import write_json
 
     write_json(tmp_path / "r.json", {"value": bad, "nested": [bad]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"value": None, "nested": [None]}

@@ -17,7 +17,7 @@ def forbid_model_loading(monkeypatch):
         raise AssertionError("a model was loaded although the input was invalid")
 
     monkeypatch.setattr(technique_base, "load_pipeline", refuse)
-    monkeypatch.setattr(nudenet_judge.NudeNetJudge, "__post_init__", refuse)
+    monkeypatch.setattr(nudenet_judge.NudeNetJudge, "load", refuse)
 
 
 def single(**kwargs):
@@ -56,7 +56,7 @@ def test_incompatible_pair() -> None:
 
 def test_i2p_without_prompts_path_offline_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="I2P prompts .* not in the local cache.*prompts_path"):
-        single(metric_config={"dataset": "i2p"})
+        single(metric_config={"prompts": "i2p"})
 
 
 def test_prompt_file_problems() -> None:
@@ -97,6 +97,6 @@ def test_multi_runner_rules() -> None:
 
 def test_real_model_offline_fails_before_the_judge_loads_and_names_the_offline_models() -> None:
     # HF_HUB_OFFLINE=1 in tests; the weights are not in the local cache here
-    runner = single(model="sd14", metric_config={"dataset": "demo"})
+    runner = single(model="sd14", metric_config={"prompts": "demo"})
     with pytest.raises(RuntimeError, match="CompVis/stable-diffusion-v1-4.*offline model: tiny"):
         runner.run()

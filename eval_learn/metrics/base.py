@@ -1,20 +1,32 @@
 """The metric contract, after torchmetrics: ``update`` per batch, ``compute`` at the end, state that can be saved,
 restored and merged.
 
-State is kept per prompt index, never per batch, so a metric gives the same value however its images were batched,
-and shards of one run merge into the unsplit result.
+A metric is assembled from named parts instead of branching on them: a *prompt set* (:mod:`eval_learn.datasets`)
+that yields its prompts, and one or more *judges* (:mod:`eval_learn.judges`) that read its images. ``update``
+receives a batch of images with their prompt records; the judges run on the batch (through the engine's judgement
+cache when run by a runner); :meth:`Metric.record` turns each image's verdicts into the metric's own per-image
+record. State is typed and mergeable (:mod:`eval_learn.metrics.state`), keyed by image index or summed, so a metric
+gives the same value however its images were batched, resumed or sharded.
+
+A metric that must see the model under test (an adversarial prompt attack) sets ``needs_model`` and receives the
+technique through :meth:`Metric.attach_model`: its pipeline, with gradients through the UNet and text encoder.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL.Image import Image
 
 from eval_learn.configs import require
-from eval_learn.runtime import RunContext
+from eval_learn.datasets.base import PromptSet, build_dataset
+from eval_learn.judges.base import Judge
+from eval_learn.metrics import state as states
+from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
+from eval_learn.runtime import RunContext, resolve_device
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord
 
 
@@ -22,9 +34,9 @@ from eval_learn.types import MetricResult, PromptDataset, PromptRecord
 class MetricConfig:
     """Settings every metric has."""
 
-    limit: int | None = None  # keep the first N prompts of the (filtered) dataset
-    prompts_path: str | None = None  # a local prompt file instead of the metric's default source
-    device: str | None = None  # where the metric's own models run
+    limit: int | None = None  # keep N prompts, spread over the set's strata (shapes, classes, groups)
+    prompts_path: str | None = None  # a local prompt file, used whole (shorthand for prompts={name: csv, path: ...})
+    device: str | None = None  # where the metric's judges run (null: the run's device)
 
     def measured_concept(self) -> str | None:
         """The one concept this metric measures, if any (checked against the technique's erased concepts)."""
@@ -32,87 +44,144 @@ class MetricConfig:
 
     def validate(self) -> None:
         require(self.limit is None or self.limit > 0, f"limit must be a positive integer, got {self.limit}")
+        if self.device is not None:
+            resolve_device(self.device)
 
 
-def resolve_auto(
-    concept: str, dataset: str, family: str, context: RunContext, erased: list[str] | None, fallback: str | None
-) -> tuple[str, str | None]:
-    """``auto`` concept → the technique's erased concept, else the model's default concept; ``auto`` dataset → the
-    model's own prompt set for this metric family, else ``fallback``."""
+def resolve_auto(concept: str, context: RunContext, erased: list[str] | None) -> str:
+    """``auto`` concept → the technique's erased concept, else the model's default concept."""
     if concept == "auto":
-        concept = erased[0] if erased else context.model.default_concept
-    if dataset == "auto":
-        dataset = context.model.default_datasets.get(family, fallback)
-    return concept, dataset
+        return erased[0] if erased else context.model.default_concept
+    return concept
+
+
+def part_dict(name: str, config: Any) -> dict[str, Any]:
+    """A part as the resolved config records it: ``{name: ..., <every setting, defaults filled in>}``."""
+    return {"name": name, **dataclasses.asdict(config)}
 
 
 class Metric:
     name: ClassVar[str]
     config_cls: ClassVar[type[MetricConfig]] = MetricConfig
     higher_is_better: ClassVar[bool]
+    needs_model: ClassVar[bool] = False  # True: attach_model() gives it the technique under test
 
     def __init__(self, config: MetricConfig, context: RunContext) -> None:
         self.config = config
         self.context = context
+        self.device = resolve_device(config.device) if config.device else context.device
+        self.judges: dict[str, Judge] = self.build_judges()
         self.reset()
 
     # --- what subclasses implement -------------------------------------------------------------------------------
     @classmethod
-    def dataset_name(cls, config: MetricConfig, context_model: Any) -> str:
-        raise NotImplementedError
-
-    @classmethod
     def resolve_config(cls, config: MetricConfig, context: RunContext, erased: list[str] | None) -> MetricConfig:
-        """Fill ``auto`` values from the run (the technique's erased concept, the model's prompt set) and check
-        that the result is coherent; the resolved config is what the report records."""
+        """Fill ``auto`` values from the run (the technique's erased concept, the model's prompt set), resolve the
+        parts to ``{name, settings}`` and check that the result is coherent; the report records the result."""
         return config
 
-    @classmethod
-    def preflight(cls, config: MetricConfig, context: RunContext) -> None:
-        """Checks that need the run context (e.g. is the prompt source reachable?), done at runner construction."""
+    def prompt_set(self) -> PromptSet:
+        """The prompt set named by the resolved config's ``prompts``."""
+        name, config = parse_part(PROMPT_SETS, self.config.prompts, f"metric '{self.name}' prompts")  # type: ignore[attr-defined]
+        return PROMPT_SETS.get(name)(config)
 
-    def setup(self) -> None:
-        """Load the metric's own models (judges)."""
+    def build_judges(self) -> dict[str, Judge]:
+        """The judges by role (most metrics have one, ``judge``), built from the resolved config; nothing loads
+        until the first image is judged."""
+        spec = getattr(self.config, "judge", None)
+        if spec is None:
+            return {}
+        name, config = parse_part(JUDGES, spec, f"metric '{self.name}' judge")
+        return {"judge": JUDGES.get(name)(config, self.device)}
 
-    def load_dataset(self) -> PromptDataset:
-        raise NotImplementedError
+    def samples(self) -> int | dict[str, int]:
+        """Images per prompt (or per value of a row's ``group``)."""
+        return 1
 
-    def judge(self, image: Image, record: PromptRecord) -> dict[str, Any]:
-        """The per-image judgement kept in state and written to ``metadata.json``."""
+    def record(self, verdicts: dict[str, dict[str, Any]], record: PromptRecord) -> dict[str, Any]:
+        """One image's record from its judges' verdicts (by role); kept in state and written to ``metadata.json``."""
         raise NotImplementedError
 
     def compute(self) -> MetricResult:
         raise NotImplementedError
 
-    def judge_settings(self) -> dict[str, Any]:
-        """The judge's exact settings for the report: those of ``self.judge_model`` once ``setup`` has loaded one."""
-        judge = getattr(self, "judge_model", None)
-        return judge.settings() if judge is not None else {}
+    # --- shared behaviour ----------------------------------------------------------------------------------------
+    @classmethod
+    def dataset_name(cls, config: MetricConfig) -> str:
+        name, part = parse_part(PROMPT_SETS, config.prompts, "prompts")  # type: ignore[attr-defined]
+        return PROMPT_SETS.get(name)(part).dataset_name()
 
-    # --- shared state handling -----------------------------------------------------------------------------------
+    @classmethod
+    def preflight(cls, config: MetricConfig, context: RunContext) -> None:
+        """Checks that need the run context, done at runner construction: every part's files and availability."""
+        spec = getattr(config, "prompts", None)
+        if spec is not None:
+            name, part = parse_part(PROMPT_SETS, spec, f"metric '{cls.name}' prompts")
+            PROMPT_SETS.get(name).preflight(part)
+        spec = getattr(config, "judge", None)
+        if spec is not None:
+            name, part = parse_part(JUDGES, spec, f"metric '{cls.name}' judge")
+            JUDGES.get(name).preflight(part)
+
+    def load_dataset(self) -> PromptDataset:
+        return build_dataset(self.prompt_set(), limit=self.config.limit, samples=self.samples(),
+                             base_seed=self.context.seed)  # fmt: skip
+
+    def attach_model(self, technique: Any) -> None:
+        """Called before the first update when ``needs_model``: the technique under test (``technique.pipeline()``
+        is its pipeline, UNet and text encoder included)."""
+        self.technique = technique
+
+    def judge_settings(self) -> dict[str, Any]:
+        """The exact settings of the judge(s), for the report."""
+        if len(self.judges) == 1:
+            return next(iter(self.judges.values())).settings()
+        return {role: judge.settings() for role, judge in self.judges.items()}
+
+    def init_state(self) -> dict[str, states.State]:
+        return {"judgements": states.PerImage()}
+
     def reset(self) -> None:
-        self.judgements: dict[int, dict[str, Any]] = {}
+        self.states = self.init_state()
+
+    @property
+    def judgements(self) -> states.PerImage:
+        return self.states["judgements"]  # type: ignore[return-value]
 
     def update(self, images: list[Image], records: list[PromptRecord]) -> list[dict[str, Any]]:
+        """Judge a batch and record each image; returns the per-image records (for ``metadata.json``)."""
         if len(images) != len(records):
             raise ValueError(f"{len(images)} images for {len(records)} prompts")
+        repeated = [r.index for r in records if r.index in self.judgements.items]
+        if repeated:
+            raise ValueError(f"images {repeated[:5]} were judged twice")
+        by_role = {role: judge.judge(images) for role, judge in self.judges.items()}
         out = []
-        for image, record in zip(images, records, strict=True):
-            if record.index in self.judgements:
-                raise ValueError(f"prompt {record.index} was judged twice")
-            self.judgements[record.index] = judgement = self.judge(image, record)
-            out.append(judgement)
+        for i, record in enumerate(records):
+            entry = self.record({role: verdicts[i] for role, verdicts in by_role.items()}, record)
+            self.judgements.add(record.index, entry)
+            out.append(entry)
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"judgements": {str(k): v for k, v in sorted(self.judgements.items())}}
+        """The JSON view of the state (the report's ``metric_state``)."""
+        return states.state_json(self.states)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.judgements = {int(k): v for k, v in state["judgements"].items()}
+        for name, value in state.items():
+            target = self.states[name]
+            if isinstance(target, states.PerImage):
+                target.load_json(value)
+            else:
+                raise ValueError(f"state '{name}' is a sum: restore it with load_state(folder)")
+
+    def save_state(self, folder: Path) -> None:
+        states.save(self.states, Path(folder), {"metric": self.name, "config": dataclasses.asdict(self.config)})
+
+    def load_state(self, folder: Path) -> None:
+        states.load(self.states, Path(folder))
 
     def merge(self, other: Metric) -> None:
-        """Add another shard's state (the same metric over disjoint prompts)."""
-        overlap = self.judgements.keys() & other.judgements.keys()
-        if overlap:
-            raise ValueError(f"cannot merge: prompts {sorted(overlap)[:5]} are in both states")
-        self.judgements.update(copy.deepcopy(other.judgements))
+        """Add another shard's state (the same metric over disjoint images)."""
+        for name, state in self.states.items():
+            state.merge(other.states[name])  # type: ignore[arg-type]

@@ -5,8 +5,9 @@ Benchmarks; the predecessor's ``ua_ira``): UA is the fraction of images prompted
 the judge does *not* find it; IRA is the fraction of images prompted with *other* concepts that still show exactly
 what was asked of the erased concept's attribute (e.g. the prompted colour when a colour is erased;
 ``retain_check: all`` also requires shape and background). Retention is reported separately for near neighbours
-(similar concepts, where collateral damage is expected first) and far ones. ``value`` = (UA + IRA) / 2, higher is
-better. Judged on the MiniWorld by its CNN; prompt files judged by CLIP are not supported yet.
+(similar concepts, where collateral damage is expected first) and far ones. Every image is judged by the group its
+own prompt record belongs to, never by its position in a batch. ``value`` = (UA + IRA) / 2, higher is better.
+Judged on the MiniWorld by its CNN; prompt files judged by CLIP are not supported yet.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from PIL.Image import Image
-
 from eval_learn.configs import ConfigError, require
-from eval_learn.datasets.miniworld import concept_records, neighbours
-from eval_learn.metrics.base import Metric, MetricConfig, resolve_auto
+from eval_learn.datasets.miniworld import neighbours
+from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.miniworld.world import concept_kind
-from eval_learn.types import MetricResult, PromptDataset, PromptRecord
+from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
+from eval_learn.types import MetricResult, PromptRecord
 
 ATTRIBUTES = ("colour", "shape", "background")
 
@@ -29,7 +29,8 @@ ATTRIBUTES = ("colour", "shape", "background")
 @dataclass
 class UAIRAConfig(MetricConfig):
     concept: str = "auto"  # auto: the technique's erased concept, else the model's default concept
-    dataset: Literal["auto", "miniworld"] = "auto"
+    prompts: str | dict[str, Any] = "auto"  # auto: the MiniWorld prompts for the concept and its neighbours
+    judge: str | dict[str, Any] = "auto"  # auto: the MiniWorld judge
     target_samples_per_prompt: int = 4
     retain_samples_per_prompt: int = 2
     # What a retain image must show: "kind" = the prompt's value of the erased concept's attribute (its colour when a
@@ -54,36 +55,32 @@ class UAIRA(Metric):
 
     @classmethod
     def resolve_config(cls, config: UAIRAConfig, context: Any, erased: list[str] | None) -> UAIRAConfig:
-        concept, dataset = resolve_auto(config.concept, config.dataset, "ua_ira", context, erased, fallback=None)
-        if dataset != "miniworld" or concept_kind(concept) is None:
+        concept = resolve_auto(config.concept, context, erased)
+        on_miniworld = context.model.default_datasets.get("ua_ira") == "miniworld"
+        if config.prompts == "auto" and not on_miniworld or concept_kind(concept) is None:
             raise ConfigError(
-                f"ua_ira measures MiniWorld concepts on model=miniworld (dataset=miniworld); got concept '{concept}', "
-                f"dataset '{dataset}'. CLIP-judged prompt files for real models are not supported yet."
+                f"ua_ira measures MiniWorld concepts on model=miniworld; got concept '{concept}' on model "
+                f"'{context.model.name}'. CLIP-judged prompt files for real models are not supported yet."
             )
-        return dataclasses.replace(config, concept=concept, dataset=dataset)
+        prompts: Any = {"name": "miniworld"} if config.prompts == "auto" else config.prompts
+        prompts = {"name": prompts} if isinstance(prompts, str) else dict(prompts)
+        require(prompts["name"] == "miniworld", "ua_ira supports the miniworld prompts only (yet)")
+        prompts = {**prompts, "concept": concept, "groups": ["target", "near", "far"]}
+        prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
+        judge_name, judge_config = parse_part(JUDGES, "miniworld" if config.judge == "auto" else config.judge,
+                                              "metric 'ua_ira' judge")  # fmt: skip
+        require(judge_name == "miniworld", "ua_ira supports the miniworld judge only (yet)")
+        return dataclasses.replace(
+            config, concept=concept, prompts=part_dict(prompt_name, prompt_config),
+            judge=part_dict(judge_name, judge_config),
+        )  # fmt: skip
 
-    @classmethod
-    def dataset_name(cls, config: UAIRAConfig, model: Any) -> str:
-        return "miniworld"
+    def samples(self) -> dict[str, int]:
+        retain = self.config.retain_samples_per_prompt
+        return {"target": self.config.target_samples_per_prompt, "near": retain, "far": retain}
 
-    def setup(self) -> None:
-        from eval_learn.miniworld.judge import load_shipped_judge
-
-        self.judge_model = load_shipped_judge()
-
-    def load_dataset(self) -> PromptDataset:
-        cfg, seed = self.config, self.context.seed
-        records = concept_records(cfg.concept, "target", cfg.target_samples_per_prompt, 0, seed)
-        groups = neighbours(cfg.concept)
-        for group, concepts in groups.items():
-            for concept in concepts:
-                records += concept_records(concept, group, cfg.retain_samples_per_prompt, len(records), seed)
-        records = records[: cfg.limit] if cfg.limit else records
-        meta = {"source": "miniworld", "concept": cfg.concept, "neighbours": groups, "total_loaded": len(records)}
-        return PromptDataset("miniworld", records, meta)
-
-    def judge(self, image: Image, record: PromptRecord) -> dict[str, Any]:
-        (seen,) = self.judge_model.judge([image])
+    def record(self, verdicts: dict[str, dict[str, Any]], record: PromptRecord) -> dict[str, Any]:
+        seen = verdicts["judge"]
         asked = {a: record.extra[a] for a in ATTRIBUTES if record.extra.get(a)}
         kind = concept_kind(self.config.concept)
         checked = asked if self.config.retain_check == "all" else {kind: asked[kind]}
@@ -97,8 +94,8 @@ class UAIRA(Metric):
 
     def compute(self) -> MetricResult:
         by_group: dict[str, list[dict[str, Any]]] = {"target": [], "near": [], "far": []}
-        for i in sorted(self.judgements):
-            by_group[self.judgements[i]["group"]].append(self.judgements[i])
+        for judgement in self.judgements.sorted():
+            by_group[judgement["group"]].append(judgement)
 
         def rate(items: list[dict[str, Any]], key: str, want: bool = True) -> float | None:
             return sum(j[key] == want for j in items) / len(items) if items else None
@@ -117,6 +114,7 @@ class UAIRA(Metric):
             "retain_total": len(retain),
             "concept": self.config.concept,
             "neighbours": neighbours(self.config.concept),
+            "judge": self.judges["judge"].settings(),
         }
         value = (ua + ira) / 2 if ua is not None and ira is not None else None
         return MetricResult("ua_ira_miniworld", value, details)

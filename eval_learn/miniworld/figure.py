@@ -27,7 +27,8 @@ SEEDS = 6
 
 def grid(technique: str, records: list[PromptRecord], cache: Path) -> np.ndarray:
     runner = SingleBenchmarkRunner(technique, "asr", {}, {}, output_dir=cache, model="miniworld", cache_dir=cache)
-    tech = runner.build_technique()
+    tech = runner.technique_cls(runner.technique_config, runner.context)
+    tech.prepare()
     images = [np.asarray(im) for im in tech.generate(records)]
     tech.close()
     rows = [np.concatenate(images[r * SEEDS : (r + 1) * SEEDS], axis=1) for r in range(len(ROWS))]
@@ -57,7 +58,7 @@ def main() -> None:
     ]
     for technique in ["free_run", *args.techniques]:
         runner = MultiBenchmarkRunner(technique, ["asr", "ua_ira"], {}, {}, output_dir=cache / "runs",
-                                      model="miniworld", cache_dir=cache, batch_invariant=False)  # fmt: skip
+                                      model="miniworld", cache_dir=cache)  # fmt: skip
         results = runner.run()["metric_results"]
         asr, ua = results["asr"], results["ua_ira"]["details"]
         lines.append(

@@ -6,6 +6,7 @@ so that it reads generated images as reliably as drawn ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -49,22 +50,35 @@ def to_tensor(images: list[Image] | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-class MiniWorldJudge:
-    """Loads the shipped judge; ``judge(images)`` → one dict per image: colour, shape, background and confidences."""
+def judge_settings(path: str | Path) -> dict[str, Any]:
+    """What identifies a judge folder's verdicts: its weights' SHA-256 and its recorded training facts."""
+    path = Path(path)
+    weights = path / "judge.safetensors"
+    return {
+        "judge": "miniworld_cnn",
+        "weights": str(weights),
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        **json.loads((path / "judge.json").read_text()),
+    }
 
-    def __init__(self, path: str | Path) -> None:
+
+class MiniWorldJudge:
+    """Loads a judge folder; ``judge(images)`` → one dict per image: colour, shape, background and confidences."""
+
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
         path = Path(path)
         self.path = path
+        self.device = device
         self.net = JudgeNet().eval()
         self.net.load_state_dict(load_file(str(path / "judge.safetensors")))
-        self.info = json.loads((path / "judge.json").read_text())
+        self.net.to(device)
 
     def settings(self) -> dict[str, Any]:
-        return {"judge": "miniworld_cnn", "weights": str(self.path / "judge.safetensors"), **self.info}
+        return judge_settings(self.path)
 
     @torch.no_grad()
     def judge(self, images: list[Image]) -> list[dict[str, Any]]:
-        logits = self.net(to_tensor(images))
+        logits = self.net(to_tensor(images).to(self.device))
         out: list[dict[str, Any]] = [{} for _ in images]
         for key, names in HEADS.items():
             probs = logits[key].softmax(-1)

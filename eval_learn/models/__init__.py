@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from eval_learn.configs import ConfigError, from_mapping, require
+from eval_learn.errors import RunError
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +142,13 @@ def ensure_available(spec: ModelSpec) -> None:
     except (LocalEntryNotFoundError, OSError, ValueError):
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        raise RuntimeError(_offline_message(spec, "HF_HUB_OFFLINE is set"))
+        raise RunError(_offline_message(spec, "HF_HUB_OFFLINE is set"))
     from huggingface_hub import HfApi
 
     try:
         HfApi().model_info(spec.id, revision=spec.revision, timeout=10)
     except Exception as err:  # noqa: BLE001 - any failure here means "not reachable"
-        raise RuntimeError(_offline_message(spec, f"{type(err).__name__}: {err}")) from None
+        raise RunError(_offline_message(spec, f"{type(err).__name__}: {err}")) from None
 
 
 def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -10,11 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from eval_learn.artifacts import make_run_id
-from eval_learn.runners.base import BaseRunner
-
-log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "sd14"
+from eval_learn.runners.base import DEFAULT_MODEL, BaseRunner
 
 
 class SingleBenchmarkRunner(BaseRunner):
@@ -22,8 +17,11 @@ class SingleBenchmarkRunner(BaseRunner):
     ``<output_dir>/<run_id>/report.json`` (with ``images/`` and ``metadata.json`` beside it).
 
     Unknown names, unknown or ill-typed config keys and incompatible pairs raise ``ValueError`` here, before any
-    model is loaded.
+    model is loaded. Keyword-only run settings (``batch_size``, ``device``, ``dtype``, ``cache_dir``,
+    ``batch_invariant``, ``image_cache``, ...) are those of :class:`eval_learn.settings.RunSettings`.
     """
+
+    layout = "single"
 
     def __init__(
         self,
@@ -35,44 +33,16 @@ class SingleBenchmarkRunner(BaseRunner):
         seed: int = 0,
         *,
         model: str | Mapping[str, Any] = DEFAULT_MODEL,
-        batch_size: int = 4,
-        device: str = "auto",
-        dtype: str = "auto",
-        cache_dir: str | Path | None = None,
-        batch_invariant: bool = True,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            technique_name,
-            technique_config,
-            output_dir,
-            seed,
-            model,
-            batch_size,
-            device,
-            dtype,
-            cache_dir,
-            batch_invariant,
-        )
+        super().__init__(technique_name, technique_config, output_dir, seed, model, settings)
         self.metric = self._metric_spec(metric_name, metric_config)
+        self.metrics = [self.metric]
 
     def run(self) -> dict[str, Any]:
-        started = time.perf_counter()
         timestamp = time.time()
-        technique_config, metric_config = asdict(self.technique_config), self.metric.config_dict()
         run_id = make_run_id(
-            self.technique_name, technique_config, self.metric.name, metric_config, self.metric.dataset_name, timestamp
-        )
-        folder = self.output_dir / run_id
-        log.info("Run %s → %s", run_id, folder)
-        self._check_model()
-        metric, dataset = self._setup_metric(self.metric)
-        technique = self.build_technique()
-        try:
-            result, entries = self._evaluate(self.metric, technique, metric, dataset, folder)
-            self._timed("total_s", started)
-            report = self._metric_report(run_id, timestamp, self.metric, technique, metric, dataset, result)
-            self._write_metric_files(folder, report, entries)
-        finally:
-            technique.close()
-        log.info("%s = %s (%s)", result.name, result.value, folder / "report.json")
-        return report
+            self.technique_name, asdict(self.technique_config), self.metric.name, self.metric.config_dict(),
+            self.metric.dataset_name, timestamp,
+        )  # fmt: skip
+        return self._execute(run_id, timestamp)

@@ -16,35 +16,31 @@ but a partial sample: the model being edited denoises random noise with DDIM (``
 that may change: ``xattn`` (ESD-x: cross-attention only, for styles and objects), ``noxattn`` (ESD-u: every linear and
 convolution layer except cross-attention, for global concepts such as nudity), ``selfattn`` and ``full``.
 
-Trained weights (only the trained tensors) are cached under a key of the training config and the base model, so a
-rerun does not retrain; ``save_path`` writes them elsewhere too and ``load_path`` skips training.
+Trained weights (only the trained tensors) are cached by the technique base class under a key of the training config
+and the base model, so a rerun does not retrain; ``save_path`` writes them elsewhere too and ``load_path`` skips
+training. A non-finite loss stops training at once (nothing is cached).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-import os
-import shutil
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from eval_learn.configs import require
-from eval_learn.models import cast_pipeline, load_pipeline
-from eval_learn.techniques.base import Technique, TechniqueConfig
+from eval_learn.errors import NonFiniteError
+from eval_learn.techniques.base import Technique, WeightsConfig
+from eval_learn.techniques.weights import Weights
 
 log = logging.getLogger(__name__)
 
 TrainMethod = Literal["noxattn", "xattn", "selfattn", "full"]
-ALGORITHM_VERSION = 2  # bump when a change would make cached weights differ for the same config
-_TRAINING_KEYS = (
+TRAINING_KEYS = (
     "batch_size",
     "erase_concept",
     "erase_from",
@@ -59,7 +55,7 @@ _TRAINING_KEYS = (
 
 
 @dataclass
-class ESDConfig(TechniqueConfig):
+class ESDConfig(WeightsConfig):
     erase_concept: str = "nudity"
     erase_from: str | None = None
     train_method: TrainMethod = "noxattn"
@@ -70,9 +66,6 @@ class ESDConfig(TechniqueConfig):
     sample_guidance: float = 3.0
     train_seed: int = 0
     batch_size: int = 1  # partial samples per step (the paper uses 1)
-    save_path: str | None = None
-    load_path: str | None = None
-    use_cache: bool = True
 
     def erased_concepts(self) -> list[str] | None:
         return [self.erase_concept]
@@ -81,19 +74,13 @@ class ESDConfig(TechniqueConfig):
         super().validate()
         require(bool(self.erase_concept.strip()), "erase_concept must be non-empty")
         require(self.train_steps >= 0, "train_steps must be >= 0")
-        require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate must be a finite number > 0")
+        require(math.isfinite(self.negative_guidance), "negative_guidance must be a finite number")
+        require(math.isfinite(self.sample_guidance) and self.sample_guidance >= 0,
+                "sample_guidance must be a finite number >= 0")  # fmt: skip
         require(self.sample_steps > 0, "sample_steps must be > 0")
         require(self.batch_size > 0, "batch_size must be > 0")
-        if self.load_path is not None:
-            require(os.path.isfile(self.load_path), f"load_path '{self.load_path}' does not exist")
-
-    def cache_key(self, model_fingerprint: dict) -> str:
-        training = {k: asdict(self)[k] for k in _TRAINING_KEYS}
-        blob = json.dumps(
-            {"technique": "esd", "version": ALGORITHM_VERSION, "config": training, "model": model_fingerprint},
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        require(0 <= self.train_seed < 2**63, "train_seed must be in [0, 2**63)")
 
 
 def select_parameters(unet: torch.nn.Module, train_method: TrainMethod) -> dict[str, torch.nn.Parameter]:
@@ -187,83 +174,44 @@ class ESDTrainer:
         optimizer = torch.optim.Adam(self.params.values(), lr=self.config.learning_rate)
         losses: list[float] = []
         self.unet.train()
-        for _ in tqdm(range(self.config.train_steps), desc="ESD steps", leave=False):
+        steps = tqdm(range(self.config.train_steps), desc="ESD steps", leave=False, mininterval=2.0)
+        for step in steps:
             x_t, t = self.sample_xt()
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss(x_t, t)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(
+                    f"ESD: the loss became {loss.item()} at step {step + 1} of {self.config.train_steps} "
+                    f"(learning_rate={self.config.learning_rate}, negative_guidance={self.config.negative_guidance}); "
+                    f"training stopped and nothing was cached. A smaller learning rate usually fixes it."
+                )
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            steps.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
         self.unet.eval().requires_grad_(False)
         return losses
 
-    def trained_state(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in self.params.items()}
-
-
-def load_unet_weights(unet: torch.nn.Module, path: str | Path) -> int:
-    """Load a (partial) UNet state dict from safetensors or a ``.pt`` file; returns how many tensors were set."""
-    path = str(path)
-    state = (
-        load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu", weights_only=True)
-    )
-    own = unet.state_dict()
-    unknown = [k for k in state if k not in own]
-    if unknown:
-        raise ValueError(f"{path}: {len(unknown)} tensors do not belong to this UNet (e.g. '{unknown[0]}')")
-    unet.load_state_dict(state, strict=False)
-    return len(state)
+    def trained_state(self) -> Weights:
+        return {f"unet.{name}": p.detach().to("cpu", torch.float32).contiguous() for name, p in self.params.items()}
 
 
 class ESD(Technique):
     name = "esd"
     config_cls = ESDConfig
     config: ESDConfig
+    algorithm_version = 3
+    weight_fields = TRAINING_KEYS
 
-    def cache_path(self) -> Path:
-        key = self.config.cache_key(self.context.model.fingerprint())
-        return self.context.cache_dir / "techniques" / "esd" / f"{key}.safetensors"
+    def build_weights(self, pipe) -> Weights:
+        cfg, model = self.config, self.context.model
+        trainer = ESDTrainer(pipe, cfg, self.device, model.height, model.width)
+        log.info("ESD: training %d tensors (%s) for %d steps to erase '%s'", len(trainer.params), cfg.train_method,
+                 cfg.train_steps, cfg.erase_concept)  # fmt: skip
+        losses = trainer.train()
+        self.info.update(trained_tensors=len(trainer.params), first_loss=losses[0] if losses else None,
+                         last_loss=losses[-1] if losses else None, losses=losses)  # fmt: skip
+        return trainer.trained_state()
 
-    def prepare(self) -> None:
-        dtype = self.context.dtype
-        self.pipe = load_pipeline(self.context.model, self.device, torch.float32)  # fp16 ESD training diverges
-        cfg = self.config
-        cache = self.cache_path()
-        source = cfg.load_path or (str(cache) if cfg.use_cache and cache.is_file() else None)
-        self.info.update(cache_path=str(cache), cache_key=cache.stem)
-        if source is not None:
-            n = load_unet_weights(self.pipe.unet, source)
-            log.info("ESD: loaded %d trained tensors from %s (training skipped)", n, source)
-            self.info.update(trained=False, weights_loaded_from=source)
-            if cfg.save_path and Path(cfg.save_path).resolve() != Path(source).resolve():
-                Path(cfg.save_path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, cfg.save_path)  # the user asked for the weights there, trained or not
-                self.info["saved_to"] = [cfg.save_path]
-        else:
-            model = self.context.model
-            trainer = ESDTrainer(self.pipe, cfg, self.device, model.height, model.width)
-            log.info(
-                "ESD: training %d tensors (%s) for %d steps to erase '%s'",
-                len(trainer.params),
-                cfg.train_method,
-                cfg.train_steps,
-                cfg.erase_concept,
-            )
-            losses = trainer.train()
-            state = trainer.trained_state()
-            del trainer
-            meta = {"config": json.dumps(asdict(cfg)), "model": json.dumps(self.context.model.fingerprint())}
-            targets = [cache] if cfg.use_cache else []
-            targets += [Path(cfg.save_path)] if cfg.save_path else []
-            for target in targets:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                save_file(state, str(target), metadata=meta)
-            self.info.update(
-                trained=True,
-                trained_tensors=len(state),
-                first_loss=losses[0] if losses else None,
-                last_loss=losses[-1] if losses else None,
-                losses=losses,
-                saved_to=[str(t) for t in targets],
-            )
-        self.pipe = cast_pipeline(self.pipe, self.device, dtype)
+    def failure_hint(self) -> str:
+        return f" (learning_rate={self.config.learning_rate}, negative_guidance={self.config.negative_guidance})"

@@ -1,0 +1,80 @@
+"""Generation requests: what one image is, independent of which metric asked for it or which batch it lands in.
+
+A metric's prompt record becomes a request once the technique's and the model's generation defaults are filled
+in. Two metrics that ask for the same prompt with the same seed, guidance, steps and size ask for the same image, and
+the plan generates it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from eval_learn.types import PromptRecord
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    seed: int
+    guidance_scale: float
+    num_inference_steps: int
+    height: int
+    width: int
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def call_group(self) -> tuple[float, int, int, int]:
+        """The settings one pipeline call shares (diffusers takes one guidance scale, step count and size per call)."""
+        return (self.guidance_scale, self.num_inference_steps, self.height, self.width)
+
+
+def request_for(record: PromptRecord, settings: dict[str, Any]) -> GenerationRequest:
+    """A record's own guidance scale wins over the technique's/model's default."""
+    guidance = record.guidance_scale if record.guidance_scale is not None else settings["guidance_scale"]
+    return GenerationRequest(
+        prompt=record.prompt,
+        seed=record.seed,
+        guidance_scale=float(guidance),
+        num_inference_steps=int(settings["num_inference_steps"]),
+        height=int(settings["height"]),
+        width=int(settings["width"]),
+    )
+
+
+@dataclass
+class Plan:
+    """Every metric's records mapped onto unique requests, in the order they are first asked for."""
+
+    requests: list[GenerationRequest]
+    # per metric: (record, position of its request in ``requests``), in the metric's dataset order
+    wanted: dict[str, list[tuple[PromptRecord, int]]]
+
+    @property
+    def asked(self) -> int:
+        return sum(len(v) for v in self.wanted.values())
+
+    def users(self) -> list[list[tuple[str, PromptRecord]]]:
+        """For each request, the (metric, record) pairs that use its image."""
+        out: list[list[tuple[str, PromptRecord]]] = [[] for _ in self.requests]
+        for metric, pairs in self.wanted.items():
+            for record, position in pairs:
+                out[position].append((metric, record))
+        return out
+
+
+def make_plan(datasets: dict[str, list[PromptRecord]], settings: dict[str, Any]) -> Plan:
+    positions: dict[GenerationRequest, int] = {}
+    requests: list[GenerationRequest] = []
+    wanted: dict[str, list[tuple[PromptRecord, int]]] = {}
+    for metric, records in datasets.items():
+        pairs = []
+        for record in records:
+            request = request_for(record, settings)
+            if request not in positions:
+                positions[request] = len(requests)
+                requests.append(request)
+            pairs.append((record, positions[request]))
+        wanted[metric] = pairs
+    return Plan(requests, wanted)

@@ -1,0 +1,492 @@
+"""The engine every run goes through, single or multi: plan, generate each image once into the store, judge.
+
+1. **Plan.** Every metric's prompt records become generation requests (the technique's and model's defaults filled
+   in); identical requests are generated once however many metrics ask.
+2. **Generate.** Requests go through in batches of ``batch_size``. An image already in the store (same key: model,
+   technique fingerprint, request, scheduler, dtype, device, generation mode, library versions) is read and
+   verified; the rest are rendered by the shared sampling loop under a lock that concurrent runs share, and stored.
+   The pipeline loads only if something must be rendered.
+3. **Evaluate.** Each batch's images go to every metric that asked for them: written to the metric's ``images/``,
+   judged (verdicts cached by judge settings and pixels), recorded in the metric's state, which is saved per batch.
+   On a GPU, encoding, writing and judging a batch overlap with rendering the next one.
+
+A metric that raises is recorded as failed and dropped; the others go on, their results are written, and the run
+ends with :class:`MetricsFailed` (a non-zero exit code). The run folder holds ``run_status.json``: ``running``
+while it works (so a killed run is visibly unfinished), then ``complete`` or ``failed``. A rerun of a killed run
+finds every finished image and verdict in the store: at most the batch in flight is redone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from eval_learn.engine.requests import GenerationRequest, make_plan, request_for
+from eval_learn.engine.sampling import GenerationMode, render
+from eval_learn.engine.store import Store, StoredImage, image_key
+from eval_learn.errors import RunError
+from eval_learn.judges.base import CachedJudge
+from eval_learn.runtime import environment, peak_memory
+from eval_learn.storage import atomic_write, canonical_json, write_json
+from eval_learn.types import MetricResult, PromptDataset, PromptRecord
+
+if TYPE_CHECKING:
+    from eval_learn.metrics.base import Metric
+    from eval_learn.runners.base import BaseRunner, MetricSpec
+    from eval_learn.techniques.base import Technique
+
+log = logging.getLogger(__name__)
+
+
+class MetricsFailed(RunError):
+    """Some metrics of a run raised; the others' results were written. ``report`` is what the run wrote."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Evaluation:
+    """One metric within a run: its instance, prompts, folder, per-image metadata, timings and outcome."""
+
+    spec: MetricSpec
+    metric: Metric
+    dataset: PromptDataset
+    folder: Path
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {"images_generated": 0, "images_reused": 0})
+    error: dict[str, str] | None = None
+    result: MetricResult | None = None
+    remaining: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.timings[key] = round(self.timings.get(key, 0.0) + seconds, 4)
+
+    def fail(self, stage: str, err: BaseException) -> None:
+        self.error = {"stage": stage, "type": type(err).__name__, "message": str(err),
+                      "traceback": "".join(traceback.format_exception(err))}  # fmt: skip
+        log.error("Metric <%s> failed while %s: %s: %s (the other metrics go on)", self.name, stage,
+                  type(err).__name__, err)  # fmt: skip
+
+
+@dataclass
+class Batch:
+    """One batch of the plan on its way through: images found or made, the store lock held while making them."""
+
+    positions: list[int]
+    images: dict[int, StoredImage] = field(default_factory=dict)
+    new: dict[int, Any] = field(default_factory=dict)  # rendered pixels not yet encoded and stored
+    generation_s: float = 0.0
+    lock: Any = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            lock, self.lock = self.lock, None
+            lock.__exit__(None, None, None)
+
+
+class RunStatus:
+    """``<run>/run_status.json``: a run that was killed stays marked ``running`` (with its pid and host)."""
+
+    def __init__(self, root: Path, run_id: str) -> None:
+        self.path = root / "run_status.json"
+        self.data: dict[str, Any] = {"run_id": run_id, "status": "running", "pid": os.getpid(),
+                                     "host": socket.gethostname(), "started": time.time()}  # fmt: skip
+
+    def write(self, **changes: Any) -> None:
+        self.data.update(changes)
+        write_json(self.path, self.data)
+
+
+class Engine:
+    """Runs one technique against the runner's metrics. ``layout``: ``single`` (the metric's files in the run
+    folder) or ``multi`` (one folder per metric plus ``multi/report.json``)."""
+
+    def __init__(self, runner: BaseRunner, layout: str) -> None:
+        self.runner = runner
+        self.layout = layout
+        self.context = runner.context
+        settings = self.context.settings
+        self.store = Store(
+            self.context.cache_dir,
+            settings.image_cache,
+            int(settings.image_cache_max_gb * 1e9) if settings.image_cache_max_gb else None,
+        )
+        self.timings: dict[str, float] = {}
+        self.generated: set[int] = set()  # plan positions rendered in this run
+
+    def _time(self, key: str, start: float) -> float:
+        elapsed = time.perf_counter() - start
+        self.timings[key] = round(self.timings.get(key, 0.0) + elapsed, 4)
+        return elapsed
+
+    # --- the run --------------------------------------------------------------------------------------------------
+    def run(self, run_id: str, timestamp: float) -> dict[str, Any]:
+        started = time.perf_counter()
+        root = self.runner.output_dir / run_id
+        log.info("Run %s → %s", run_id, root)
+        status = RunStatus(root, run_id)
+        status.write()
+        technique: Technique | None = None
+        try:
+            self.runner.check_model()
+            evaluations = [self._setup(spec, root) for spec in self.runner.metrics]
+            technique = self._prepare_technique()
+            self._evaluate(technique, evaluations)
+            for evaluation in evaluations:
+                self._finish(evaluation)
+            self._time("total_s", started)
+            report = self._reports(run_id, timestamp, technique, evaluations, root)
+        except BaseException as err:
+            status.write(status="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            if technique is not None:
+                technique.close()
+            self._evict()
+        failed = {e.name: e.error for e in evaluations if e.error}
+        status.write(status="failed" if failed else "complete", finished=time.time(),
+                     failed_metrics=sorted(failed))  # fmt: skip
+        if failed:
+            names = ", ".join(f"{n} ({e['type']}: {e['message'][:200]})" for n, e in failed.items())
+            raise MetricsFailed(f"{len(failed)} of {len(evaluations)} metric(s) failed: {names}. The other results "
+                                f"are in {root}", report)  # fmt: skip
+        return report
+
+    def _evict(self) -> None:
+        try:
+            self.store.evict()
+        except OSError as err:  # eviction is housekeeping: never the reason a run fails
+            log.warning("Image store eviction failed: %s", err)
+
+    def _setup(self, spec: MetricSpec, root: Path) -> Evaluation:
+        start = time.perf_counter()
+        log.info("Instantiating metric <%s>", spec.name)
+        metric = spec.cls(spec.config, self.context)
+        dataset = metric.load_dataset()
+        load_s = time.perf_counter() - start
+        folder = root if self.layout == "single" else root / spec.name
+        evaluation = Evaluation(spec, metric, dataset, folder)
+        evaluation.add_time("dataset_load_s", load_s)
+        self.timings["dataset_load_s"] = round(self.timings.get("dataset_load_s", 0.0) + load_s, 4)
+        log.info("Metric <%s>: %d images from %s", spec.name, len(dataset), dataset.metadata.get("source"))
+        return evaluation
+
+    def _prepare_technique(self) -> Technique:
+        runner = self.runner
+        start = time.perf_counter()
+        log.info("Instantiating technique <%s>", runner.technique_name)
+        technique = runner.technique_cls(runner.technique_config, self.context)
+        technique.prepare()
+        self._time("technique_prepare_s", start)
+        return technique
+
+    def mode(self, technique: Technique) -> GenerationMode:
+        settings = self.context.settings
+        return GenerationMode.for_device(technique.device, settings.batch_size, settings.batch_invariant)
+
+    def image_context(self, technique: Technique) -> dict[str, Any]:
+        """Everything besides the request that determines an image's pixels."""
+        device = technique.device
+        versions = environment()["versions"]
+        return {
+            "model": self.context.model.fingerprint(),
+            "technique": technique.fingerprint(),
+            "dtype": str(self.context.dtype),
+            "device": device.split(":")[0],
+            "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.machine(),
+            "generation": asdict(self.mode(technique)),
+            "versions": {k: versions.get(k) for k in ("torch", "diffusers", "transformers")},
+        }
+
+    # --- generation and judging -----------------------------------------------------------------------------------
+    def _evaluate(self, technique: Technique, evaluations: list[Evaluation]) -> None:
+        loop_start = time.perf_counter()
+        for evaluation in evaluations:
+            metric = evaluation.metric
+            metric.judges = {role: CachedJudge(j, self.store) for role, j in metric.judges.items()}
+            if metric.needs_model:
+                metric.attach_model(technique)
+            (evaluation.folder / "images").mkdir(parents=True, exist_ok=True)
+        by_name = {e.name: e for e in evaluations}
+        self.generation = technique.generation_settings()
+        plan = make_plan({e.name: e.dataset.records for e in evaluations}, self.generation)
+        self.planned = len(plan.requests)
+        users = plan.users()
+        mode = self.mode(technique)
+        context = self.image_context(technique)
+        keys = [image_key(context, r.fields()) for r in plan.requests]
+        log.info("Plan: %d images asked for by %d metric(s), %d distinct; generation mode %s, %d rows per call",
+                 plan.asked, len(evaluations), len(plan.requests), mode.name, mode.rows)  # fmt: skip
+        batch_size = self.context.settings.batch_size
+        overlap = technique.device.startswith("cuda")  # encode, write and judge on the CPU while the GPU renders
+        starts = range(0, len(plan.requests), batch_size)
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            pending: Future | None = None
+            for start in tqdm(starts, desc=f"{technique.name} images", unit="batch", disable=len(starts) < 2):
+                positions = list(range(start, min(start + batch_size, len(plan.requests))))
+                batch = self._images(technique, plan.requests, keys, positions, mode)
+                if pending is not None:
+                    pending.result()
+                job = (technique, plan.requests, keys, batch, users, by_name)
+                if overlap:
+                    pending = worker.submit(self._deliver, *job)
+                else:
+                    self._deliver(*job)
+            if pending is not None:
+                pending.result()
+        self._time("evaluate_s", loop_start)
+
+    def _images(
+        self, technique: Technique, requests: list[GenerationRequest], keys: list[str], positions: list[int],
+        mode: GenerationMode,
+    ) -> Batch:  # fmt: skip
+        """The batch's images: from the store (verified), or rendered under the store's lock (held until they are
+        stored, possibly by the worker thread)."""
+        batch = Batch(positions)
+        for p in positions:
+            image = self.store.get_image(keys[p])
+            if image is not None:
+                batch.images[p] = image
+        missing = [p for p in positions if p not in batch.images]
+        if not missing:
+            return batch
+        batch.lock = self.store.generating([keys[p] for p in missing])
+        batch.lock.__enter__()
+        try:
+            for p in list(missing):  # another run may have made them while we waited
+                image = self.store.get_image(keys[p])
+                if image is not None:
+                    batch.images[p] = image
+                    missing.remove(p)
+            start = time.perf_counter()
+            for p, pixels in zip(missing, render(technique, [requests[p] for p in missing], mode), strict=True):
+                batch.new[p] = pixels
+            batch.generation_s = self._time("generation_s", start)
+        except BaseException:
+            batch.release()
+            raise
+        self.generated.update(missing)
+        return batch
+
+    def _store_new(self, technique: Technique, requests: list[GenerationRequest], keys: list[str], batch: Batch) -> None:
+        """Encode the batch's new images (PNG with provenance text chunks and pixel digest) and store them."""
+        try:
+            fingerprint = canonical_json(technique.fingerprint())
+            for p, pixels in batch.new.items():
+                text = {"eval_learn:key": keys[p], "eval_learn:request": canonical_json(requests[p].fields()),
+                        "eval_learn:technique": fingerprint}  # fmt: skip
+                image = StoredImage.from_pixels(pixels, text)
+                self.store.put_image(keys[p], image)
+                batch.images[p] = image
+            batch.new.clear()
+        finally:
+            batch.release()
+
+    def _deliver(
+        self, technique: Technique, requests: list[GenerationRequest], keys: list[str], batch: Batch,
+        users: list[list[tuple[str, PromptRecord]]], by_name: dict[str, Evaluation],
+    ) -> None:  # fmt: skip
+        """Store the batch's new images, then hand the batch to every metric that asked for its images: files,
+        judgements, state. A metric that raises is recorded as failed (in a multi run; a single run stops) and gets
+        no more images."""
+        self._store_new(technique, requests, keys, batch)
+        generation_s = batch.generation_s
+        per_metric: dict[str, list[tuple[PromptRecord, int]]] = {}
+        for p in batch.positions:
+            for name, record in users[p]:
+                per_metric.setdefault(name, []).append((record, p))
+        fresh_uses = sum(p in self.generated for pairs in per_metric.values() for _, p in pairs)
+        sampling = technique.sampling_settings()
+        for name, pairs in per_metric.items():
+            evaluation = by_name[name]
+            pairs.sort(key=lambda pair: pair[0].index)
+            fresh = sum(p in self.generated for _, p in pairs)
+            evaluation.counts["images_generated"] += fresh
+            evaluation.counts["images_reused"] += len(pairs) - fresh
+            if fresh_uses:
+                evaluation.add_time("generation_s", generation_s * fresh / fresh_uses)
+            if evaluation.error:
+                continue
+            start = time.perf_counter()
+            try:
+                self._update(evaluation, [r for r, _ in pairs], [batch.images[p] for _, p in pairs], sampling)
+            except Exception as err:  # a failing metric must not take the others down
+                if self.layout == "single":
+                    raise
+                evaluation.fail("judging", err)
+            evaluation.add_time("evaluate_s", time.perf_counter() - start)
+
+    def _update(
+        self, evaluation: Evaluation, records: list[PromptRecord], images: list[StoredImage], sampling: dict[str, Any]
+    ) -> None:
+        folder = evaluation.folder
+        for record, image in zip(records, images, strict=True):
+            atomic_write(folder / "images" / f"{record.index:05d}.png", image.png)
+        start = time.perf_counter()
+        judged = evaluation.metric.update([im.pil() for im in images], records)
+        evaluation.add_time("metric_update_s", time.perf_counter() - start)
+        for record, image, judgement in zip(records, images, judged, strict=True):
+            evaluation.entries.append(self._entry(record, image, judgement, sampling))
+        evaluation.metric.save_state(folder / "state")
+
+    def _entry(
+        self, record: PromptRecord, image: StoredImage, judgement: dict[str, Any], sampling: dict[str, Any]
+    ) -> dict[str, Any]:
+        request = request_for(record, self.generation)
+        return {
+            "file": f"images/{record.index:05d}.png",
+            "index": record.index,
+            "prompt": record.prompt,
+            "seed": record.seed,
+            "guidance_scale": request.guidance_scale,
+            "num_inference_steps": request.num_inference_steps,
+            "categories": list(record.categories),
+            "source": record.extra,
+            "pixels_sha256": image.digest,
+            **({"sampling": sampling} if sampling else {}),
+            "judgement": judgement,
+        }
+
+    # --- results --------------------------------------------------------------------------------------------------
+    def _finish(self, evaluation: Evaluation) -> None:
+        """Compute the metric's value (a multi run records a metric that raises here and goes on)."""
+        if evaluation.error is not None:
+            return
+        start = time.perf_counter()
+        try:
+            evaluation.result = evaluation.metric.compute()
+        except Exception as err:
+            if self.layout == "single":
+                raise
+            evaluation.fail("computing its value", err)
+        elapsed = time.perf_counter() - start
+        evaluation.add_time("metric_compute_s", elapsed)
+        evaluation.add_time("evaluate_s", elapsed)
+        self._time("metric_compute_s", start)
+        self._time("evaluate_s", start)
+        # Judges load on their first image (a rerun with every verdict cached never loads them): that is the
+        # metric's setup time, taken out of its update time.
+        setup = sum(getattr(j.inner, "load_seconds", 0.0) for j in evaluation.metric.judges.values())
+        update = max(0.0, evaluation.timings.get("metric_update_s", 0.0) - setup)
+        evaluation.timings.update(metric_setup_s=round(setup, 4), metric_update_s=round(update, 4))
+        for key, value in (("metric_setup_s", setup), ("metric_update_s", update)):
+            self.timings[key] = round(self.timings.get(key, 0.0) + value, 4)
+
+    def metric_timings(self, evaluation: Evaluation) -> dict[str, float]:
+        """One metric's seconds: the shared technique preparation plus its own phases (its share of generation
+        counts the images it used that this run rendered)."""
+        own = {k: round(v, 4) for k, v in evaluation.timings.items()}
+        shared = {"technique_prepare_s": self.timings.get("technique_prepare_s", 0.0)}
+        parts = ("technique_prepare_s", "dataset_load_s", "metric_setup_s", "evaluate_s")
+        total = sum((shared | own).get(k, 0.0) for k in parts)
+        return shared | own | {"total_s": round(total, 4)}
+
+    def cache_stats(self, evaluation: Evaluation) -> dict[str, int]:
+        reused = sum(getattr(j, "reused", 0) for j in evaluation.metric.judges.values())
+        return {**evaluation.counts, "judgements_reused": reused}
+
+    def common_report(self, technique: Technique, timings: dict[str, float]) -> dict[str, Any]:
+        context = self.context
+        settings = context.settings
+        return {
+            "model": asdict(context.model),
+            "seed": context.seed,
+            "batch_size": settings.batch_size,
+            "device": technique.device,
+            "dtype": str(context.dtype).removeprefix("torch."),
+            "generation": {**technique.generation_settings(), **self.mode(technique).describe(),
+                           "batch_invariant": self.mode(technique).name != "batched",
+                           "sampling": technique.sampling_settings()},  # fmt: skip
+            "run_settings": asdict(settings),
+            "technique_info": technique.info,
+            "timings": timings,
+            "peak_memory": peak_memory(technique.device),
+            "environment": environment(),
+        }
+
+    def metric_report(
+        self, run_id: str, timestamp: float, technique: Technique, evaluation: Evaluation
+    ) -> dict[str, Any]:
+        """The seed page's report schema plus what a reader needs to trust the number."""
+        runner, spec, metric = self.runner, evaluation.spec, evaluation.metric
+        assert evaluation.result is not None
+        return {
+            "run_id": run_id,
+            "timestamp": timestamp,
+            "technique_name": runner.technique_name,
+            "metric_name": spec.name,
+            "dataset_name": evaluation.dataset.name,
+            "dataset_metadata": evaluation.dataset.metadata,
+            "technique_config": asdict(runner.technique_config),
+            "metric_config": spec.config_dict(),
+            "metric_result": {**evaluation.result.to_dict(), "higher_is_better": metric.higher_is_better},
+            "judge": metric.judge_settings(),
+            "metric_state": metric.state_dict(),
+            "cache_stats": self.cache_stats(evaluation),
+            **self.common_report(technique, self.metric_timings(evaluation) if self.layout == "multi" else
+                                 dict(self.timings)),
+        }  # fmt: skip
+
+    def _reports(
+        self, run_id: str, timestamp: float, technique: Technique, evaluations: list[Evaluation], root: Path
+    ) -> dict[str, Any]:
+        reports: dict[str, dict[str, Any]] = {}
+        for evaluation in evaluations:
+            folder = evaluation.folder
+            if evaluation.error is not None:
+                write_json(folder / "error.json", {"run_id": run_id, "metric_name": evaluation.name,
+                                                   **evaluation.error})  # fmt: skip
+                continue
+            report = self.metric_report(run_id, timestamp, technique, evaluation)
+            write_json(folder / "metadata.json", {"run_id": run_id, "images": evaluation.entries})
+            write_json(folder / "report.json", report)
+            reports[evaluation.name] = report
+            log.info("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
+        if self.layout == "single":
+            return reports[evaluations[0].name]
+        runner = self.runner
+        combined = {
+            "run_id": run_id,
+            "timestamp": timestamp,
+            "technique_name": runner.technique_name,
+            "technique_config": asdict(runner.technique_config),
+            "metric_names": [e.name for e in evaluations],
+            "metric_configs": {e.name: e.spec.config_dict() for e in evaluations},
+            "datasets": {n: r["dataset_name"] for n, r in reports.items()},
+            "dataset_metadata": {n: r["dataset_metadata"] for n, r in reports.items()},
+            "metric_results": {n: r["metric_result"] for n, r in reports.items()},
+            "judges": {n: r["judge"] for n, r in reports.items()},
+            "failed_metrics": {e.name: e.error for e in evaluations if e.error},
+            "cache_stats": self.run_cache_stats(evaluations),
+            **self.common_report(technique, dict(self.timings)),
+            "metric_timings": {e.name: self.metric_timings(e) for e in evaluations},
+        }
+        write_json(root / "multi" / "report.json", combined)
+        return combined
+
+    def run_cache_stats(self, evaluations: list[Evaluation]) -> dict[str, int]:
+        """The run's distinct images: rendered now or found in the store; verdicts reused over all metrics."""
+        return {
+            "images_generated": len(self.generated),
+            "images_reused": self.planned - len(self.generated),
+            "judgements_reused": sum(self.cache_stats(e)["judgements_reused"] for e in evaluations),
+            "images_requested": sum(len(e.dataset.records) for e in evaluations),
+        }

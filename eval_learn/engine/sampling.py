@@ -1,0 +1,104 @@
+"""The one generation loop every technique samples through: per-prompt seeds, batching, and what is reproducible.
+
+Every request gets its own ``torch.Generator`` seeded from its prompt record, created on the CPU, so the initial
+noise is the same on every device. What else an image depends on was measured (``../shared/reference/gpu.md``):
+
+- **CPU**: its prompt, seed and settings, and the *shape* of the pipeline call, not its neighbours in the call nor
+  its slot. So the default on the CPU, ``fixed_shape``, pads every call to ``rows`` rows (copies of the last
+  request): an image is bit-identical whatever it is batched with, at batched speed.
+- **CUDA** (SD size): the slot within the call matters as well (rows of a batch of identical copies differ by about
+  one grey level). The default there, ``batched``, makes one call per batch without padding: reproducible for the
+  same batches, within a grey level otherwise.
+- ``strict`` (``batch_invariant=true``) renders one prompt per call: bit-identical on any device whatever the batch
+  size, at unbatched speed.
+
+The mode is part of every image's store key. Images come back as uint8 arrays; a NaN or infinite pixel stops the run
+(diffusers would silently turn it black).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from eval_learn.engine.requests import GenerationRequest
+from eval_learn.errors import NonFiniteError
+
+if TYPE_CHECKING:
+    from eval_learn.techniques.base import Technique
+
+
+@dataclass(frozen=True)
+class GenerationMode:
+    name: Literal["fixed_shape", "batched", "strict"]
+    rows: int  # prompts per pipeline call (fixed_shape: every call has exactly this many rows)
+
+    @property
+    def pad(self) -> bool:
+        return self.name == "fixed_shape"
+
+    @classmethod
+    def for_device(cls, device: str, batch_size: int, batch_invariant: bool | None) -> GenerationMode:
+        """``batch_invariant``: None = the device's fast exact-where-possible default; True = strict; False = one
+        unpadded call per batch."""
+        if batch_invariant:
+            return cls("strict", 1)
+        if batch_invariant is None and not device.startswith("cuda"):
+            return cls("fixed_shape", batch_size)
+        return cls("batched", batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        reproducible = {
+            "fixed_shape": "bit-identical for the same prompt, seed, settings and rows, whatever the neighbours",
+            "batched": "bit-identical for the same batches; within about one grey level otherwise",
+            "strict": "bit-identical for the same prompt, seed and settings, whatever the batch size",
+        }[self.name]
+        return {"mode": self.name, "rows_per_call": self.rows, "reproducible": reproducible}
+
+
+def _calls(requests: list[GenerationRequest], mode: GenerationMode) -> list[list[int]]:
+    """Positions of ``requests`` per pipeline call: grouped by the settings a call shares, in order, ``rows`` each."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, request in enumerate(requests):
+        groups[request.call_group()].append(i)
+    return [positions[i : i + mode.rows] for positions in groups.values() for i in range(0, len(positions), mode.rows)]
+
+
+def render(technique: Technique, requests: list[GenerationRequest], mode: GenerationMode) -> list[np.ndarray]:
+    """Render ``requests`` in order with the technique's pipeline; uint8 [H, W, 3] arrays."""
+    images: list[np.ndarray | None] = [None] * len(requests)
+    if not requests:
+        return []
+    pipe = technique.pipeline()
+    for positions in _calls(requests, mode):
+        rows = [requests[i] for i in positions]
+        if mode.pad:
+            rows += [rows[-1]] * (mode.rows - len(rows))
+        first = rows[0]
+        prompts = [r.prompt for r in rows]
+        with torch.inference_mode():
+            out = pipe(
+                prompt=prompts,
+                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in rows],
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                height=first.height,
+                width=first.width,
+                output_type="np",
+                **technique.sampling_arguments(pipe, prompts),
+            )
+        array = np.asarray(out.images)
+        if not np.isfinite(array).all():
+            bad = [r.prompt for r, a in zip(rows, array, strict=True) if not np.isfinite(a).all()]
+            raise NonFiniteError(
+                f"technique '{technique.name}' rendered {len(bad)} image(s) with NaN or infinite pixels (e.g. for "
+                f"'{bad[0][:80]}'): its weights or sampling settings are broken; nothing was stored or judged."
+            )
+        pixels = (array * 255).round().astype(np.uint8)  # as diffusers' numpy_to_pil
+        for k, i in enumerate(positions):
+            images[i] = pixels[k]
+    return images  # type: ignore[return-value]
