@@ -21,7 +21,7 @@ IMAGE_CACHE_MODES = ("on", "off", "read_only")
 
 @dataclass
 class RunSettings:
-    seed: int = 0  # base seed: a prompt without its own seed uses seed + its index in the metric's set
+    seed: int = 0  # base seed: a prompt without its own seed gets seed + a number drawn from its text (+ j for sample j)
     batch_size: int = 8  # prompts generated, judged and written together (and rows per pipeline call)
     # null: exact where it is cheap (CPU: every call padded to batch_size rows, bit-identical whatever the
     # neighbours; CUDA: one call per batch); true: one prompt per call, identical for any batch size on any device;

@@ -7,7 +7,7 @@ import pytest
 from conftest import DATA
 
 from eval_learn.configs import ConfigError
-from eval_learn.datasets.base import PromptRow, build_dataset, select
+from eval_learn.datasets.base import PromptRow, build_dataset, prompt_seed, select
 from eval_learn.datasets.i2p import I2P, I2PConfig, bundled_prompts
 from eval_learn.datasets.local_csv import CSVConfig, LocalCSV
 from eval_learn.datasets.miniworld import MiniWorldPrompts, MiniWorldPromptsConfig
@@ -32,7 +32,7 @@ def test_hub_column_names_and_seed_fallback(tmp_path) -> None:
     plain = tmp_path / "plain.csv"
     plain.write_text("prompt\na cat\na dog\n")
     dataset = build_dataset(LocalCSV(CSVConfig(path=str(plain))), limit=None, samples=1, base_seed=7)
-    assert [r.seed for r in dataset.records] == [7, 8]
+    assert [r.seed for r in dataset.records] == [prompt_seed(7, "a cat"), prompt_seed(7, "a dog")]
     assert [r.guidance_scale for r in dataset.records] == [None, None]
 
 
@@ -96,8 +96,22 @@ def test_limit_keeps_whole_prompts_from_every_stratum() -> None:
     assert {r.extra["group"] for r in select(everything.rows(), 3)} == {"target", "near", "far"}
     dataset = build_dataset(red, limit=2, samples=3, base_seed=100)
     assert len(dataset) == 6 and dataset.metadata["prompts"] == 2 and dataset.metadata["total_loaded"] == 6
-    assert [r.seed for r in dataset.records] == [100, 101, 102, 103, 104, 105]  # base seed + image index
+    first, second = (prompt_seed(100, r.prompt) for r in dataset.records[::3])
+    assert [r.seed for r in dataset.records] == [first, first + 1, first + 2, second, second + 1, second + 2]
     assert [r.extra["sample"] for r in dataset.records] == [0, 1, 2, 0, 1, 2]
+    assert [r.index for r in dataset.records] == list(range(6))
+
+
+def test_a_prompt_gets_the_same_seeds_in_every_set_and_repeats_get_new_ones(tmp_path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("prompt\na cat\na dog\na cat\n")
+    records = build_dataset(LocalCSV(CSVConfig(path=str(path))), limit=None, samples=1, base_seed=0).records
+    assert records[0].seed == prompt_seed(0, "a cat") and records[2].seed == prompt_seed(0, "a cat", 1)
+    assert len({r.seed for r in records}) == 3
+    other = tmp_path / "q.csv"
+    other.write_text("prompt\na dog\n")
+    assert build_dataset(LocalCSV(CSVConfig(path=str(other))), limit=None, samples=1, base_seed=0).records[0].seed \
+        == records[1].seed
 
 
 def test_samples_of_a_prompt_with_its_own_seed() -> None:

@@ -5,14 +5,17 @@ them). What every metric does with them is shared here, so that it means the sam
 
 - ``limit`` keeps whole prompts, spread across the set's strata (shapes, classes, groups) by round-robin, never a
   slice that drops whole classes;
-- ``samples_per_prompt`` renders each kept prompt k times: sample j of a prompt with its own seed s gets seed s + j;
-  a prompt without a seed gets ``base_seed + index`` (the image's index in the metric's set), so seeds never depend
-  on batching.
+- ``samples_per_prompt`` renders each kept prompt k times: sample j of a prompt with its own seed s gets seed s + j.
+  A prompt without a seed gets s = ``base_seed`` + a 32-bit number drawn from its text (and from how many times the
+  same text came before it in the set): seeds belong to prompts, never to batches or positions, different prompts
+  get independent noise, and the same prompt gets the same images in every metric that asks for it (so the engine
+  renders them once).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import hashlib
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -86,18 +89,36 @@ def select(rows: list[PromptRow], limit: int | None) -> list[PromptRow]:
     return [r for r in rows if id(r) in keep]
 
 
+def prompt_seed(base_seed: int, prompt: str, occurrence: int = 0) -> int:
+    """The seed of a prompt that has none of its own (see the module docstring)."""
+    digest = hashlib.sha256(f"{occurrence}\x00{prompt}".encode()).digest()
+    return (base_seed + int.from_bytes(digest[:4], "big")) % SEED_LIMIT
+
+
+def occurrences(rows: list[PromptRow]) -> dict[int, int]:
+    """For each row (by id), how many rows with the same text come before it."""
+    seen: Counter[str] = Counter()
+    out = {}
+    for row in rows:
+        out[id(row)] = seen[row.prompt]
+        seen[row.prompt] += 1
+    return out
+
+
 def expand(
-    rows: list[PromptRow], samples: int | dict[str, int], base_seed: int, start: int = 0, key: str = "group"
-) -> list[PromptRecord]:
+    rows: list[PromptRow], samples: int | dict[str, int], base_seed: int, occurrence: dict[int, int] | None = None,
+    key: str = "group",
+) -> list[PromptRecord]:  # fmt: skip
     """One record per image. ``samples``: per prompt, or per value of ``row.extra[key]``."""
+    occurrence = occurrence if occurrence is not None else occurrences(rows)
     records = []
     for row in rows:
         k = samples if isinstance(samples, int) else samples[row.extra[key]]
+        first = row.seed if row.seed is not None else prompt_seed(base_seed, row.prompt, occurrence[id(row)])
         for j in range(k):
-            index = start + len(records)
-            seed = (row.seed + j) % SEED_LIMIT if row.seed is not None else base_seed + index
             extra = {**row.extra, "sample": j} if k > 1 else dict(row.extra)
-            records.append(PromptRecord(index, row.prompt, seed, row.guidance_scale, row.categories, extra))
+            records.append(PromptRecord(len(records), row.prompt, (first + j) % SEED_LIMIT, row.guidance_scale,
+                                        row.categories, extra))  # fmt: skip
     return records
 
 
@@ -112,7 +133,7 @@ def build_dataset(
     if not rows:
         raise ConfigError(f"prompt set '{prompt_set.dataset_name()}' has no prompts ({prompt_set.metadata()})")
     kept = select(rows, limit)
-    records = expand(kept, samples, base_seed)
+    records = expand(kept, samples, base_seed, occurrences(rows))
     metadata = {
         **prompt_set.metadata(),
         "limit": limit,

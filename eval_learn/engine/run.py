@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from eval_learn.engine.judging import CachedJudge
 from eval_learn.engine.requests import GenerationRequest, make_plan, request_for
 from eval_learn.engine.sampling import GenerationMode, render
 from eval_learn.engine.store import Store, StoredImage, image_key
 from eval_learn.errors import RunError
-from eval_learn.judges.base import CachedJudge
 from eval_learn.runtime import environment, peak_memory
 from eval_learn.storage import atomic_write, canonical_json, write_json
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord

@@ -2,8 +2,9 @@
 
 A judge has a config (``judge: nudenet`` or ``judge: {name: nudenet, preset: unlearndiffatk}`` in a metric's config),
 records its exact settings (model id or file digest, classes, thresholds), and judges a *batch* of images at a time.
-Its verdict on an image depends only on the image and its settings, so verdicts are cached by the engine under a key
-of both (:class:`CachedJudge`): a rerun, a resumed run or another metric never judges the same image twice.
+Its verdict on an image depends only on the image and its settings, so the engine caches verdicts under a key of
+both (:class:`eval_learn.engine.judging.CachedJudge`): a rerun, a resumed run or another metric never judges the same
+image twice.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 from PIL.Image import Image
 
-from eval_learn.engine.store import Store, judgement_key, pixel_digest, roundtrip
 from eval_learn.storage import digest_of
 
 log = logging.getLogger(__name__)
@@ -79,31 +78,4 @@ class Judge:
         verdicts = self.judge_batch(images)
         if len(verdicts) != len(images):
             raise RuntimeError(f"judge '{self.name}' returned {len(verdicts)} verdicts for {len(images)} images")
-        return verdicts
-
-
-class CachedJudge:
-    """A judge behind the judgement store: verdicts are looked up by (judge settings, image pixels) and only the
-    missing ones are computed, as one batch. Counts how many it reused."""
-
-    def __init__(self, judge: Judge, store: Store) -> None:
-        self.inner = judge
-        self.store = store
-        self.fingerprint = judge.fingerprint()
-        self.reused = 0
-
-    def __getattr__(self, name: str) -> Any:  # settings(), name, config, ... of the wrapped judge
-        return getattr(self.inner, name)
-
-    def judge(self, images: list[Image]) -> list[dict[str, Any]]:
-        digests = [im.info.get("eval_learn:pixels_sha256") or pixel_digest(np.asarray(im)) for im in images]
-        keys = [judgement_key(self.fingerprint, d) for d in digests]
-        verdicts: list[Any] = [self.store.get_judgement(k) for k in keys]
-        missing = [i for i, v in enumerate(verdicts) if v is None]
-        self.reused += len(images) - len(missing)
-        if missing:
-            fresh = self.inner.judge([images[i] for i in missing])
-            for i, verdict in zip(missing, fresh, strict=True):
-                self.store.put_judgement(keys[i], verdict, self.inner.name)
-                verdicts[i] = roundtrip(verdict)
         return verdicts

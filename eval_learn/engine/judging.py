@@ -1,0 +1,38 @@
+"""Judges behind the judgement store: a verdict depends only on the judge's settings and the image's pixels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL.Image import Image
+
+from eval_learn.engine.store import Store, judgement_key, pixel_digest, roundtrip
+from eval_learn.judges.base import Judge
+
+
+class CachedJudge:
+    """A judge behind the judgement store: verdicts are looked up by (judge settings, image pixels) and only the
+    missing ones are computed, as one batch. Counts how many it reused."""
+
+    def __init__(self, judge: Judge, store: Store) -> None:
+        self.inner = judge
+        self.store = store
+        self.fingerprint = judge.fingerprint()
+        self.reused = 0
+
+    def __getattr__(self, name: str) -> Any:  # settings(), name, config, ... of the wrapped judge
+        return getattr(self.inner, name)
+
+    def judge(self, images: list[Image]) -> list[dict[str, Any]]:
+        digests = [im.info.get("eval_learn:pixels_sha256") or pixel_digest(np.asarray(im)) for im in images]
+        keys = [judgement_key(self.fingerprint, d) for d in digests]
+        verdicts: list[Any] = [self.store.get_judgement(k) for k in keys]
+        missing = [i for i, v in enumerate(verdicts) if v is None]
+        self.reused += len(images) - len(missing)
+        if missing:
+            fresh = self.inner.judge([images[i] for i in missing])
+            for i, verdict in zip(missing, fresh, strict=True):
+                self.store.put_judgement(keys[i], verdict, self.inner.name)
+                verdicts[i] = roundtrip(verdict)
+        return verdicts
