@@ -35,6 +35,7 @@ from eval_learn.configs import did_you_mean  # noqa: E402
 from eval_learn.errors import ConfigError, EvalLearnError  # noqa: E402
 from eval_learn.models import CONF_DIR  # noqa: E402
 from eval_learn.settings import RunConfigSchema  # noqa: E402
+from eval_learn.storage import atomic_write  # noqa: E402
 from eval_learn.summary import summary_lines  # noqa: E402
 
 log = logging.getLogger("eval_learn")
@@ -57,6 +58,7 @@ def _full_error() -> bool:
 def hydra_main(cfg: DictConfig) -> float | None:
     try:
         runner = build_runner(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        _record_device_and_dtype(runner.context.device, runner.context.dtype)
         report = runner.run()
     except EvalLearnError as err:
         if _full_error():
@@ -68,6 +70,23 @@ def hydra_main(cfg: DictConfig) -> float | None:
         log.info(line)
     result = report.get("metric_result")
     return result["value"] if result else None
+
+
+def _record_device_and_dtype(device: str, dtype: Any) -> None:
+    """Write the device and dtype actually used into the saved ``.hydra/config.yaml`` (in place of ``auto``), so that
+    rerunning it elsewhere reproduces the precision, or says that it cannot (``device: cuda`` on a machine without)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    if not hydra_cfg.output_subdir:
+        return
+    path = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"
+    if not path.is_file():
+        return
+    saved = OmegaConf.load(path)
+    saved.device = device
+    saved.dtype = str(dtype).removeprefix("torch.")
+    atomic_write(path, OmegaConf.to_yaml(saved).encode())
 
 
 def _quiet_libraries() -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import run_cli
 
 from eval_learn.errors import ConfigError
@@ -26,6 +27,8 @@ def finished_run(tmp_path) -> Path:
         "model=tiny", "technique=esd", "metric=asr", "metric.config.limit=2", f"hydra.run.dir={out}", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    assert (saved["device"], saved["dtype"]) == ("cpu", "float32")  # what was used, not "auto"
     return out
 
 

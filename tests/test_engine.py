@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval_learn.engine.requests import make_plan
 from eval_learn.engine.run import MetricsFailed
@@ -160,3 +161,35 @@ def test_two_runs_of_the_same_config_at_once_train_once(tmp_path) -> None:
     assert sorted(r["cache_stats"]["images_generated"] for r in reports) == [0, 4]  # and one rendered
     assert reports[0]["metric_state"] == reports[1]["metric_state"]
     assert reports[0]["technique_info"]["weights_sha256"] == reports[1]["technique_info"]["weights_sha256"]
+
+
+class ModelProbe(ASR):
+    """A metric that asks for the model under test, as an adversarial attack would: it back-propagates through the
+    technique's UNet and text encoder for each image's prompt and records the gradient norm."""
+
+    name = "model_probe"
+    needs_model = True
+
+    def record(self, verdicts, record):
+        pipe = self.technique.pipeline()
+        ids = pipe.tokenizer(record.prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        with torch.enable_grad():
+            embeddings = pipe.text_encoder(ids)[0]
+            latents = torch.zeros(1, pipe.unet.config.in_channels, 8, 8, requires_grad=True)
+            out = pipe.unet(latents, torch.tensor([10]), encoder_hidden_states=embeddings).sample
+            out.square().mean().backward()
+        grads = [p.grad for p in pipe.text_encoder.parameters() if p.grad is not None]
+        pipe.unet.zero_grad(set_to_none=True)
+        pipe.text_encoder.zero_grad(set_to_none=True)
+        return {**super().record(verdicts, record), "latent_grad": float(latents.grad.norm()),
+                "text_encoder_grads": len(grads)}  # fmt: skip
+
+
+def test_a_metric_that_needs_the_model_gets_the_technique_with_gradients(tmp_path, cache_dir) -> None:
+    if "model_probe" not in METRICS.names():
+        METRICS.add("model_probe", ModelProbe)
+    report = SingleBenchmarkRunner("esd", "model_probe", {"train_steps": 2, "sample_steps": 2}, {"limit": 2},
+                                   tmp_path, model="tiny", cache_dir=cache_dir).run()  # fmt: skip
+    records = report["metric_state"]["judgements"].values()
+    assert all(r["latent_grad"] > 0 and r["text_encoder_grads"] > 0 for r in records)

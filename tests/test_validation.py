@@ -75,6 +75,8 @@ def test_non_positive_limit(limit) -> None:
 def test_impossible_run_settings() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         single(batch_size=0)
+    with pytest.raises(ValueError, match="unknown key 'batch_sise'. Did you mean 'batch_size'"):
+        single(batch_sise=2)
     with pytest.raises(ValueError, match="num_threads must be a positive integer"):
         build_runner({"technique": {"name": "free_run"}, "metric": {"name": "asr"}, "num_threads": 0})
     with pytest.raises(ValueError, match="Unknown model 'tinny'.*Did you mean 'tiny'"):
@@ -100,3 +102,43 @@ def test_real_model_offline_fails_before_the_judge_loads_and_names_the_offline_m
     runner = single(model="sd14", metric_config={"prompts": "demo"})
     with pytest.raises(RuntimeError, match="CompVis/stable-diffusion-v1-4.*offline model: tiny"):
         runner.run()
+
+
+def run_config(**overrides):
+    return {"technique": {"name": "free_run"}, "metric": {"name": "asr"}, "model": "tiny", "output_dir": "out",
+            **overrides}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*64\)"),
+        ({"seed": 2**64}, r"seed must be an integer in \[0, 2\*\*64\)"),
+        ({"output_dir": ""}, "output_dir must name a folder"),
+        ({"output_dir": __file__ + "/results"}, "is a file, not a folder"),
+        ({"device": "mps"}, "this torch build cannot use it"),
+        ({"device": "cuda:7"}, "CUDA"),
+        ({"image_cache": "sometimes"}, "image_cache must be one of on, off, read_only"),
+        ({"image_cache_max_gb": 0}, "image_cache_max_gb must be a positive number"),
+        ({"technique": {"name": "free_run", "config": {"guidance_scale": float("nan")}}}, "guidance_scale must be a finite"),
+        ({"technique": {"name": "free_run", "config": {"guidance_scale": -1.0}}}, "guidance_scale must be a finite"),
+        ({"model": {"name": "x", "id": "tiny", "guidance_scale": float("inf")}}, "guidance_scale must be a finite"),
+        ({"technique": {"name": "esd", "config": {"save_path": "w.ckpt"}}}, "must end in one of .safetensors"),
+        ({"metric": {"name": "asr", "config": {"device": "cuda"}}}, "CUDA is not available"),
+    ],
+)
+def test_impossible_values_are_refused_before_any_model_loads(overrides, message) -> None:
+    import torch
+
+    if "cuda" in str(overrides) and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match=message):
+        build_runner(run_config(**overrides))
+
+
+def test_the_metrics_device_setting_reaches_its_judge() -> None:
+    runner = build_runner(run_config(metric={"name": "asr", "config": {"device": "cpu"}}, device="cpu"))
+    from eval_learn.metrics.asr import ASR
+
+    metric = ASR(runner.metric.config, runner.context)
+    assert metric.device == "cpu" and metric.judges["judge"].device == "cpu"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ class ModelSpec:
 
     def validate(self) -> None:
         require(self.num_inference_steps > 0, "num_inference_steps must be positive")
+        require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
+                f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")  # fmt: skip
         require(self.height % 8 == 0 and self.width % 8 == 0, "height and width must be multiples of 8")
         require(bool(self.id), "id must name a hub model, a local folder or a built-in model")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,11 +57,8 @@ class TechniqueConfig:
 
     def validate(self) -> None:
         require(self.num_inference_steps is None or self.num_inference_steps > 0, "num_inference_steps must be > 0")
-        require(
-            self.guidance_scale is None or (self.guidance_scale == self.guidance_scale and self.guidance_scale >= 0),
-            f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}",
-        )
-        require(self.guidance_scale is None or self.guidance_scale != float("inf"), "guidance_scale must be finite")
+        require(self.guidance_scale is None or math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
+                f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")  # fmt: skip
         if self.device is not None:
             resolve_device(self.device)
 
