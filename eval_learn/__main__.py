@@ -34,6 +34,7 @@ from eval_learn.app import build_runner  # noqa: E402
 from eval_learn.configs import did_you_mean  # noqa: E402
 from eval_learn.errors import ConfigError, EvalLearnError  # noqa: E402
 from eval_learn.models import CONF_DIR  # noqa: E402
+from eval_learn.runtime import quiet_libraries  # noqa: E402
 from eval_learn.settings import RunConfigSchema  # noqa: E402
 from eval_learn.storage import atomic_write  # noqa: E402
 from eval_learn.summary import summary_lines  # noqa: E402
@@ -87,15 +88,6 @@ def _record_device_and_dtype(device: str, dtype: Any) -> None:
     saved.device = device
     saved.dtype = str(dtype).removeprefix("torch.")
     atomic_write(path, OmegaConf.to_yaml(saved).encode())
-
-
-def _quiet_libraries() -> None:
-    """The notices every run would print (weights-loading progress bars) are off; real warnings stay."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def _run_file_argv(argv: list[str]) -> tuple[list[str], Path | None]:
@@ -305,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"eval-learn: error: {err}", file=sys.stderr)
         return 2
-    _quiet_libraries()
+    quiet_libraries()
     sys.argv = [sys.argv[0], *argv]
     try:
         hydra_main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import subprocess
 import sys
@@ -117,3 +118,17 @@ def peak_memory(device: str) -> dict[str, float | None]:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cuda = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return {"cpu_max_rss_mb": round(rss_kb / 1024, 1), "cuda_max_allocated_mb": cuda}
+
+
+def quiet_libraries() -> None:
+    """Off: the notices every run would print (torchvision and accelerate hints, weight-loading progress bars) —
+    they say nothing about the run. Real warnings stay. For command-line entry points, not for library use."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

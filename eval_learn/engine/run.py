@@ -459,7 +459,7 @@ class Engine:
             write_json(folder / "metadata.json", {"run_id": run_id, "images": evaluation.entries})
             write_json(folder / "report.json", report)
             reports[evaluation.name] = report
-            log.info("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
+            log.debug("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
         if self.layout == "single":
             return reports[evaluations[0].name]
         runner = self.runner
