@@ -155,7 +155,8 @@ def ensure_available(spec: ModelSpec) -> None:
 
 
 def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:
-    """Load the base text-to-image pipeline with the safety checker off (the benchmark judges images itself)."""
+    """Load the base text-to-image pipeline with the safety checker off (the benchmark judges images itself), in its
+    target dtype (loaded so, not cast afterwards; only the tiny model, built in code, is cast)."""
     if spec.id == "tiny":
         from eval_learn.models.tiny import build_tiny_pipeline
 
@@ -164,8 +165,9 @@ def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(MINIWORLD_DIR), safety_checker=None, requires_safety_checker=False, local_files_only=True
-        )
+            str(MINIWORLD_DIR), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            local_files_only=True,
+        )  # fmt: skip
     else:
         ensure_available(spec)
         from diffusers import AutoPipelineForText2Image
