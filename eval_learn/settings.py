@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,22 @@ from eval_learn.configs import require
 from eval_learn.errors import ConfigError
 
 IMAGE_CACHE_MODES = ("on", "off", "read_only")
+
+
+@dataclass
+class ShardSettings:
+    """Split one run into ``count`` jobs: this one makes and judges image i of each metric's set when
+    i % count == index; ``eval-learn merge`` combines the jobs' saved metric states into the unsplit value."""
+
+    index: int = 0
+    count: int = 1
+
+    def validate(self) -> None:
+        require(self.count >= 1, f"shard.count must be a positive integer, got {self.count}")
+        require(0 <= self.index < self.count, f"shard.index must be in [0, {self.count}), got {self.index}")
+
+    def keeps(self, index: int) -> bool:
+        return index % self.count == self.index
 
 
 @dataclass
@@ -33,6 +49,7 @@ class RunSettings:
     image_cache: Any = "on"  # on | off | read_only: the image and judgement store
     image_cache_max_gb: float | None = 50.0  # least recently used entries beyond this are removed; null: no bound
     num_threads: int | None = None  # torch CPU threads (null: torch's default); 1 on a small, busy machine
+    shard: ShardSettings = field(default_factory=ShardSettings)  # index/count: this job's part of a split run
 
     def validate(self) -> None:
         require(isinstance(self.seed, int) and 0 <= self.seed < 2**64,

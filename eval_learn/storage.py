@@ -86,6 +86,12 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_folder(path.parent)
 
 
+def as_written(data: Any) -> Any:
+    """``data`` as :func:`write_json` writes it (tuples as lists, NaN as null): what a caller gets back equals the
+    file."""
+    return json.loads(json.dumps(json_safe(data), allow_nan=False))
+
+
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON (no NaN or Infinity), written atomically."""
     text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"

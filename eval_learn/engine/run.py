@@ -38,7 +38,7 @@ from eval_learn.engine.sampling import GenerationMode, render
 from eval_learn.engine.store import Store, StoredImage, image_key
 from eval_learn.errors import RunError
 from eval_learn.runtime import environment, peak_memory
-from eval_learn.storage import atomic_write, canonical_json, write_json
+from eval_learn.storage import as_written, atomic_write, canonical_json, write_json
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord
 
 if TYPE_CHECKING:
@@ -181,6 +181,10 @@ class Engine:
         log.info("Instantiating metric <%s>", spec.name)
         metric = spec.cls(spec.config, self.context)
         dataset = metric.load_dataset()
+        shard = self.context.settings.shard
+        if shard.count > 1:  # this job's part of a split run; indices (and so seeds and file names) stay the same
+            dataset.records = [r for r in dataset.records if shard.keeps(r.index)]
+            dataset.metadata = {**dataset.metadata, "shard": asdict(shard), "shard_images": len(dataset.records)}
         load_s = time.perf_counter() - start
         folder = root if self.layout == "single" else root / spec.name
         evaluation = Evaluation(spec, metric, dataset, folder)
@@ -416,6 +420,7 @@ class Engine:
                            "batch_invariant": self.mode(technique).name != "batched",
                            "sampling": technique.sampling_settings()},  # fmt: skip
             "run_settings": asdict(settings),
+            **({"shard": asdict(settings.shard)} if settings.shard.count > 1 else {}),
             "technique_info": technique.info,
             "timings": timings,
             "peak_memory": peak_memory(technique.device),
@@ -461,7 +466,7 @@ class Engine:
             reports[evaluation.name] = report
             log.debug("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
         if self.layout == "single":
-            return reports[evaluations[0].name]
+            return as_written(reports[evaluations[0].name])
         runner = self.runner
         combined = {
             "run_id": run_id,
@@ -480,7 +485,7 @@ class Engine:
             "metric_timings": {e.name: self.metric_timings(e) for e in evaluations},
         }
         write_json(root / "multi" / "report.json", combined)
-        return combined
+        return as_written(combined)
 
     def run_cache_stats(self, evaluations: list[Evaluation]) -> dict[str, int]:
         """The run's distinct images: rendered now or found in the store; verdicts reused over all metrics."""

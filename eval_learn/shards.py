@@ -1,0 +1,114 @@
+"""Combine the jobs of a split run into the value the unsplit run gives: ``eval-learn merge DIR [DIR ...]``.
+
+A run split with ``shard.count=N`` (a sweep over ``shard.index=0,...,N-1``, e.g. one SLURM job each) makes and
+judges image i of each metric's set in job i mod N, with the same seeds, file names and judges as the whole run.
+Every job saves its metrics' states (``state/``: per-image records and sums). Merging loads them into one metric per
+(technique config, metric config, model, seed), checks that every shard is there exactly once (of two runs of the
+same shard the newest counts), and computes the value: the same number, to the last digit, as the unsplit run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval_learn.artifacts import make_run_id
+from eval_learn.errors import ConfigError
+from eval_learn.models import resolve_model
+from eval_learn.runners.base import MetricSpec
+from eval_learn.runtime import RunContext
+from eval_learn.settings import RunSettings
+from eval_learn.storage import as_written, canonical_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def shard_reports(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Every per-metric report of a shard job under ``paths`` (single runs' and multi runs' metric folders)."""
+    found = []
+    for root in paths:
+        if not root.exists():
+            raise ConfigError(f"'{root}' does not exist")
+        candidates = [root] if root.is_file() else sorted(root.rglob("report.json"))
+        for path in candidates:
+            try:
+                report = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                log.warning("Skipping %s: not a readable report (%s)", path, err)
+                continue
+            if "shard" in report and "metric_name" in report:
+                found.append((path, report))
+    return found
+
+
+def _group_key(report: dict[str, Any]) -> str:
+    return canonical_json([report["technique_name"], report["technique_config"], report["metric_name"],
+                           report["metric_config"], report["model"], report["seed"], report["shard"]["count"]])  # fmt: skip
+
+
+def merge(paths: list[Path], out: Path) -> list[dict[str, Any]]:
+    """Merge every complete set of shards under ``paths``; write each merged report to ``out/<run_id>/``."""
+    groups: dict[str, dict[int, tuple[Path, dict[str, Any]]]] = {}
+    for path, report in shard_reports(paths):
+        shards = groups.setdefault(_group_key(report), {})
+        index = report["shard"]["index"]
+        if index not in shards or shards[index][1]["timestamp"] < report["timestamp"]:
+            shards[index] = (path, report)  # of two runs of the same shard, the newest counts
+    if not groups:
+        raise ConfigError(f"no reports of shard jobs (shard.count > 1) under {', '.join(map(str, paths))}")
+    merged = []
+    for shards in groups.values():
+        first = next(iter(shards.values()))[1]
+        count = first["shard"]["count"]
+        missing = sorted(set(range(count)) - set(shards))
+        if missing:
+            raise ConfigError(
+                f"{first['technique_name']} × {first['metric_name']}: shards {missing} of {count} are missing "
+                f"(found {sorted(shards)}); run them, then merge again"
+            )
+        merged.append(_merge_one([shards[i] for i in range(count)], out))
+    return merged
+
+
+def _merge_one(shards: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[str, Any]:
+    first = shards[0][1]
+    context = RunContext(resolve_model(first["model"]), "cpu", torch.float32, first["seed"], RunSettings().resolved_cache_dir())
+    spec = MetricSpec(first["metric_name"], first["metric_config"], context, None)
+    metric = spec.cls(spec.config, context)
+    entries: list[dict[str, Any]] = []
+    for path, _ in shards:
+        part = spec.cls(spec.config, context)
+        part.load_state(path.parent / "state")
+        metric.merge(part)
+        metadata = path.parent / "metadata.json"
+        if metadata.is_file():
+            for entry in json.loads(metadata.read_text(encoding="utf-8"))["images"]:
+                entries.append({**entry, "file": str(path.parent / entry["file"])})
+    result = metric.compute()
+    timestamp = time.time()
+    run_id = make_run_id(first["technique_name"], first["technique_config"], first["metric_name"],
+                         first["metric_config"], first["dataset_name"], timestamp)  # fmt: skip
+    stats = [r.get("cache_stats", {}) for _, r in shards]
+    report = {
+        **{k: v for k, v in first.items() if k not in ("shard", "timings", "peak_memory")},
+        "run_id": run_id,
+        "timestamp": timestamp,
+        "metric_result": {**result.to_dict(), "higher_is_better": metric.higher_is_better},
+        "metric_state": metric.state_dict(),
+        "dataset_metadata": {**{k: v for k, v in first["dataset_metadata"].items() if not k.startswith("shard")},
+                             "total_loaded": sum(r["dataset_metadata"].get("shard_images", 0) for _, r in shards)},
+        "cache_stats": {k: sum(s.get(k, 0) for s in stats) for k in ("images_generated", "images_reused",
+                                                                      "judgements_reused")},
+        "merged_from": [{"index": r["shard"]["index"], "run_id": r["run_id"], "report": str(p)} for p, r in shards],
+        "timings": {"shards_total_s": round(sum(r["timings"].get("total_s", 0.0) for _, r in shards), 4)},
+    }  # fmt: skip
+    folder = out / run_id
+    write_json(folder / "metadata.json", {"run_id": run_id, "images": sorted(entries, key=lambda e: e["index"])})
+    write_json(folder / "report.json", report)
+    log.info("%s = %s (merged %d shards) → %s", result.name, result.value, len(shards), folder / "report.json")
+    return as_written(report)
