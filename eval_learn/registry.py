@@ -115,11 +115,17 @@ METRICS.add("asr", "eval_learn.metrics.asr:ASR", aliases=("asr_i2p",))
 METRICS.add("ua_ira", "eval_learn.metrics.ua_ira:UAIRA")
 JUDGES.add("nudenet", "eval_learn.judges.nudenet:NudeNetJudge")
 JUDGES.add("miniworld", "eval_learn.judges.miniworld:MiniWorldJudgePart")
+JUDGES.add("classifier", "eval_learn.judges.classifier:ClassifierJudge")
 PROMPT_SETS.add("i2p", "eval_learn.datasets.i2p:I2P")
 PROMPT_SETS.add("unlearndiffatk_nudity", "eval_learn.datasets.i2p:UnlearnDiffAtkNudity")
 PROMPT_SETS.add("demo", "eval_learn.datasets.i2p:Demo")
 PROMPT_SETS.add("csv", "eval_learn.datasets.local_csv:LocalCSV")
 PROMPT_SETS.add("miniworld", "eval_learn.datasets.miniworld:MiniWorldPrompts")
+PROMPT_SETS.add("church", "eval_learn.datasets.objects:Church")
+PROMPT_SETS.add("garbage_truck", "eval_learn.datasets.objects:GarbageTruck")
+PROMPT_SETS.add("parachute", "eval_learn.datasets.objects:Parachute")
+PROMPT_SETS.add("tench", "eval_learn.datasets.objects:Tench")
+PROMPT_SETS.add("vangogh", "eval_learn.datasets.objects:VanGogh")
 
 
 def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any]:

@@ -120,8 +120,10 @@ def test_bad_asr_configs() -> None:
         from_mapping(ASRConfig, {"limit": 0}, "asr")
     with pytest.raises(ConfigError, match="has no judge yet"):
         resolved({"concept": "violence"})
+    with pytest.raises(ConfigError, match="measured on a MiniWorld model"):
+        resolved({"concept": "red"})  # a MiniWorld concept on the tiny model
     with pytest.raises(ConfigError, match="do not go together"):
-        resolved({"concept": "red"})  # a MiniWorld concept on the tiny model's demo prompts
+        resolved({"concept": "red", "prompts": "demo"})
     with pytest.raises(ConfigError, match="threshold"):
         resolved({"judge": {"name": "nudenet", "threshold": 1.5}})
     with pytest.raises(ConfigError, match="subset"):

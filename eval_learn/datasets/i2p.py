@@ -97,8 +97,8 @@ class BundledConfig(PromptSetConfig):
     pass
 
 
-class _Bundled(PromptSet):
-    """A shipped file, used whole."""
+class Bundled(PromptSet):
+    """A shipped file (``eval_learn/data/prompts/<file>``), used whole."""
 
     config_cls = BundledConfig
     file: str
@@ -114,11 +114,11 @@ class _Bundled(PromptSet):
         return {"source": f"eval_learn/data/prompts/{self.file}", "category": None}
 
 
-class UnlearnDiffAtkNudity(_Bundled):
+class UnlearnDiffAtkNudity(Bundled):
     name = "unlearndiffatk_nudity"
     file = "unlearndiffatk_nudity.csv"
 
 
-class Demo(_Bundled):
+class Demo(Bundled):
     name = "demo"
     file = "demo_i2p.csv"

@@ -22,6 +22,7 @@ from typing import Any
 
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.i2p import I2P_CATEGORIES
+from eval_learn.datasets.objects import prompt_set_for
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
@@ -66,17 +67,31 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
 
 
 def _auto_prompts(concept: str, context: Any) -> dict[str, Any]:
+    """The concept's own prompt set: MiniWorld prompts, a shipped object/style set, else the model's offline set or
+    the concept's protocol set (nudity: I2P)."""
+    if concept_kind(concept) is not None:
+        return {"name": "miniworld"}
+    if prompt_set_for(concept):
+        return {"name": prompt_set_for(concept)}
     default = context.model.default_datasets.get("asr")
-    if default:
+    if default and default != "miniworld":
         return {"name": default}
     if concept in I2P_CATEGORY:
         return {"name": "i2p"}
-    if concept_kind(concept) is not None:
-        return {"name": "miniworld"}
     raise ConfigError(
         f"concept '{concept}' has no default prompt set; give one (metric.config.prompts_path=FILE, or "
         f"prompts={{name: csv, path: FILE}})"
     )
+
+
+def _auto_judge(concept: str) -> dict[str, Any] | None:
+    if concept == "nudity":
+        return {"name": "nudenet"}
+    if concept_kind(concept) is not None:
+        return {"name": "miniworld"}
+    if prompt_set_for(concept) and concept != "van gogh":  # the Imagenette classes of the object protocol
+        return {"name": "classifier"}
+    return None
 
 
 class ASR(Metric):
@@ -106,19 +121,20 @@ class ASR(Metric):
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")
         # judge
         if config.judge == "auto":
-            judge: Any = PROTOCOL_JUDGE.get(prompt_name) or (
-                {"name": "nudenet"} if concept == "nudity" else {"name": "miniworld"} if concept_kind(concept) else None
-            )
+            judge: Any = PROTOCOL_JUDGE.get(prompt_name) or _auto_judge(concept)
             if judge is None:
                 raise ConfigError(
-                    f"concept '{concept}' has no judge yet; supported: nudity (nudenet) and the MiniWorld colours, "
-                    f"shapes and backgrounds (miniworld)"
+                    f"concept '{concept}' has no judge yet; supported: nudity (nudenet), the MiniWorld colours, "
+                    f"shapes and backgrounds (miniworld), and objects an image classifier names (judge=classifier)"
                 )
         else:
             judge = config.judge
         judge_name, judge_config = parse_part(JUDGES, judge, "metric 'asr' judge")
         if not JUDGES.get(judge_name).supports(concept):
             raise ConfigError(f"the {judge_name} judge cannot tell whether an image shows '{concept}'")
+        if prompt_name == "miniworld" and context.model.default_datasets.get("asr") != "miniworld":
+            raise ConfigError(f"MiniWorld concepts ('{concept}') are measured on a MiniWorld model (model=miniworld), "
+                              f"not on '{context.model.name}'")  # fmt: skip
         if (prompt_name == "miniworld") != (concept_kind(concept) is not None):
             raise ConfigError(f"concept '{concept}' and the '{prompt_name}' prompts do not go together: MiniWorld "
                               f"concepts are measured on the miniworld prompts, other concepts on others")  # fmt: skip

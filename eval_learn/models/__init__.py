@@ -154,6 +154,27 @@ def ensure_available(spec: ModelSpec) -> None:
         raise RunError(_offline_message(spec, f"{type(err).__name__}: {err}")) from None
 
 
+def ensure_pretrained_available(model_id: str, revision: str | None, what: str) -> None:
+    """A judge's or metric's model (a hub id or a local folder) can be loaded: a local folder exists, or the hub id
+    is in the local cache, or the hub is allowed (not HF_HUB_OFFLINE). Checked at construction: a config error, not a
+    failure after a technique has trained."""
+    if os.path.isdir(model_id):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    if not offline:
+        return
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot_download(model_id, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise ConfigError(
+            f"{what} '{model_id}' is not a local folder and not in the local Hugging Face cache, and HF_HUB_OFFLINE is "
+            f"set: download it once with network access, or give a local folder"
+        ) from None
+
+
 def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:
     """Load the base text-to-image pipeline with the safety checker off (the benchmark judges images itself), in its
     target dtype (loaded so, not cast afterwards; only the tiny model, built in code, is cast)."""

@@ -1,0 +1,42 @@
+"""Object and style prompt sets of the erasure papers, shipped: ``church``, ``garbage_truck``, ``parachute``,
+``tench`` (Imagenette classes, the ESD/UCE object-erasure protocol) and ``vangogh`` (artist style), 50 prompts each
+with their own seeds and guidance scales, from the UnlearnDiffAtk release (Zhang et al., ECCV 2024; MIT license, see
+``eval_learn/data/prompts``).
+"""
+
+from __future__ import annotations
+
+from eval_learn.datasets.i2p import Bundled
+
+# concept (as a technique names it) → prompt set
+CONCEPT_SETS = {"church": "church", "garbage truck": "garbage_truck", "parachute": "parachute", "tench": "tench",
+                "van gogh": "vangogh"}  # fmt: skip
+
+
+def prompt_set_for(concept: str) -> str | None:
+    return CONCEPT_SETS.get(" ".join(concept.lower().replace("_", " ").split()))
+
+
+class Church(Bundled):
+    name = "church"
+    file = "church.csv"
+
+
+class GarbageTruck(Bundled):
+    name = "garbage_truck"
+    file = "garbage_truck.csv"
+
+
+class Parachute(Bundled):
+    name = "parachute"
+    file = "parachute.csv"
+
+
+class Tench(Bundled):
+    name = "tench"
+    file = "tench.csv"
+
+
+class VanGogh(Bundled):
+    name = "vangogh"
+    file = "vangogh.csv"

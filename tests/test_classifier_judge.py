@@ -1,0 +1,69 @@
+"""The image-classifier judge (object erasure): a locally built classifier through the same from_pretrained path as
+microsoft/resnet-50, label synonyms, top-k, and the object prompt sets shipped with the package."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from eval_learn.errors import ConfigError
+from eval_learn.judges.classifier import ClassifierConfig, ClassifierJudge, label_names
+from eval_learn.runners import SingleBenchmarkRunner
+
+LABELS = ["tench, Tinca tinca", "church, church building", "garbage truck, dustcart", "parachute, chute"]
+
+
+def make_classifier(folder, winner: int, runner_up: int) -> str:
+    """A tiny ResNet whose logits ignore the image: class ``winner`` first, ``runner_up`` second."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1],
+                          id2label=dict(enumerate(LABELS)), label2id={v: k for k, v in enumerate(LABELS)})  # fmt: skip
+    model = ResNetForImageClassification(config)
+    head = model.classifier[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[winner], head.bias[runner_up] = 3.0, 2.0
+    model.save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(folder)
+    return str(folder)
+
+
+def test_label_synonyms() -> None:
+    assert label_names("garbage truck, dustcart") == {"garbage truck", "dustcart"}
+
+
+@pytest.mark.parametrize(("top_k", "church_seen"), [(1, False), (2, True)])
+def test_verdicts_and_top_k(tmp_path, top_k, church_seen) -> None:
+    judge = ClassifierJudge(ClassifierConfig(model=make_classifier(tmp_path / "clf", 2, 1), top_k=top_k))
+    (verdict,) = judge.judge([Image.new("RGB", (40, 40), (10, 20, 30))])
+    assert verdict["top"][0]["label"] == "garbage truck, dustcart" and verdict["top"][1]["label"].startswith("church")
+    assert judge.detects(verdict, "garbage truck") and judge.detects(verdict, "dustcart")
+    assert judge.detects(verdict, "church") is church_seen
+    assert judge.settings()["model"].endswith("clf") and len(judge.settings()["weights_sha256"]) == 64
+
+
+def test_object_asr_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
+    folder = make_classifier(tmp_path / "clf", 1, 0)  # every image "is" a church
+    report = SingleBenchmarkRunner("free_run", "asr", {}, {"concept": "church", "limit": 3,
+                                   "judge": {"name": "classifier", "model": folder}}, tmp_path, model="tiny",
+                                   cache_dir=cache_dir).run()  # fmt: skip
+    assert report["dataset_name"] == "church" and report["dataset_metadata"]["prompts_available"] == 50
+    assert report["metric_result"]["value"] == 1.0 and report["judge"]["judge"] == "classifier"
+
+
+def test_auto_parts_for_an_object_and_an_unavailable_model() -> None:
+    from eval_learn.configs import from_mapping
+    from eval_learn.metrics.asr import ASR, ASRConfig
+    from eval_learn.models import resolve_model
+    from eval_learn.runtime import RunContext
+
+    context = RunContext(resolve_model("tiny"), "cpu", torch.float32, 0, None)
+    config = ASR.resolve_config(from_mapping(ASRConfig, {}, "asr"), context, ["garbage truck"])
+    assert config.prompts == {"name": "garbage_truck"} and config.judge["name"] == "classifier"
+    assert config.judge["model"] == "microsoft/resnet-50"
+    # Offline without the weights in the cache: refused at construction, before the technique trains.
+    with pytest.raises(ConfigError, match="'microsoft/resnet-50' is not a local folder and not in the local"):
+        SingleBenchmarkRunner("esd", "asr", {"erase_concept": "garbage truck"}, {}, "out", model="tiny")
