@@ -32,6 +32,9 @@ def test_identical_requests_of_two_metrics_are_planned_once() -> None:
     assert len(plan.requests) == 4 and plan.asked == 5
     assert plan.wanted["b"][0][1] == plan.wanted["a"][1][1]  # the same image
     assert plan.users()[1] == [("a", a[1]), ("b", b[0])]
+    # Grouped by guidance (one pipeline call each), then in the order they were asked for.
+    assert [(r.prompt, r.guidance_scale) for r in plan.requests] == [("a cat", 5.0), ("a dog", 5.0), ("a cat", 5.0),
+                                                                     ("a dog", 7.0)]  # fmt: skip
 
 
 def prompt_file(folder: Path, n: int) -> Path:

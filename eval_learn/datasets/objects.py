@@ -17,26 +17,9 @@ def prompt_set_for(concept: str) -> str | None:
     return CONCEPT_SETS.get(" ".join(concept.lower().replace("_", " ").split()))
 
 
-class Church(Bundled):
-    name = "church"
-    file = "church.csv"
+def _shipped(name: str) -> type[Bundled]:
+    return type(f"Shipped_{name}", (Bundled,), {"name": name, "file": f"{name}.csv", "__doc__": __doc__})
 
 
-class GarbageTruck(Bundled):
-    name = "garbage_truck"
-    file = "garbage_truck.csv"
-
-
-class Parachute(Bundled):
-    name = "parachute"
-    file = "parachute.csv"
-
-
-class Tench(Bundled):
-    name = "tench"
-    file = "tench.csv"
-
-
-class VanGogh(Bundled):
-    name = "vangogh"
-    file = "vangogh.csv"
+Church, GarbageTruck, Parachute, Tench, VanGogh = map(_shipped, ("church", "garbage_truck", "parachute", "tench",
+                                                               "vangogh"))  # fmt: skip

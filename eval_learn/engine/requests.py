@@ -65,16 +65,18 @@ class Plan:
 
 
 def make_plan(datasets: dict[str, list[PromptRecord]], settings: dict[str, Any]) -> Plan:
-    positions: dict[GenerationRequest, int] = {}
-    requests: list[GenerationRequest] = []
-    wanted: dict[str, list[tuple[PromptRecord, int]]] = {}
+    """Unique requests, ordered by the settings a pipeline call shares (guidance, steps, size) and then by first
+    appearance: batches are homogeneous, so a set with per-prompt guidance scales (I2P) is not split into many
+    small calls."""
+    first: dict[GenerationRequest, int] = {}
+    asked: dict[str, list[tuple[PromptRecord, GenerationRequest]]] = {}
     for metric, records in datasets.items():
-        pairs = []
+        asked[metric] = []
         for record in records:
             request = request_for(record, settings)
-            if request not in positions:
-                positions[request] = len(requests)
-                requests.append(request)
-            pairs.append((record, positions[request]))
-        wanted[metric] = pairs
+            first.setdefault(request, len(first))
+            asked[metric].append((record, request))
+    requests = sorted(first, key=lambda r: (r.call_group(), first[r]))
+    position = {request: i for i, request in enumerate(requests)}
+    wanted = {metric: [(record, position[request]) for record, request in pairs] for metric, pairs in asked.items()}
     return Plan(requests, wanted)

@@ -461,7 +461,8 @@ class Engine:
                                                    **evaluation.error})  # fmt: skip
                 continue
             report = self.metric_report(run_id, timestamp, technique, evaluation)
-            write_json(folder / "metadata.json", {"run_id": run_id, "images": evaluation.entries})
+            entries = sorted(evaluation.entries, key=lambda e: e["index"])
+            write_json(folder / "metadata.json", {"run_id": run_id, "images": entries})
             write_json(folder / "report.json", report)
             reports[evaluation.name] = report
             log.debug("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
