@@ -97,11 +97,12 @@ def test_multi_runner_rules() -> None:
         build_runner({"technique": {"name": "free_run"}, "metric": {"name": "asr"}, "metrics": [{"name": "asr"}]})
 
 
-def test_real_model_offline_fails_before_the_judge_loads_and_names_the_offline_models() -> None:
+def test_real_model_offline_fails_before_the_judge_loads_and_names_the_offline_models(tmp_path) -> None:
     # HF_HUB_OFFLINE=1 in tests; the weights are not in the local cache here
-    runner = single(model="sd14", metric_config={"prompts": "demo"})
+    runner = single(model="sd14", metric_config={"prompts": "demo"}, output_dir=tmp_path / "out")
     with pytest.raises(RuntimeError, match="CompVis/stable-diffusion-v1-4.*offline model: tiny"):
         runner.run()
+    assert not (tmp_path / "out").exists()  # nothing left behind
 
 
 def run_config(**overrides):

@@ -142,11 +142,11 @@ class Engine:
         started = time.perf_counter()
         root = self.runner.output_dir / run_id
         log.info("Run %s → %s", run_id, root)
+        self.runner.check_model()  # before anything is written: a model that cannot be had leaves no folder behind
         status = RunStatus(root, run_id)
         status.write()
         technique: Technique | None = None
         try:
-            self.runner.check_model()
             evaluations = [self._setup(spec, root) for spec in self.runner.metrics]
             technique = self._prepare_technique()
             self._evaluate(technique, evaluations)
