@@ -307,15 +307,15 @@ def subcommand(name: str, args: list[str]) -> int:
     else:
         parser.description = "Every technique, metric, judge, prompt set and model config, with config fields."
         parser.add_argument("kind", nargs="?", choices=[*KINDS, "models"], help="one kind only")
-        parser.add_argument("overrides", nargs="*", help="hydra.searchpath=[...] to include more config folders")
+        parser.add_argument("--searchpath", default=None, help="more config folders, as hydra.searchpath=[...] takes")
     try:
-        options = parser.parse_args(args)
+        options = parser.parse_args([a.replace("hydra.searchpath=", "--searchpath=", 1) for a in args])
     except SystemExit as exit_:  # a usage error: argparse has said what is wrong
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.WARNING, format="eval-learn: %(message)s")
     try:
         if name == "list":
-            data = catalog(options.overrides)
+            data = catalog([f"hydra.searchpath={options.searchpath}"] if options.searchpath else [])
             print(render({k: v for k, v in data.items() if options.kind in (None, k)}), end="")
             return 0
         summary = summarize(options.dir, figures=not options.no_figures, grid_images=options.grid_images)

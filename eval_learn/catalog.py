@@ -44,18 +44,22 @@ def config_options(group: str, overrides: Sequence[str] = ()) -> list[str]:
 
 
 def model_configs(overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """Every ``model/<name>.yaml`` on the search path, read."""
+    """Every ``model/<name>.yaml`` on the search path, as the run config composes it."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
+    from eval_learn.settings import RunConfigSchema
+
+    ConfigStore.instance().store(name="run_schema", node=RunConfigSchema)  # what config.yaml starts from
+    searchpath = searchpath_overrides(overrides)
     names = config_options("model", overrides)
     out: dict[str, dict[str, Any]] = {}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name in names:
             try:
-                cfg = compose(f"model/{name}", overrides=searchpath_overrides(overrides))
-                data = OmegaConf.to_container(cfg, resolve=False)
-                out[name] = data.get("model", data) if isinstance(data, dict) else {}  # type: ignore[assignment]
+                cfg = compose("config", overrides=[*searchpath, f"model={name}"])
+                out[name] = OmegaConf.to_container(cfg.model, resolve=False)  # type: ignore[assignment]
             except Exception as err:  # noqa: BLE001 - one broken file is listed with its error
                 out[name] = {"error": f"{type(err).__name__}: {err}"}
     return out
@@ -114,7 +118,7 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
         result[kind] = entries
     models = []
     for name, data in model_configs(overrides).items():
-        origin = "built-in" if (CONF_DIR / "model" / f"{name}.yaml").is_file() else "plugin config"
+        origin = "built-in" if (CONF_DIR / "model" / f"{name}.yaml").is_file() else "search path"
         models.append({"name": name, "origin": origin, **({"error": data["error"]} if "error" in data else
                                                           {"fields": [(k, "", v) for k, v in data.items()]})})  # fmt: skip
     result["models"] = models

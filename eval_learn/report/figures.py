@@ -184,11 +184,35 @@ def verdict(judgement: Any) -> tuple[str, str]:
 
 
 def _entries(folder: Path, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` images of a metric, spread over its prompt groups (UA/IRA: target, near and far prompts) and
+    over distinct prompts before repeating one, in the order of the prompt set."""
     data = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise ValueError("metadata.json has no 'images' list")
-    return [e for e in images if isinstance(e, dict) and isinstance(e.get("file"), str)][:count]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in images:
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            groups.setdefault(_group(entry), []).append(entry)
+    queues = []
+    for entries in groups.values():
+        first: list[dict[str, Any]] = []
+        again: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for entry in entries:
+            (again if str(entry.get("prompt")) in seen else first).append(entry)
+            seen.add(str(entry.get("prompt")))
+        queues.append(first + again)
+    picked: list[tuple[int, int]] = []  # (group, position in its queue)
+    for position in range(max((len(q) for q in queues), default=0)):
+        picked += [(g, position) for g, q in enumerate(queues) if position < len(q)]
+    return [queues[g][p] for g, p in sorted(picked[:count])]
+
+
+def _group(entry: dict[str, Any]) -> str:
+    source = entry.get("source") if isinstance(entry.get("source"), dict) else {}
+    categories = entry.get("categories") if isinstance(entry.get("categories"), list) else []
+    return str(source.get("group") or (categories[0] if categories else ""))
 
 
 def image_grid(title: str, metrics: dict[str, Path], count: int = 8) -> Any | None:
