@@ -288,9 +288,10 @@ def _validate_jobs(argv: list[str], overrides: list[Any], run_file: Path | None)
 
 def single_metric_overrides(argv: list[str]) -> list[str]:
     """``metric=X`` runs the single runner on X: it replaces the default metric set (``metrics``)."""
-    keys = [a.partition("=")[0].lstrip("+~") for a in argv if not a.startswith("-")]
+    keys = [a.partition("=")[0].lstrip("+~") if not a.startswith("-") else None for a in argv]
     if "metric" in keys and "metrics" not in keys:
-        return [*argv, "metrics=[]"]
+        at = keys.index("metric") + 1  # beside it: after a trailing flag (--cfg hydra) Hydra takes no more overrides
+        return [*argv[:at], "metrics=[]", *argv[at:]]
     return argv
 
 

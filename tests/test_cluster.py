@@ -52,6 +52,10 @@ def test_slurm_launcher_composes_with_its_fields_and_passes_validation() -> None
     check(SLURM.replace("slurm", "joblib", 1) + " hydra.launcher.n_jobs=2")
     with pytest.raises(ConfigError, match="unknown hydra/launcher 'slrum'. Did you mean 'slurm'"):
         check(SLURM.replace("slurm", "slrum"))
+    from eval_learn.__main__ import single_metric_overrides
+
+    # `--cfg hydra` (to see every launcher field) after metric=X: Hydra takes no override after the flag
+    assert single_metric_overrides([*SLURM.split(), "--cfg", "hydra"])[-3:] == ["metrics=[]", "--cfg", "hydra"]
 
 
 def test_local_sweep_through_the_joblib_launcher_ends_with_a_leaderboard(tmp_path) -> None:
