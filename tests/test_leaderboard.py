@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +183,12 @@ def test_cli_summarize_prints_the_table_and_refuses_a_bad_folder(runs: Path, tmp
         assert main(["summarize", str(bad)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("eval-learn: error:") and len(err.splitlines()) == 1, err
+
+
+def test_summarizing_needs_no_model_code() -> None:
+    """The table is made from files alone (a login node, a laptop): no torch, no engine, no runner."""
+    code = "import eval_learn.report, eval_learn.report.callback, sys; print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    pulled = out.stdout
+    for module in ("'torch'", "'eval_learn.engine", "'eval_learn.runners", "'eval_learn.techniques", "'matplotlib"):
+        assert module not in pulled, module
