@@ -320,9 +320,9 @@ def subcommand(name: str, args: list[str]) -> int:
             print(render({k: v for k, v in data.items() if options.kind in (None, k)}), end="")
             return 0
         summary = summarize(options.dir, figures=not options.no_figures, grid_images=options.grid_images)
-    except ConfigError as err:
+    except EvalLearnError as err:  # a bad folder (2), a full disk (1)
         print(f"eval-learn: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     print(summary.board.markdown(), end="")
     print(f"\nWritten: {', '.join(summary.board.where(p) for p in summary.written)} (in {options.dir})")
     return 0

@@ -69,6 +69,8 @@ def _figures(
 ) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, bytes]]]:
     from eval_learn.report import figures as draw
 
+    for old in [*folder.glob("grid_*.png"), *folder.glob("bar_*.png"), folder / "tradeoff.png"]:
+        old.unlink(missing_ok=True)  # an earlier summary's pictures of runs no longer in the table
     pictures: list[tuple[str, str, bytes]] = []
 
     def save(name: str, figure: Any) -> bytes:
