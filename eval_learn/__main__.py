@@ -5,6 +5,8 @@ python -m eval_learn model=tiny technique=esd metric=asr    # metric=X: the sing
 python -m eval_learn -m technique=free_run,esd metric=asr   # a sweep, one folder per job
 python -m eval_learn technique=esd 'metrics=[asr,ua_ira]'   # one technique, several metrics
 python -m eval_learn path/to/run.yaml|run.json [overrides]  # a seed-format or saved (.hydra) config
+eval-learn summarize DIR                                    # the leaderboard of every run under DIR
+eval-learn list [KIND]                                      # every technique, metric, judge, prompt set, model
 
 Every mistake in the input ends with one message on stderr and exit code 2, before any model loads: every job of a
 sweep is composed and validated first. A run that cannot produce a trustworthy number stops with a message and exit
@@ -18,6 +20,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is imported: no torchvision notices
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no accelerate notice
 
+import importlib.util  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -31,9 +34,12 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval_learn.app import build_runner  # noqa: E402
+from eval_learn.catalog import KINDS, catalog, config_options, render, searchpath_overrides  # noqa: E402
 from eval_learn.configs import did_you_mean  # noqa: E402
 from eval_learn.errors import ConfigError, EvalLearnError  # noqa: E402
 from eval_learn.models import CONF_DIR  # noqa: E402
+from eval_learn.report import callback as leaderboard_callback  # noqa: E402
+from eval_learn.report import summarize  # noqa: E402
 from eval_learn.runtime import quiet_libraries  # noqa: E402
 from eval_learn.settings import RunConfigSchema  # noqa: E402
 from eval_learn.storage import atomic_write  # noqa: E402
@@ -45,6 +51,12 @@ SELECTIONS = (*GROUPS, "metrics", "preset")  # overrides that choose configs rat
 # A config of the user's (name/path), or extra config folders: our own config is then not the whole story.
 CONFIG_MODE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
 RUN_FILE_KEYS = {f for f in RunConfigSchema.__dataclass_fields__}
+LAUNCHER = "hydra/launcher"
+SUBMITIT = "hydra_plugins.hydra_submitit_launcher"
+LAUNCHER_HINT = (
+    " (joblib and slurm need hydra-joblib-launcher and hydra-submitit-launcher: pip install 'eval-learn[cluster]')"
+)
+SUBCOMMANDS = ("summarize", "list")
 _FAILURES: list[EvalLearnError] = []  # errors of jobs in this process (a sweep runs its jobs one after another)
 
 ConfigStore.instance().store(name="run_schema", node=RunConfigSchema)
@@ -167,18 +179,22 @@ def _values(override: Any) -> list[str]:
     return [override.get_value_element_as_str()]
 
 
-def _check_group_choices(overrides: list[Any]) -> None:
-    """Refuse an unknown option of a config group with a suggestion, before Hydra composes anything."""
+def _check_group_choices(argv: list[str], overrides: list[Any]) -> None:
+    """Refuse an unknown option of a config group with a suggestion, before Hydra composes anything. The options
+    are those on Hydra's search path: ours, a plugin package's (search-path plugin) and ``hydra.searchpath``'s."""
     for override in overrides:
         group = override.key_or_group
-        if group not in GROUPS or override.is_delete():
+        if group not in (*GROUPS, LAUNCHER) or override.is_delete():
             continue
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        options = config_options(group, _override_texts(argv))
         for choice in _values(override):
             if choice not in options and choice != "null" and not choice.startswith("$"):
-                raise ConfigError(
-                    f"unknown {group} '{choice}'.{did_you_mean(choice, options)} Available: {', '.join(options)}"
-                )
+                hint = LAUNCHER_HINT if group == LAUNCHER else ""
+                raise ConfigError(f"unknown {group} '{choice}'.{did_you_mean(choice, options)} "
+                                  f"Available: {', '.join(options)}{hint}")  # fmt: skip
+            if group == LAUNCHER and choice == "slurm" and importlib.util.find_spec(SUBMITIT) is None:
+                raise ConfigError("hydra/launcher=slurm needs the Submitit launcher plugin: "
+                                  "pip install hydra-submitit-launcher (or 'eval-learn[cluster]')")  # fmt: skip
 
 
 def _check_override_keys(argv: list[str], overrides: list[Any]) -> None:
@@ -212,10 +228,11 @@ def _check_override_keys(argv: list[str], overrides: list[Any]) -> None:
             keys.append(key)
     if not keys:
         return
+    searchpath = searchpath_overrides(_override_texts(argv))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for combination in itertools.product(*selections):
             try:
-                tree = OmegaConf.to_container(compose("config", overrides=list(combination)), resolve=False)
+                tree = OmegaConf.to_container(compose("config", overrides=[*searchpath, *combination]), resolve=False)
             except (HydraException, OmegaConfBaseException, ValueError):
                 return  # a composition error: reported when the jobs are validated
             for key in keys:
@@ -250,7 +267,7 @@ def _validate_jobs(argv: list[str], overrides: list[Any], run_file: Path | None)
     if run_file is None and any(arg.startswith(CONFIG_MODE_FLAGS) for arg in argv):
         return  # the user's own config: validated when it runs
     jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
-    jobs = [[o for o in job if not o.lstrip("+~").startswith("hydra")] for job in jobs]
+    jobs = [[o for o in job if not o.lstrip("+~").startswith("hydra") or searchpath_overrides([o])] for job in jobs]
     config_dir, name = (str(run_file), "run") if run_file else (str(CONF_DIR), "config")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         for job in jobs[:512]:
@@ -271,14 +288,50 @@ def _validate_jobs(argv: list[str], overrides: list[Any], run_file: Path | None)
 
 def single_metric_overrides(argv: list[str]) -> list[str]:
     """``metric=X`` runs the single runner on X: it replaces the default metric set (``metrics``)."""
-    keys = [a.partition("=")[0].lstrip("+~") for a in argv if not a.startswith("-")]
+    keys = [a.partition("=")[0].lstrip("+~") if not a.startswith("-") else None for a in argv]
     if "metric" in keys and "metrics" not in keys:
-        return [*argv, "metrics=[]"]
+        at = keys.index("metric") + 1  # beside it: after a trailing flag (--cfg hydra) Hydra takes no more overrides
+        return [*argv[:at], "metrics=[]", *argv[at:]]
     return argv
+
+
+def subcommand(name: str, args: list[str]) -> int:
+    """``summarize DIR`` and ``list [KIND]``: the leaderboard of the runs under DIR, and what can be run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"eval-learn {name}")
+    if name == "summarize":
+        parser.description = "Gather every report under DIR into DIR/leaderboard.{csv,md}, figures and report.html."
+        parser.add_argument("dir", type=Path, help="a run or sweep folder (searched recursively)")
+        parser.add_argument("--no-figures", action="store_true", help="tables only")
+        parser.add_argument("--grid-images", type=int, default=8, help="images per metric in each run's grid")
+    else:
+        parser.description = "Every technique, metric, judge, prompt set and model config, with config fields."
+        parser.add_argument("kind", nargs="?", choices=[*KINDS, "models"], help="one kind only")
+        parser.add_argument("--searchpath", default=None, help="more config folders, as hydra.searchpath=[...] takes")
+    try:
+        options = parser.parse_args([a.replace("hydra.searchpath=", "--searchpath=", 1) for a in args])
+    except SystemExit as exit_:  # a usage error: argparse has said what is wrong
+        return int(exit_.code or 0)
+    logging.basicConfig(level=logging.WARNING, format="eval-learn: %(message)s")
+    try:
+        if name == "list":
+            data = catalog([f"hydra.searchpath={options.searchpath}"] if options.searchpath else [])
+            print(render({k: v for k, v in data.items() if options.kind in (None, k)}), end="")
+            return 0
+        summary = summarize(options.dir, figures=not options.no_figures, grid_images=options.grid_images)
+    except EvalLearnError as err:  # a bad folder (2), a full disk (1)
+        print(f"eval-learn: error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(summary.board.markdown(), end="")
+    print(f"\nWritten: {', '.join(summary.board.where(p) for p in summary.written)} (in {options.dir})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return subcommand(argv[0], argv[1:])
     run_file: Path | None = None
     try:
         argv, run_file = _run_file_argv(argv)
@@ -286,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = single_metric_overrides(argv)
         overrides = _parse_overrides(argv)
         if overrides is not None and not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
-            _check_group_choices(overrides)
+            _check_group_choices(argv, overrides)
             _check_override_keys(argv, overrides)
             if not any(a.startswith("--cfg") or a == "-c" for a in argv):
                 _validate_jobs(argv, overrides, run_file)
@@ -298,15 +351,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eval-learn: error: {err}", file=sys.stderr)
         return 2
     quiet_libraries()
+    leaderboard_callback.UNFINISHED.clear()
     sys.argv = [sys.argv[0], *argv]
     try:
         hydra_main()
     finally:
         if run_file is not None:
             shutil.rmtree(run_file, ignore_errors=True)
-    if _FAILURES:
-        return max(err.exit_code for err in _FAILURES)
-    return 0
+    # Jobs that a launcher ran in other processes (joblib, submitit) fail there: the leaderboard callback saw them.
+    codes = [err.exit_code for err in _FAILURES] + ([1] if leaderboard_callback.UNFINISHED else [])
+    return max(codes, default=0)
 
 
 if __name__ == "__main__":

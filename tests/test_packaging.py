@@ -26,6 +26,7 @@ def test_wheel_contains_configs_and_prompt_files(tmp_path) -> None:
         "eval_learn/conf/metrics/asr.yaml",
         "eval_learn/conf/model/tiny.yaml",
         "eval_learn/conf/preset/tiny_esd.yaml",
+        "eval_learn/conf/hydra/launcher/slurm.yaml",
         "eval_learn/data/prompts/demo_i2p.csv",
         "eval_learn/conf/model/miniworld.yaml",
         "eval_learn/conf/metric/ua_ira.yaml",

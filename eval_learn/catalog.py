@@ -1,0 +1,151 @@
+"""What can be run: every technique, metric, judge, prompt set and model config, built in or from a plugin package
+(``eval-learn list``), and the config options on Hydra's search path.
+
+A plugin package adds a part in two places, both found here: the class, through an entry point in the group of its
+kind (``eval_learn.techniques``, ``eval_learn.metrics``, ``eval_learn.judges``, ``eval_learn.prompt_sets``), and for a
+technique or metric its YAML (``technique/<name>.yaml``; ``metric/<name>.yaml`` and ``metrics/<name>.yaml``), in a
+config folder that a Hydra search-path plugin (a module under the ``hydra_plugins`` namespace package) or
+``hydra.searchpath=[...]`` on the command line puts on Hydra's search path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from eval_learn.models import CONF_DIR
+from eval_learn.registry import JUDGES, METRICS, PROMPT_SETS, TECHNIQUES, Registry
+
+# (heading, registry, config group that selects it, how it is selected)
+KINDS: dict[str, tuple[Registry[Any], str | None, str]] = {
+    "techniques": (TECHNIQUES, "technique", "technique=NAME"),
+    "metrics": (METRICS, "metric", "metric=NAME, or metrics=[NAME,...]"),
+    "judges": (JUDGES, None, "metric.config.judge=NAME"),
+    "prompt_sets": (PROMPT_SETS, None, "metric.config.prompts=NAME"),
+}
+
+
+def searchpath_overrides(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == "hydra.searchpath"]
+
+
+def config_options(group: str, overrides: Sequence[str] = ()) -> list[str]:
+    """The options of a config group on Hydra's search path: our ``conf/``, every search-path plugin's folders and
+    ``hydra.searchpath`` in ``overrides``."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return sorted(loader.get_group_options(group, config_name="config", overrides=searchpath_overrides(overrides)))
+
+
+def model_configs(overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Every ``model/<name>.yaml`` on the search path, as the run config composes it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from eval_learn.settings import RunConfigSchema
+
+    ConfigStore.instance().store(name="run_schema", node=RunConfigSchema)  # what config.yaml starts from
+    searchpath = searchpath_overrides(overrides)
+    names = config_options("model", overrides)
+    out: dict[str, dict[str, Any]] = {}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name in names:
+            try:
+                cfg = compose("config", overrides=[*searchpath, f"model={name}"])
+                out[name] = OmegaConf.to_container(cfg.model, resolve=False)  # type: ignore[assignment]
+            except Exception as err:  # noqa: BLE001 - one broken file is listed with its error
+                out[name] = {"error": f"{type(err).__name__}: {err}"}
+    return out
+
+
+def _origin(registry: Registry[Any], name: str, cls: Any) -> str:
+    if getattr(cls, "__module__", "").startswith("eval_learn."):
+        return "built-in"
+    for ep in entry_points(group=registry.group):
+        if ep.name == name:
+            dist = getattr(ep, "dist", None)
+            return f"plugin {dist.name} {dist.version}" if dist is not None else f"plugin ({ep.value})"
+    return "registered in code"
+
+
+def config_fields(config_cls: Any) -> list[tuple[str, str, Any]]:
+    """(name, type, default) of every field of a config dataclass."""
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))  # as written
+        out.append((f.name, kind, default))
+    return out
+
+
+def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
+    """Every part by kind: name, origin, class, config fields, whether its YAML is on the search path."""
+    result: dict[str, list[dict[str, Any]]] = {}
+    for kind, (registry, group, _) in KINDS.items():
+        yaml_names = set(config_options(group, overrides)) if group else None
+        entries = []
+        for name in registry.names():
+            entry: dict[str, Any] = {"name": name}
+            try:
+                cls = registry.get(name)
+            except Exception as err:  # noqa: BLE001 - a plugin that fails to import is listed with its error
+                entry.update(origin="plugin", error=f"cannot be loaded: {type(err).__name__}: {err}")
+                entries.append(entry)
+                continue
+            entry.update(origin=_origin(registry, name, cls), target=f"{cls.__module__}:{cls.__qualname__}",
+                         fields=config_fields(cls.config_cls))  # fmt: skip
+            if yaml_names is not None:
+                entry["yaml"] = name in yaml_names
+            entries.append(entry)
+        if yaml_names is not None:  # a YAML without a class: selectable, but it will fail
+            for name in sorted(yaml_names - set(registry.names())):
+                entries.append({"name": name, "origin": "config only", "error": f"no {registry.kind} class named "
+                                f"'{name}' is registered (entry point group {registry.group})"})  # fmt: skip
+        result[kind] = entries
+    models = []
+    for name, data in model_configs(overrides).items():
+        origin = "built-in" if (CONF_DIR / "model" / f"{name}.yaml").is_file() else "search path"
+        models.append({"name": name, "origin": origin, **({"error": data["error"]} if "error" in data else
+                                                          {"fields": [(k, "", v) for k, v in data.items()]})})  # fmt: skip
+    result["models"] = models
+    return result
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def render(data: dict[str, list[dict[str, Any]]]) -> str:
+    """The catalog as text, one block per kind, one line per config field."""
+    how = {kind: selector for kind, (_, _, selector) in KINDS.items()} | {"models": "model=NAME"}
+    lines: list[str] = []
+    for kind, entries in data.items():
+        lines.append(f"{kind.replace('_', ' ')} ({how[kind]})")
+        for entry in entries:
+            head = f"  {entry['name']:<24} {entry['origin']}"
+            if entry.get("target"):
+                head += f"  {entry['target']}"
+            if entry.get("yaml") is False:
+                head += f"  [no {KINDS[kind][1]}/{entry['name']}.yaml on the config search path: not selectable]"
+            lines.append(head)
+            if entry.get("error"):
+                lines.append(f"      ! {entry['error']}")
+            for field, kind_name, default in entry.get("fields", []):
+                typed = f"{field}: {kind_name}" if kind_name else field
+                lines.append(f"      {typed} = {_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
