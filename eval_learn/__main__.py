@@ -56,7 +56,7 @@ SUBMITIT = "hydra_plugins.hydra_submitit_launcher"
 LAUNCHER_HINT = (
     " (joblib and slurm need hydra-joblib-launcher and hydra-submitit-launcher: pip install 'eval-learn[cluster]')"
 )
-SUBCOMMANDS = ("summarize", "list")
+SUBCOMMANDS = ("summarize", "list", "merge")
 _FAILURES: list[EvalLearnError] = []  # errors of jobs in this process (a sweep runs its jobs one after another)
 
 ConfigStore.instance().store(name="run_schema", node=RunConfigSchema)
@@ -296,7 +296,8 @@ def single_metric_overrides(argv: list[str]) -> list[str]:
 
 
 def subcommand(name: str, args: list[str]) -> int:
-    """``summarize DIR`` and ``list [KIND]``: the leaderboard of the runs under DIR, and what can be run."""
+    """``summarize DIR``, ``list [KIND]`` and ``merge DIR...``: the leaderboard of the runs under DIR, what can be run,
+    and the value of a split run from its shard jobs."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=f"eval-learn {name}")
@@ -305,6 +306,10 @@ def subcommand(name: str, args: list[str]) -> int:
         parser.add_argument("dir", type=Path, help="a run or sweep folder (searched recursively)")
         parser.add_argument("--no-figures", action="store_true", help="tables only")
         parser.add_argument("--grid-images", type=int, default=8, help="images per metric in each run's grid")
+    elif name == "merge":
+        parser.description = "Combine the shard jobs of split runs (shard.count > 1) under DIR... into their value."
+        parser.add_argument("dirs", type=Path, nargs="+", help="folders holding the shard jobs (searched recursively)")
+        parser.add_argument("--out", type=Path, default=None, help="where merged reports go (default: DIR/merged)")
     else:
         parser.description = "Every technique, metric, judge, prompt set and model config, with config fields."
         parser.add_argument("kind", nargs="?", choices=[*KINDS, "models"], help="one kind only")
@@ -318,6 +323,15 @@ def subcommand(name: str, args: list[str]) -> int:
         if name == "list":
             data = catalog([f"hydra.searchpath={options.searchpath}"] if options.searchpath else [])
             print(render({k: v for k, v in data.items() if options.kind in (None, k)}), end="")
+            return 0
+        if name == "merge":
+            from eval_learn.shards import merge
+
+            out = options.out or options.dirs[0] / "merged"
+            for report in merge(options.dirs, out):
+                result = report["metric_result"]
+                print(f"{result['name']} = {result['value']} (merged {len(report['merged_from'])} shards) → "
+                      f"{out / report['run_id'] / 'report.json'}")  # fmt: skip
             return 0
         summary = summarize(options.dir, figures=not options.no_figures, grid_images=options.grid_images)
     except EvalLearnError as err:  # a bad folder (2), a full disk (1)

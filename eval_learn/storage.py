@@ -25,6 +25,8 @@ from filelock import FileLock
 from eval_learn.errors import RunError
 
 log = logging.getLogger(__name__)
+_UMASK = os.umask(0o22)
+os.umask(_UMASK)  # read once: the process's umask, applied to files made with mkstemp
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -68,6 +70,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide reports from a shared group
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

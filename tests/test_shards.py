@@ -54,3 +54,18 @@ def test_miniworld_multi_run_shards_merge_to_the_unsplit_values(tmp_path, cache_
     assert set(merged) == {"asr", "ua_ira"}
     for name in ("asr", "ua_ira"):
         assert merged[name]["metric_result"] == whole["metric_results"][name]
+
+
+def test_merge_from_the_command_line(tmp_path, cache_dir) -> None:
+    from conftest import run_cli
+
+    for index in range(2):
+        SingleBenchmarkRunner("free_run", "asr", {}, {"limit": 2}, tmp_path / "shards", model="tiny",
+                              cache_dir=cache_dir, shard={"index": index, "count": 2}).run()  # fmt: skip
+    proc = run_cli("merge", str(tmp_path / "shards"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "asr_demo = 0.0 (merged 2 shards)" in proc.stdout
+    (report,) = (tmp_path / "shards" / "merged").glob("*/report.json")
+    assert report.stat().st_mode & 0o044  # readable by the group and others (a shared cluster)
+    bad = run_cli("merge", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
