@@ -9,10 +9,11 @@ captions by default; the reference images are then the COCO photos of the same `
 Why the state is what it is: features accumulate as sums — count, Σf and Σf fᵀ — never as a held set of images or
 features, so memory does not grow with the set and shards merge by adding. Float sums depend on the order they are
 added in, which would make one batch, many batches and merged shards differ in the last digits; so every image's
-f and f fᵀ (exact in float64, since f is float32) is rounded to the grid 2⁻²⁹ (a relative change below 1e-9 for
-features of order 1, far below float32's own 6e-8) and kept as two integer-valued float64 limbs (the multiples of 2²⁶
-and the rest), whose sums are exact, hence independent of order, up to 2²⁶ images. Features must lie in (−4096, 4096)
-(Inception's pool3 features are a few units at most).
+f and each product f_i f_j (exact in float64, since f is float32) is rounded to the grid 2⁻²⁹ (1.9e-9: for features
+of order 1 far below float32's own 6e-8) and the sums kept as two integer-valued float64 limbs, hi · 2²⁶ + lo with
+0 ≤ lo < 2²⁶ after a carry every 32 images: exact integer sums, so the same whatever the order or grouping, up to 2³²
+images. Features must lie in (−512, 512); a larger one stops the run with a message rather than
+giving an inexact sum (Inception's pool3 features are averages of ReLU outputs, of a few units: not measured here).
 
 μ and Σ follow torchmetrics' ``FrechetInceptionDistance.compute`` (Σ = (Σf fᵀ − n μ μᵀ)/(n − 1)) and the distance
 its ``_compute_fid`` (tr (Σ_r Σ_g)^½ as the sum of the square roots of the eigenvalues of Σ_r Σ_g, real part), in
@@ -52,18 +53,20 @@ from eval_learn.types import MetricResult, PromptRecord
 
 log = logging.getLogger(__name__)
 
-GRID = 29  # products and features are rounded to multiples of 2**-GRID
-LIMB = 26  # each rounded value n is kept as hi * 2**LIMB + lo, 0 <= lo < 2**LIMB
-FEATURE_LIMIT = 2.0**12  # |f| < 2**12: |f f^T| * 2**GRID < 2**53, exact integers in float64
+GRID = 29  # every product f_i f_j (and feature f_i) is rounded to a multiple of 2**-GRID
+FEATURE_LIMIT = 2.0**9  # |f| < 2**9: |f_i f_j| · 2**GRID <= 2**47 after rounding, so 32 images sum to <= 2**52
+FLUSH = 32  # images added to the low limb (< 2**LIMB) before a carry: it stays below 2**52 + 2**26 < 2**53
+LIMB = 26  # a sum n is kept as hi · 2**LIMB + lo, 0 <= lo < 2**LIMB after each carry: unique, hence order-free
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 SMALL_SET = 2048  # below this many images Σ (2048×2048 for Inception) is rank-deficient: FID is biased upwards
 
 
-def split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 values → exact limbs (hi, lo) of round(values · 2**GRID); sums of either are exact integers."""
-    scaled = torch.round(values * 2.0**GRID)
-    high = torch.floor(scaled * 2.0**-LIMB)
-    return high, scaled - high * 2.0**LIMB
+def carry(limbs: Any) -> None:
+    """Move each low limb's multiples of 2**LIMB into its high limb, in place (exact: integers below 2**53)."""
+    for high, low in limbs:
+        moved = torch.floor(low * 2.0**-LIMB)
+        low.sub_(moved, alpha=2.0**LIMB)
+        high.add_(moved)
 
 
 def joined(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
@@ -83,21 +86,44 @@ class FeatureMoments:
             "outer_lo": states.Sum((dim, dim)),
         }
 
-    def add(self, features: np.ndarray) -> None:
-        f = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(torch.float64).reshape(-1)
-        if f.numel() != self.dim:
-            raise RunError(f"the feature network gave {f.numel()} features, expected {self.dim}")
+    def check(self, features: np.ndarray) -> torch.Tensor:
+        f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(torch.float64)
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise RunError(f"the feature network gave features of shape {tuple(f.shape[1:])}, expected ({self.dim},)")
         if not bool(torch.isfinite(f).all()):
             raise RunError("the feature network gave non-finite features (NaN or Inf)")
-        peak = float(f.abs().max())
+        peak = float(f.abs().max()) if f.numel() else 0.0
         if peak >= FEATURE_LIMIT:
             raise RunError(f"a feature is {peak:g}; FID's exact accumulation needs |feature| < {FEATURE_LIMIT:g} "
                            f"(scale the feature network's output)")  # fmt: skip
-        self.states["count"].add(1.0)
-        for name, values in (("sum", f), ("outer", torch.outer(f, f))):  # products of float32 values: exact
-            high, low = split(values)
-            self.states[f"{name}_hi"].add(high)
-            self.states[f"{name}_lo"].add(low)
+        return f
+
+    def add(self, features: np.ndarray, device: str = "cpu") -> None:
+        """Add a batch of feature vectors (N, d): all are checked before any is added. The products are formed on
+        ``device`` when it is a CUDA device (float64 there too; the arithmetic is exact, so the device does not
+        change the sums), else on the CPU, in place in the state."""
+        f = self.check(np.atleast_2d(features))
+        work = device if str(device).startswith("cuda") else "cpu"
+        f = f.to(work)
+        limbs = {name: (self.states[f"{name}_hi"].value.to(work), self.states[f"{name}_lo"].value.to(work))
+                 for name in ("outer", "sum")}  # fmt: skip
+        product = torch.empty(self.dim, self.dim, dtype=torch.float64, device=work)
+        for i, row in enumerate(f):
+            torch.outer(row, row, out=product)  # products of float32 values: exact in float64
+            limbs["outer"][1].add_(product.mul_(2.0**GRID).round_())
+            limbs["sum"][1].add_(torch.round(row * 2.0**GRID))
+            if (i + 1) % FLUSH == 0:
+                carry(limbs.values())
+        carry(limbs.values())
+        for name, (high, low) in limbs.items():  # no-op on the CPU: the limbs are the state's own tensors
+            self.states[f"{name}_hi"].value, self.states[f"{name}_lo"].value = high.cpu(), low.cpu()
+        self.states["count"].add(float(len(f)))
+
+    def normalise(self) -> None:
+        """The canonical limbs (0 <= lo < 2**LIMB) after a merge: the same sums then have the same limbs however
+        they were grouped (the value is the same either way; this makes saved states identical too)."""
+        limbs = [(self.states[f"{n}_hi"].value, self.states[f"{n}_lo"].value) for n in ("outer", "sum")]
+        carry(limbs)
 
     @property
     def count(self) -> int:
@@ -234,10 +260,30 @@ class FID(Metric):
         self.moments = FeatureMoments(self.judges["judge"].num_features())
         return {"judgements": states.PerImage(), **self.moments.states}
 
+    def update(self, images: list[Any], records: list[PromptRecord]) -> list[dict[str, Any]]:
+        """Judge the batch, add its features to the sums in one go (checked first, so a bad feature leaves the state
+        as it was), and record each image."""
+        if len(images) != len(records):
+            raise ValueError(f"{len(images)} images for {len(records)} prompts")
+        repeated = [r.index for r in records if r.index in self.judgements.items]
+        if repeated:
+            raise ValueError(f"images {repeated[:5]} were judged twice")
+        verdicts = self.judges["judge"].judge(images)
+        self.moments.add(np.stack([v["features"] for v in verdicts]), self.device)
+        out = []
+        for verdict, record in zip(verdicts, records, strict=True):
+            entry = self.record({"judge": verdict}, record)
+            self.judgements.add(record.index, entry)
+            out.append(entry)
+        return out
+
+    def merge(self, other: Metric) -> None:
+        super().merge(other)
+        self.moments.normalise()
+
     def record(self, verdicts: dict[str, dict[str, Any]], record: PromptRecord) -> dict[str, Any]:
-        features = verdicts["judge"]["features"]
-        self.moments.add(features)
-        return {"feature_l2_norm": float(np.linalg.norm(np.asarray(features, dtype=np.float64)))}
+        features = np.asarray(verdicts["judge"]["features"], dtype=np.float64)
+        return {"feature_l2_norm": float(np.linalg.norm(features))}
 
     # --- reference statistics -------------------------------------------------------------------------------------
     def _feature_judge(self) -> Judge:
@@ -279,8 +325,7 @@ class FID(Metric):
             for file in files[start : start + 32]:
                 with PILImage.open(file) as image:
                     batch.append(image.convert("RGB"))
-            for verdict in judge.judge(batch):
-                moments.add(verdict["features"])
+            moments.add(np.stack([v["features"] for v in judge.judge(batch)]), self.device)
         if cache is not None:
             buffer = _npz_bytes({**moments.arrays(), "provenance": np.array(json.dumps(info))})
             atomic_write(cache, buffer)
@@ -298,7 +343,7 @@ class FID(Metric):
             "feature_extractor": judge.settings(),
             "formula": "||mu_r - mu_g||^2 + tr(S_r) + tr(S_g) - 2 sum(sqrt(eig(S_r S_g))) (torchmetrics' _compute_fid, "
             "float64); S = (sum f f^T - n mu mu^T) / (n - 1)",
-            "accumulation": f"exact sums of f and f f^T rounded to 2^-{GRID}, kept as two float64 limbs",
+            "accumulation": f"exact sums of f and f f^T, each rounded to 2^-{GRID}, kept as two float64 limbs",
             "kid": "not computed: its unbiased estimator needs all features held (see eval_learn.metrics.fid)",
         }
         if n < 2:
