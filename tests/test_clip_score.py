@@ -123,13 +123,25 @@ def test_batches_restores_and_shards_give_the_same_value(clip_folder, tmp_path) 
     check_metric_contract(lambda: make_metric(clip_folder), images(5), records(5), tmp_path)
 
 
-def test_settings_record_the_model(clip_folder) -> None:
+def test_settings_record_the_model(clip_folder, tmp_path) -> None:
     settings = CLIPJudge(CLIPConfig(model=clip_folder)).settings()
-    assert settings["model"] == clip_folder and settings["dtype"] == "float32"
+    assert settings["model"] == clip_folder and settings["dtype"] == "float32" and settings["commit"] is None
     assert len(settings["weights_sha256"]["model.safetensors"]) == 64
     assert settings["image_preprocessing"]["resize"] == {"shortest_edge": 32, "resample": "bicubic"}
     assert settings["image_preprocessing"]["images_per_forward"] == 1
     assert CLIPScore.higher_is_better is True
+    # openai/clip-vit-large-patch14's processor config is in the old format (size: 224, resample: 3).
+    import json
+    import shutil
+
+    old = shutil.copytree(clip_folder, tmp_path / "old")
+    (old / "preprocessor_config.json").write_text(json.dumps({"crop_size": 224, "do_center_crop": True,
+        "do_normalize": True, "do_resize": True, "feature_extractor_type": "CLIPFeatureExtractor", "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "size": 224}))  # fmt: skip
+    read = CLIPJudge(CLIPConfig(model=str(old))).settings()["image_preprocessing"]
+    assert read["resize"] == {"shortest_edge": 224, "resample": "bicubic"}
+    assert read["center_crop"] == {"height": 224, "width": 224}
 
 
 def test_default_prompts_are_coco_10k_with_their_seeds(clip_folder) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
 import time
@@ -114,24 +113,24 @@ def _image_processor_class() -> Any:
 
 @functools.lru_cache(maxsize=16)
 def preprocessing(folder: Path) -> dict[str, Any]:
-    """The image processor's settings, as they determine the pixels the model sees."""
-    path = folder / "preprocessor_config.json"
-    raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    processor = _image_processor_class()
-    resample = raw.get("resample", processor.resample)
-    names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+    """The image processor's settings as it reads them (old configs say ``size: 224``; it normalises that), i.e. what
+    determines the pixels the model sees. Loading a processor reads no weights."""
+    processor = _image_processor_class().from_pretrained(str(folder))
+    from PIL.Image import Resampling
+
+    resample = Resampling(int(processor.resample)).name.lower()  # 3 → bicubic
     return {
-        "processor": processor.__name__,
+        "processor": type(processor).__name__,
         "backend": "PIL",
-        "resize": {"shortest_edge": (raw.get("size") or {}).get("shortest_edge", 224),
-                   "resample": names.get(int(resample), str(resample))} if raw.get("do_resize", True) else None,
-        "center_crop": raw.get("crop_size") if raw.get("do_center_crop", True) else None,
-        "rescale": raw.get("rescale_factor", 1 / 255) if raw.get("do_rescale", True) else None,
-        "normalize": {"mean": raw.get("image_mean"), "std": raw.get("image_std")} if raw.get("do_normalize", True)
+        "resize": {**dict(processor.size), "resample": resample} if processor.do_resize else None,
+        "center_crop": dict(processor.crop_size) if processor.do_center_crop else None,
+        "rescale": processor.rescale_factor if processor.do_rescale else None,
+        "normalize": {"mean": list(processor.image_mean), "std": list(processor.image_std)}
+        if processor.do_normalize
         else None,
-        "convert_rgb": True,
+        "convert_rgb": bool(getattr(processor, "do_convert_rgb", True)),
         "images_per_forward": 1,
-    }  # fmt: skip
+    }
 
 
 class CLIPJudge(Judge):
