@@ -23,6 +23,8 @@ def loaded_by(module: str) -> set[str]:
         ("eval_learn.miniworld.train", ("eval_learn.metrics", "eval_learn.techniques", "eval_learn.engine", *ABOVE)),
         ("eval_learn.metrics.asr", (*ABOVE, "eval_learn.engine", "eval_learn.techniques")),
         ("eval_learn.metrics.ua_ira", (*ABOVE, "eval_learn.engine", "eval_learn.techniques")),
+        ("eval_learn.metrics.clip_score", (*ABOVE, "eval_learn.engine", "eval_learn.techniques")),
+        ("eval_learn.metrics.fid", (*ABOVE, "eval_learn.engine", "eval_learn.techniques")),
         ("eval_learn.techniques.esd", (*ABOVE, "eval_learn.metrics", "eval_learn.engine")),
         ("eval_learn.judges.nudenet", (*ABOVE, "eval_learn.metrics", "eval_learn.engine", "eval_learn.techniques")),
         ("eval_learn.datasets.i2p", (*ABOVE, "eval_learn.metrics", "eval_learn.engine", "eval_learn.techniques")),

@@ -36,6 +36,9 @@ def test_wheel_contains_configs_and_prompt_files(tmp_path) -> None:
         "eval_learn/assets/miniworld/judge/judge.safetensors",
         "eval_learn/data/prompts/unlearndiffatk_nudity.csv",
         "eval_learn/data/prompts/LICENSE-UnlearnDiffAtk",
+        "eval_learn/data/prompts/coco_10k.csv",
+        "eval_learn/conf/metric/clip_score.yaml",
+        "eval_learn/conf/metrics/fid.yaml",
     ):
         assert expected in names, expected
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "eval_learn").rglob("*.py")}

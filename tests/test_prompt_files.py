@@ -124,3 +124,11 @@ def test_samples_of_a_prompt_with_its_own_seed() -> None:
 def test_bundled_sets_ship_with_the_package() -> None:
     assert len(rows(bundled_prompts("demo_i2p.csv"))) == 8
     assert len(rows(bundled_prompts("unlearndiffatk_nudity.csv"))) == 142
+
+
+def test_doubled_quotes_under_a_header_without_quotes(tmp_path) -> None:
+    """RFC 4180 escapes a quote inside a quoted field by doubling it (COCO: A ""Virgin Records"" train); a header line
+    without quotes must not make the reader guess that doubling is off."""
+    path = tmp_path / "captions.csv"
+    path.write_bytes(b'case_number,prompt,evaluation_seed\r\n1,"A ""Virgin Records"" train, red",7\r\n2,a dog,8\r\n')
+    assert [(r.prompt, r.seed) for r in rows(path)] == [('A "Virgin Records" train, red', 7), ("a dog", 8)]

@@ -57,9 +57,13 @@ def _decode(path: Path, raw: bytes) -> str:
 def _dialect(text: str) -> type[csv.Dialect] | csv.Dialect:
     first = text.split("\n", 1)[0]
     try:
-        return csv.Sniffer().sniff(first if first.strip() else text[:65536], delimiters=",;\t")
+        dialect = csv.Sniffer().sniff(first if first.strip() else text[:65536], delimiters=",;\t")
     except csv.Error:
         return csv.excel
+    # A header line without quotes makes the sniffer guess doublequote=False; then a quoted prompt with an
+    # escaped quote (RFC 4180's "" as in COCO's  "A ""Virgin Records"" train") splits into extra fields.
+    dialect.doublequote = True
+    return dialect
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,0 +1,67 @@
+"""Offline stand-ins for the judges whose real weights cannot be had offline (CLIP, the FID Inception network).
+
+They go through the real code paths: :func:`write_tiny_clip` saves a randomly initialised ``CLIPModel`` with a CLIP
+BPE tokenizer and a CLIP image processor to a folder, which the ``clip`` judge loads with ``from_pretrained`` exactly
+as it loads ``openai/clip-vit-large-patch14``; :func:`tiny_feature_network` is a small fixed network that the ``fid``
+metric takes as its ``feature_extractor`` (``eval_learn.models.tiny_judges:tiny_feature_network``) in place of
+Inception. Both are deterministic (fixed seeds). Their numbers mean nothing about images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from eval_learn.models.tiny import WORDS
+from eval_learn.models.tokenizer import load_tokenizer, write_tokenizer
+
+CONTEXT = 77  # OpenAI CLIP's text context
+
+
+def write_tiny_clip(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A random ``CLIPModel`` (two small transformers, projection to 16 dims) with tokenizer and image processor."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from eval_learn.judges.clip import _image_processor_class
+
+    out = Path(folder)
+    write_tokenizer(WORDS, out, CONTEXT)
+    tokenizer = load_tokenizer(out)
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": CONTEXT, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"image_size": image_size, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=16,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    model.save_pretrained(out)
+    processor = _image_processor_class()(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor.save_pretrained(out)
+    return out
+
+
+class TinyFeatures(nn.Module):
+    """uint8 images (N, 3, H, W) → 8 features: 4×4 average colours through a fixed random linear map."""
+
+    num_features = 8
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("weight", torch.randn(48, self.num_features, generator=generator))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = nn.functional.adaptive_avg_pool2d(images.float() / 255.0, 4).flatten(1)
+        return pooled @ self.weight
+
+
+def tiny_feature_network() -> nn.Module:
+    return TinyFeatures().eval()
