@@ -155,4 +155,7 @@ class SLD(Technique):
     def fingerprint(self) -> dict[str, Any]:
         """Keyed by what a call uses (the resolved settings and the text), so equal settings share images however
         they were spelled (a preset, or the same values given one by one)."""
-        return {**super().fingerprint(), "config": {"safety_concept": self.config.safety_text(), **self.config.settings()}}
+        return {
+            **super().fingerprint(),
+            "config": {"safety_concept": self.config.safety_text(), **self.config.settings()},
+        }

@@ -116,7 +116,9 @@ def cross_attention_projections(unet: torch.nn.Module) -> dict[str, torch.nn.Lin
     found = {
         name: module
         for name, module in unet.named_modules()
-        if ".attn2." in f".{name}" and name.rsplit(".", 1)[-1] in ("to_k", "to_v") and isinstance(module, torch.nn.Linear)
+        if ".attn2." in f".{name}"
+        and name.rsplit(".", 1)[-1] in ("to_k", "to_v")
+        and isinstance(module, torch.nn.Linear)
     }
     if not found:
         raise ValueError("the UNet has no cross-attention key/value projections (attn2.to_k / attn2.to_v) to edit")
@@ -188,7 +190,10 @@ class UCE(Technique):
     def build_weights(self, pipe: Any) -> Weights:
         cfg = self.config
         encoder = ConceptEncoder(pipe, self.device)
-        pairs = [encoder.pair(c, t, cfg.erase_tokens) for c, t in zip(cfg.erased_concepts() or [], cfg.targets(), strict=True)]
+        pairs = [
+            encoder.pair(c, t, cfg.erase_tokens)
+            for c, t in zip(cfg.erased_concepts() or [], cfg.targets(), strict=True)
+        ]
         erase_in = torch.cat([c for c, _ in pairs])
         target_in = torch.cat([t for _, t in pairs])
         width = erase_in.shape[1]
