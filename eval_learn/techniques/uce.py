@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -188,7 +189,7 @@ class UCE(Technique):
     weight_fields = EDIT_KEYS
 
     def build_weights(self, pipe: Any) -> Weights:
-        cfg = self.config
+        cfg, start = self.config, time.perf_counter()
         encoder = ConceptEncoder(pipe, self.device)
         pairs = [
             encoder.pair(c, t, cfg.erase_tokens)
@@ -218,6 +219,7 @@ class UCE(Technique):
             # ‖W* c_i − v*_i‖ / ‖W c_i − v*_i‖ and ‖W* c_j − W c_j‖ / ‖W c_j‖, worst over the edited matrices
             erase_residual_max=max(erase_left),
             preserve_drift_max=max(preserve_drift) if preserve_drift else None,
+            edit_s=round(time.perf_counter() - start, 4),  # the edit itself, without loading the pipeline
         )
         log.info("UCE: edited %d K/V matrices to erase %s (towards %s), preserving %d concepts; residual <= %.3g",
                  len(weights), cfg.erased_concepts(), cfg.targets(), len(cfg.preserved()), max(erase_left))  # fmt: skip
