@@ -13,9 +13,9 @@ anchor branch is evaluated with the *current* θ (as in both author releases) bu
 prompt is the anchor prompt with the anchor concept replaced by the target one; the prompts come from
 ``prompt_templates`` (``{}`` marks the concept), which stand in for the paper's LLM-written anchor captions.
 ``train_method`` picks what changes: ``xattn`` (the paper's default: the cross-attention key and value projections,
-attn2 ``to_k``/``to_v``), ``full`` (the whole UNet) or ``embedding`` (the text encoder's token embeddings of the
-target concept's tokens only). Adam with decoupled weight decay, gradient clipping and horizontal flips follow the
-authors' diffusers release; their random-resize augmentation and prior-preservation loss are left out.
+attn2 ``to_k``/``to_v``), ``full`` (the whole UNet) or ``embedding`` (the text encoder's token embeddings of those
+target-concept tokens the anchor does not share). AdamW, gradient clipping and horizontal flips follow the authors'
+diffusers release; their random-resize augmentation and prior-preservation loss are left out.
 
 Anchor images are rendered by the base pipeline on the technique's device, image i from the seed ``train_seed + i``,
 and kept as VAE latent distributions; the trained tensors are cached by the base class under a key of every setting
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval_learn.configs import require
-from eval_learn.errors import NonFiniteError
+from eval_learn.errors import ConfigError, NonFiniteError
 from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.weights import Weights
 
@@ -47,7 +47,6 @@ DEFAULT_TEMPLATES = (
     "{}", "a photo of {}", "a picture of {}", "an image of {}", "a painting of {}", "a drawing of {}",
     "a close-up photo of {}", "a photo of {} outdoors", "a photo of {} indoors", "a high quality photo of {}",
 )  # fmt: skip
-EMBEDDING_WEIGHT = "text_model.embeddings.token_embedding.weight"
 TRAINING_KEYS = (
     "erase_concept", "anchor_concept", "prompt_templates", "train_method", "train_steps", "learning_rate", "batch_size",
     "num_anchor_images", "anchor_steps", "anchor_guidance_scale", "anchor_eta", "hflip", "weight_decay",
@@ -113,7 +112,9 @@ def _one_slot(template: str) -> bool:
 def select_parameters(pipe: Any, train_method: TrainMethod) -> dict[str, torch.nn.Parameter]:
     """The parameters CA may change, by weight name (``unet.…`` or ``text_encoder.…``)."""
     if train_method == "embedding":
-        return {f"text_encoder.{EMBEDDING_WEIGHT}": pipe.text_encoder.get_input_embeddings().weight}
+        weight = pipe.text_encoder.get_input_embeddings().weight
+        name = next(n for n, p in pipe.text_encoder.named_parameters() if p is weight)  # transformers-version proof
+        return {f"text_encoder.{name}": weight}
     selected = {}
     for name, param in pipe.unet.named_parameters():
         if train_method == "full" or ".attn2.to_k." in name or ".attn2.to_v." in name:
@@ -140,8 +141,12 @@ class CATrainer:
         for p in self.params.values():
             p.requires_grad_(True)
         self.frozen_rows: torch.Tensor | None = None
-        if config.train_method == "embedding":
-            ids = pipe.tokenizer(config.erase_concept, add_special_tokens=False).input_ids
+        if config.train_method == "embedding":  # the target's own tokens: not those it shares with the anchor
+            tokens = lambda text: set(pipe.tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+            ids = sorted(tokens(config.erase_concept) - tokens(config.anchor_concept))
+            if not ids:
+                raise ConfigError(f"train_method=embedding: every token of erase_concept '{config.erase_concept}' is "
+                                  f"also in anchor_concept '{config.anchor_concept}', so no embedding can change")  # fmt: skip
             weight = next(iter(self.params.values()))
             self.frozen_rows = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
             self.frozen_rows[ids] = False

@@ -20,16 +20,15 @@ SAFREE changes no weight. It edits what the UNet is conditioned on, and (optiona
    same UNet call on extra rows, as the authors do); the backbone features are scaled by b (b1, b2) as in FreeU.
    This dampens the global, low-frequency structure the filtered prompt would still amplify.
 
-Details taken from the authors' release (github.com/jaehong31/SAFREE) where the paper leaves them open: pooled
-(end-of-text) embeddings of the keywords and of the masked prompts, masking with token id 0, the nudity keyword list,
-the sigmoid constants k = 2.5, c = 5.333 (nudity; the release uses 3.5, 5.5 for artists), and the keywords joined
-by ", " as the negative prompt (``concept_negative_prompt``; their SD scripts always pass it, the paper does not
-count it as a stage). Where the release differs from the paper we follow the paper: the projection ends in the input
-space (P_I (I − P_C); the release computes (I − P_C) P_I), the low-frequency attenuation multiplies coefficients by s
-(the release overwrites them with the constant s) and is applied in the released SD-1.4 script at all (it registers
-its FreeU blocks without a filter type, which makes them pass-through), and a coefficient that is *equal* in both
-branches (every step after t') is left alone. A one-token prompt has no other token to compare with; like the
-release it is flagged.
+From the authors' release (github.com/jaehong31/SAFREE), where the paper leaves details open: pooled (end-of-text)
+embeddings for the keywords and the masked prompts, masking with token id 0, the nudity keyword list, the sigmoid
+constants k = 2.5, c = 5.333 (nudity; 3.5, 5.5 for artists), and the keywords joined by ", " as the negative prompt
+(``concept_negative_prompt``: their SD scripts always pass it; the paper does not count it as a stage). Where the
+release departs from the paper's description we follow the paper: the projection ends in the input space
+(P_I (I − P_C); the release computes (I − P_C) P_I); low-frequency coefficients are multiplied by s (the release
+overwrites them with the constant s, and its SD-1.4 script registers the FreeU blocks without a filter type, which
+leaves them pass-through); a coefficient that is equal in both branches (every step after t') is left alone. A
+one-token prompt has nothing to compare with and, as in the release, is flagged.
 """
 
 from __future__ import annotations
