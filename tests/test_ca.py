@@ -177,7 +177,11 @@ def miniworld_asr(tmp_path_factory):
 def test_ca_ablates_red_on_the_miniworld_against_free_run(miniworld_asr) -> None:
     base = miniworld_asr["free_run"]["metric_results"]["asr"]
     erased = miniworld_asr["ca"]["metric_results"]["asr"]
+    print("MiniWorld ca asr:", base["value"], "->", erased["value"], erased["details"].get("ci95_wilson"))
     assert base["details"]["concept"] == erased["details"]["concept"] == "red"
     assert base["details"]["total_images"] == erased["details"]["total_images"] == 64
-    assert base["value"] >= 0.85
-    assert erased["value"] <= base["value"] - BAR_TBD
+    assert base["value"] >= 0.85  # the base model draws red when asked (measured 1.00, n = 64)
+    # The preset (embedding, lr 3e-3, anchor orange) measured 0.00 (0 of 64; Wilson 95 % [0, 0.06]), the same at lr
+    # 1e-3 and 1e-2; xattn at lr 1e-4 measured 0.11. The bar allows for other CPUs' numerics, far below free_run.
+    assert erased["value"] <= 0.20
+    assert miniworld_asr["ca"]["technique_info"]["trained"] is True
