@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from eval_learn.configs import require
+from eval_learn.runtime import RunContext
 from eval_learn.techniques.base import Technique, TechniqueConfig
 
 log = logging.getLogger(__name__)
@@ -213,7 +215,7 @@ class LatentReAttention:
         output.sample = output.sample[:keep]
         return output
 
-    def _stage_hook(self, stage: int):
+    def _stage_hook(self, stage: int) -> Callable[[torch.nn.Module, tuple, dict[str, Any]], tuple[tuple, dict] | None]:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
             if self.rows is None:
                 return None
@@ -256,7 +258,7 @@ class SAFREE(Technique):
     config_cls = SAFREEConfig
     config: SAFREEConfig
 
-    def __init__(self, config: TechniqueConfig, context: Any) -> None:
+    def __init__(self, config: TechniqueConfig, context: RunContext) -> None:
         super().__init__(config, context)
         self._concept_projector: torch.Tensor | None = None
         self._filters: dict[str, PromptFilter] = {}
