@@ -355,6 +355,9 @@ class Engine:
         self, record: PromptRecord, image: StoredImage, judgement: dict[str, Any], sampling: dict[str, Any]
     ) -> dict[str, Any]:
         request = request_for(record, self.generation)
+        if "per_prompt" in sampling:  # what a technique did differently per prompt: this image's entry only
+            own = sampling["per_prompt"].get(record.prompt, {})
+            sampling = {**{k: v for k, v in sampling.items() if k != "per_prompt"}, **own}
         return {
             "file": f"images/{record.index:05d}.png",
             "index": record.index,

@@ -81,15 +81,17 @@ def render(technique: Technique, requests: list[GenerationRequest], mode: Genera
         first = rows[0]
         prompts = [r.prompt for r in rows]
         with torch.inference_mode():
+            extra = technique.sampling_arguments(pipe, prompts)
+            text = {} if "prompt_embeds" in extra else {"prompt": prompts}  # a technique may encode the prompts itself
             out = pipe(
-                prompt=prompts,
+                **text,
                 generator=[torch.Generator("cpu").manual_seed(r.seed) for r in rows],
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale,
                 height=first.height,
                 width=first.width,
                 output_type="np",
-                **technique.sampling_arguments(pipe, prompts),
+                **extra,
             )
         array = np.asarray(out.images)
         if not np.isfinite(array).all():
