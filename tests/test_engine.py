@@ -99,9 +99,8 @@ class FailingASR(ASR):
 
 
 @pytest.fixture
-def failing_metric():
-    if "failing_asr" not in METRICS.names():
-        METRICS.add("failing_asr", FailingASR)
+def failing_metric(monkeypatch):
+    monkeypatch.setitem(METRICS._targets, "failing_asr", FailingASR)  # registered for this test only
     return "failing_asr"
 
 
@@ -189,9 +188,8 @@ class ModelProbe(ASR):
                 "text_encoder_grads": len(grads)}  # fmt: skip
 
 
-def test_a_metric_that_needs_the_model_gets_the_technique_with_gradients(tmp_path, cache_dir) -> None:
-    if "model_probe" not in METRICS.names():
-        METRICS.add("model_probe", ModelProbe)
+def test_a_metric_that_needs_the_model_gets_the_technique_with_gradients(tmp_path, cache_dir, monkeypatch) -> None:
+    monkeypatch.setitem(METRICS._targets, "model_probe", ModelProbe)  # registered for this test only
     report = SingleBenchmarkRunner("esd", "model_probe", {"train_steps": 2, "sample_steps": 2}, {"limit": 2},
                                    tmp_path, model="tiny", cache_dir=cache_dir).run()  # fmt: skip
     records = report["metric_state"]["judgements"].values()
