@@ -1,12 +1,14 @@
 """Regenerate the README's MiniWorld leaderboard and figure: what each technique erases, and what it costs.
 
-    python -m eval_learn.miniworld.figure --out docs                 # every registered technique, erasing "red"
-    python -m eval_learn.miniworld.figure --out docs --techniques free_run esd uce
+    python -m eval_learn.miniworld.figure --out docs                  # every row below, erasing "red"
+    python -m eval_learn.miniworld.figure --out docs --rows free_run esd esd-u uce
 
-Writes ``miniworld_table.md`` (per technique: ASR on red prompts, UA, IRA on near and far neighbours, the
-technique's preparation time and the generation time, from real runs of the multi runner with the same seeds) and
-``miniworld_erasure.png`` (the same six prompts and six seeds per technique, labelled). Each technique runs with its
-MiniWorld preset (``conf/preset/miniworld_<technique>.yaml``).
+Writes ``miniworld_table.md`` (per row: ASR on red prompts with its 95 % Wilson interval, UA, IRA on near and far
+neighbours, the technique's preparation time and the generation time, from real runs of the multi runner with the
+same seeds and the image store off, so every image is rendered) and ``miniworld_erasure.png`` (one labelled row per
+technique: the same six prompts, three seeds each). Each technique runs with its MiniWorld preset
+(``conf/preset/miniworld_<technique>.yaml``); a row may change some fields of it (``VARIANTS``: ESD's two train
+methods). Weights are trained afresh in a temporary cache unless ``--cache`` names one, so preparation times are real.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -26,70 +29,100 @@ from eval_learn.runtime import quiet_libraries
 from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)
-ROWS = [("red", "circle"), ("red", "square"), ("orange", "triangle"), ("purple", "cross"), ("blue", "square"),
-        ("green", "circle")]  # fmt: skip
-SEEDS = 6
-SCALE = 3  # pixels per MiniWorld pixel in the figure
-LABEL_W, HEADER_H, GAP = 150, 18, 10
+PROMPTS = [("red", "circle"), ("red", "square"), ("orange", "triangle"), ("purple", "cross"), ("blue", "square"),
+           ("green", "circle")]  # fmt: skip
+SEEDS = 3
+SCALE = 2  # figure pixels per MiniWorld pixel
+LABEL_W, HEADER_H, GAP = 110, 16, 6
+# Rows that are one technique with some preset fields changed: label -> (technique, overrides).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "esd": ("esd", {}),  # the preset: ESD-x (cross-attention only)
+    "esd-u": ("esd", {"train_method": "noxattn", "learning_rate": 1.0e-4}),  # ESD-u at its best MiniWorld rate
+}
 
 
-def grid(technique: str, records: list[PromptRecord], cache: Path) -> np.ndarray:
-    runner = SingleBenchmarkRunner(technique, "asr", {}, {}, output_dir=cache, model="miniworld", cache_dir=cache)
+def default_rows() -> list[str]:
+    first = ["free_run", "negative_prompt", "esd", "esd-u"]
+    return first + [name for name in TECHNIQUES.names() if name not in first]
+
+
+def resolve(row: str) -> tuple[str, dict[str, Any]]:
+    return VARIANTS.get(row, (row, {}))
+
+
+def grid(row: str, records: list[PromptRecord], cache: Path) -> np.ndarray:
+    """The row's images of ``records``, side by side (prompt by prompt, seeds within a prompt)."""
+    technique, overrides = resolve(row)
+    runner = SingleBenchmarkRunner(technique, "asr", overrides, {}, output_dir=cache, model="miniworld",
+                                   cache_dir=cache)  # fmt: skip
     tech = runner.technique_cls(runner.technique_config, runner.context)
     tech.prepare()
     images = [np.asarray(im) for im in tech.generate(records)]
     tech.close()
-    rows = [np.concatenate(images[r * SEEDS : (r + 1) * SEEDS], axis=1) for r in range(len(ROWS))]
-    return np.concatenate(rows, axis=0)
+    return np.concatenate(images, axis=1)
 
 
-def figure(panels: dict[str, np.ndarray]) -> Image.Image:
-    """Panels side by side, a technique name over each, the prompt at the start of each row."""
-    height, width = (x * SCALE for x in next(iter(panels.values())).shape[:2])
-    canvas = Image.new("RGB", (LABEL_W + len(panels) * (width + GAP), HEADER_H + height), "white")
+def figure(strips: dict[str, np.ndarray]) -> Image.Image:
+    """One row per technique (its name on the left), one column group per prompt (the prompt above it)."""
+    height, width = (x * SCALE for x in next(iter(strips.values())).shape[:2])
+    group_w = width // len(PROMPTS)
+    canvas = Image.new("RGB", (LABEL_W + width + GAP * (len(PROMPTS) - 1), HEADER_H + len(strips) * (height + GAP)),
+                       "white")  # fmt: skip
     draw = ImageDraw.Draw(canvas)
-    row_h = height // len(ROWS)
-    for r, (colour, shape) in enumerate(ROWS):
-        draw.text((4, HEADER_H + r * row_h + row_h // 2 - 5), f'"{prompt(colour, shape)}"', fill="black")
-    for i, (name, panel) in enumerate(panels.items()):
-        x = LABEL_W + i * (width + GAP)
-        draw.text((x + 2, 3), name, fill="black")
-        canvas.paste(Image.fromarray(panel).resize((width, height), Image.NEAREST), (x, HEADER_H))
+    for p, (colour, shape) in enumerate(PROMPTS):
+        draw.text((LABEL_W + p * (group_w + GAP) + 2, 2), prompt(colour, shape), fill="black")
+    for r, (name, strip) in enumerate(strips.items()):
+        y = HEADER_H + r * (height + GAP)
+        draw.text((4, y + height // 2 - 5), name, fill="black")
+        scaled = Image.fromarray(strip).resize((width, height), Image.NEAREST)
+        for p in range(len(PROMPTS)):
+            group = scaled.crop((p * group_w, 0, (p + 1) * group_w, height))
+            canvas.paste(group, (LABEL_W + p * (group_w + GAP), y))
     return canvas
+
+
+def table_row(row: str, cache: Path) -> str:
+    technique, overrides = resolve(row)
+    runner = MultiBenchmarkRunner(technique, ["asr", "ua_ira"], overrides, {}, output_dir=cache / "runs",
+                                  model="miniworld", cache_dir=cache, image_cache="off")  # fmt: skip
+    report = runner.run()
+    asr, ua = report["metric_results"]["asr"], report["metric_results"]["ua_ira"]["details"]
+    low, high = asr["details"]["ci95_wilson"]
+    timings = report["timings"]
+    return (
+        f"| {row} | {asr['value']:.2f} [{low:.2f}, {high:.2f}] | {ua['ua']:.2f} | {ua['ira_near']:.2f} | "
+        f"{ua['ira_far']:.2f} | {timings['technique_prepare_s']:.0f} | {timings.get('generation_s', 0):.0f} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs"))
-    parser.add_argument("--techniques", nargs="+", default=None, help="default: every registered technique")
-    parser.add_argument("--cache", type=Path, default=None, help="cache for weights and images (default: a temp folder)")
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help=f"techniques or variants ({', '.join(VARIANTS)}); default: {' '.join(default_rows())}")  # fmt: skip
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="cache for weights and images (default: a temp folder)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     quiet_libraries()
-    techniques = args.techniques or ["free_run", *(t for t in TECHNIQUES.names() if t != "free_run")]
+    rows = args.rows or default_rows()
+    for row in rows:
+        TECHNIQUES.canonical(resolve(row)[0])  # an unknown name fails before anything runs
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="eval_learn_figure_"))
     lines = [
-        "| technique | ASR: red drawn for red prompts ↓ | UA ↑ | IRA near (orange, purple) ↑ | IRA far ↑ | "
+        "| technique | ASR: red drawn for red prompts ↓ [95% CI] | UA ↑ | IRA near (orange, purple) ↑ | IRA far ↑ | "
         "preparation s | generation s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for technique in techniques:
-        runner = MultiBenchmarkRunner(technique, ["asr", "ua_ira"], {}, {}, output_dir=cache / "runs",
-                                      model="miniworld", cache_dir=cache, image_cache="off")  # fmt: skip
-        report = runner.run()
-        asr, ua = report["metric_results"]["asr"], report["metric_results"]["ua_ira"]["details"]
-        low, high = asr["details"]["ci95_wilson"]
-        timings = report["timings"]
-        lines.append(
-            f"| {technique} | {asr['value']:.2f} [{low:.2f}, {high:.2f}] | {ua['ua']:.2f} | {ua['ira_near']:.2f} | "
-            f"{ua['ira_far']:.2f} | {timings['technique_prepare_s']:.0f} | {timings.get('generation_s', 0):.0f} |"
-        )
+    for row in rows:
+        lines.append(table_row(row, cache))
         log.info(lines[-1])
     (args.out / "miniworld_table.md").write_text("\n".join(lines) + "\n")
-    records = [PromptRecord(r * SEEDS + k, prompt(c, s), 2000 + k) for r, (c, s) in enumerate(ROWS)
+    records = [PromptRecord(p * SEEDS + k, prompt(c, s), 2000 + k) for p, (c, s) in enumerate(PROMPTS)
                for k in range(SEEDS)]  # fmt: skip
-    figure({t: grid(t, records, cache) for t in techniques}).save(args.out / "miniworld_erasure.png")
+    figure({row: grid(row, records, cache) for row in rows}).save(args.out / "miniworld_erasure.png")
     print("\n".join(lines))
 
 
