@@ -55,6 +55,16 @@ def resolve_auto(concept: str, context: RunContext, erased: list[str] | None) ->
     return concept
 
 
+def requested_prompts(config: MetricConfig, auto: Any) -> Any:
+    """The prompt set a metric's config asks for: ``prompts_path`` (a local CSV, every row), an explicit part, or the
+    metric's own ``auto`` default. Giving both a path and a part is refused."""
+    prompts = getattr(config, "prompts", "auto")
+    if config.prompts_path is not None:
+        require(prompts == "auto", "give either prompts_path or prompts, not both")
+        return {"name": "csv", "path": config.prompts_path}
+    return auto if prompts == "auto" else prompts
+
+
 def part_dict(name: str, config: Any) -> dict[str, Any]:
     """A part as the resolved config records it: ``{name: ..., <every setting, defaults filled in>}``."""
     return {"name": name, **dataclasses.asdict(config)}

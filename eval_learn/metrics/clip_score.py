@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from eval_learn.configs import ConfigError, require
+from eval_learn.configs import ConfigError
 from eval_learn.judges.clip import CLIPJudge
-from eval_learn.metrics.base import Metric, MetricConfig, part_dict
+from eval_learn.metrics.base import Metric, MetricConfig, part_dict, requested_prompts
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
 from eval_learn.types import MetricResult, PromptRecord
 
@@ -87,13 +87,7 @@ class CLIPScore(Metric):
 
     @classmethod
     def resolve_config(cls, config: CLIPScoreConfig, context: Any, erased: list[str] | None) -> CLIPScoreConfig:
-        if config.prompts_path is not None:
-            require(config.prompts == "auto", "give either prompts_path or prompts, not both")
-            prompts: Any = {"name": "csv", "path": config.prompts_path}
-        elif config.prompts == "auto":
-            prompts = {"name": "coco_10k"}
-        else:
-            prompts = config.prompts
+        prompts = requested_prompts(config, {"name": "coco_10k"})
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'clip_score' prompts")
         judge_name, judge_config = parse_part(JUDGES, config.judge, "metric 'clip_score' judge")
         if not issubclass(JUDGES.get(judge_name), CLIPJudge):

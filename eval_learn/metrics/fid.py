@@ -46,7 +46,7 @@ from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge
 from eval_learn.judges.fid_features import FIDFeatures, FIDFeaturesConfig, file_sha256
 from eval_learn.metrics import state as states
-from eval_learn.metrics.base import Metric, MetricConfig, part_dict
+from eval_learn.metrics.base import Metric, MetricConfig, part_dict, requested_prompts
 from eval_learn.registry import PROMPT_SETS, parse_part
 from eval_learn.storage import atomic_write, digest_of
 from eval_learn.types import MetricResult, PromptRecord
@@ -226,13 +226,7 @@ class FID(Metric):
 
     @classmethod
     def resolve_config(cls, config: FIDConfig, context: Any, erased: list[str] | None) -> FIDConfig:
-        if config.prompts_path is not None:
-            require(config.prompts == "auto", "give either prompts_path or prompts, not both")
-            prompts: Any = {"name": "csv", "path": config.prompts_path}
-        elif config.prompts == "auto":
-            prompts = {"name": "coco_10k"}
-        else:
-            prompts = config.prompts
+        prompts = requested_prompts(config, {"name": "coco_10k"})
         name, part = parse_part(PROMPT_SETS, prompts, "metric 'fid' prompts")
         return dataclasses.replace(config, prompts=part_dict(name, part))
 
