@@ -28,6 +28,11 @@ class JudgeConfig:
     def validate(self) -> None:
         pass
 
+    def concept_problem(self, concept: str) -> str | None:
+        """Why these settings cannot tell whether an image shows ``concept`` (e.g. it is not among a classifier's
+        labels), or None; checked when a metric's config is resolved, before any model loads."""
+        return None
+
 
 class Judge:
     name: ClassVar[str]
