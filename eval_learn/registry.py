@@ -137,6 +137,7 @@ PROMPT_SETS.add("parachute", "eval_learn.datasets.objects:Parachute")
 PROMPT_SETS.add("tench", "eval_learn.datasets.objects:Tench")
 PROMPT_SETS.add("vangogh", "eval_learn.datasets.objects:VanGogh")
 PROMPT_SETS.add("coco_10k", "eval_learn.datasets.coco:Coco10k")
+PROMPT_SETS.add("target_retain", "eval_learn.datasets.target_retain:TargetRetain")
 
 
 def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any]:
