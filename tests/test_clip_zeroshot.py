@@ -90,16 +90,36 @@ def test_templates_are_ensembled_from_normalised_embeddings(clip_folder) -> None
     (verdict,) = zs.judge(images(1))
     rows = []
     for label in LABELS:
-        texts = [zs.embed_text(t.format(label))[0].astype(np.float64) for t in zs.templates()]
+        texts = [zs.clip.embed_text(t.format(label))[0].astype(np.float64) for t in zs.templates()]
         mean = np.mean([t / np.linalg.norm(t) for t in texts], axis=0)
         rows.append(mean / np.linalg.norm(mean))
-    image = zs.judge_batch(images(1))[0]
-    assert image["probs"] == verdict["probs"]
-    embedding = super(CLIPZeroShotJudge, zs).judge_batch(images(1))[0]["embedding"].astype(np.float64)
+    embedding = zs.clip.judge(images(1))[0]["embedding"].astype(np.float64)  # the clip judge's verdict
     logits = 100.0 * np.array(rows) @ embedding
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert [verdict["probs"][x] for x in LABELS] == pytest.approx(expected, abs=1e-9)
     assert verdict["logit_scale"] == 100.0
+
+
+def test_image_embeddings_are_the_clip_judges_and_cached_once(clip_folder, tmp_path) -> None:
+    """Behind the engine's store, the zero-shot judge reads the clip judge's cached embeddings: another label set or
+    template, or the clip judge itself (clip_score), on the same images embeds nothing again."""
+    from eval_learn.engine.judging import CachedJudge
+    from eval_learn.engine.store import Store
+    from eval_learn.judges.clip import CLIPConfig, CLIPJudge
+
+    store, pictures = Store(tmp_path / "store"), images(3)
+    first = CachedJudge(judge(clip_folder), store)
+    verdicts = first.judge(pictures)
+    assert first.base.reused == 0 and first.base.inner.name == "clip"
+    other = CachedJudge(judge(clip_folder, templates="art", labels=["dog", "car"]), store)
+    other_verdicts = other.judge(pictures)
+    assert other.reused == 0 and other.base.reused == 3  # new verdicts, from the stored embeddings
+    plain = CachedJudge(CLIPJudge(CLIPConfig(model=clip_folder)), store)
+    plain.judge(pictures)
+    assert plain.reused == 3
+    again = CachedJudge(judge(clip_folder), store)
+    assert again.judge(pictures) == verdicts and again.reused == 3
+    assert other_verdicts != verdicts and set(other_verdicts[0]["probs"]) == {"dog", "car"}
 
 
 def test_decision_rule_and_settings(clip_folder) -> None:

@@ -9,10 +9,12 @@ scale read from the model (100 for OpenAI's CLIPs) unless ``logit_scale`` is set
 shows a concept when the argmax is that concept, or, with ``threshold`` set, when the concept's probability exceeds
 it.
 
-The image side is :class:`~eval_learn.judges.clip.CLIPJudge`'s: the same loading, PIL preprocessing, one image per
-forward pass (a verdict must not depend on its batch) and L2-normalised embedding; text goes through its
-``embed_text`` (truncated to the text context, end token kept). ``settings()`` records what ``clip`` records (model
-id, hub commit or weight digests, dtype, preprocessing) plus the labels, templates, logit scale and threshold.
+The image side *is* the ``clip`` judge (:class:`~eval_learn.judges.clip.CLIPJudge`) of the same model: its loading,
+PIL preprocessing, one image per forward pass and L2-normalised embedding, cached by the engine under the ``clip``
+judge's own settings, so another label set, template or threshold (or clip_score on the same images) never embeds an
+image again. Text goes through its ``embed_text`` (truncated to the text context, end token kept). ``settings()``
+records what ``clip`` records (model id, hub commit or weight digests, dtype, preprocessing) plus the labels,
+templates, logit scale and threshold.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from PIL.Image import Image
 
 from eval_learn.configs import did_you_mean, require
-from eval_learn.judges.clip import CLIPConfig, CLIPJudge
+from eval_learn.judges.base import Judge
+from eval_learn.judges.clip import CLIPConfig, CLIPJudge, embedding_judge
 
 PHOTO_TEMPLATE = "a photo of {}."
 ART_TEMPLATE = "a painting in the style of {}."
@@ -92,14 +93,22 @@ class CLIPZeroShotConfig(CLIPConfig):
                 f"{did_you_mean(label_key(concept), keys)}")  # fmt: skip
 
 
-class CLIPZeroShotJudge(CLIPJudge):
+class CLIPZeroShotJudge(Judge):
     name = "clip_zeroshot"
     config_cls = CLIPZeroShotConfig
     config: CLIPZeroShotConfig
 
-    def load(self) -> None:
-        super().load()
+    def __init__(self, config: CLIPZeroShotConfig, device: str = "cpu") -> None:
+        super().__init__(config, device)
+        self.clip = embedding_judge(config, device)
         self._label_embeddings: np.ndarray | None = None
+
+    @classmethod
+    def preflight(cls, config: CLIPZeroShotConfig) -> None:
+        CLIPJudge.preflight(config)
+
+    def base_judge(self) -> Judge:
+        return self.clip
 
     def templates(self) -> list[str]:
         return expand_templates(self.config.templates)
@@ -107,23 +116,22 @@ class CLIPZeroShotJudge(CLIPJudge):
     def scale(self) -> float:
         if self.config.logit_scale is not None:
             return float(self.config.logit_scale)
-        self.ensure_loaded()
-        return float(self._model.logit_scale.detach().double().exp().cpu())
+        self.clip.ensure_loaded()
+        return float(self.clip._model.logit_scale.detach().double().exp().cpu())
 
     def label_embeddings(self) -> np.ndarray:
-        """(labels, dim): each label's template-ensembled text embedding, computed once per load."""
-        self.ensure_loaded()
-        if getattr(self, "_label_embeddings", None) is None:
+        """(labels, dim): each label's template-ensembled text embedding, computed once."""
+        if self._label_embeddings is None:
             rows = []
             for label in self.config.labels:
-                texts = np.stack([self.embed_text(t.format(label))[0] for t in self.templates()])
+                texts = np.stack([self.clip.embed_text(t.format(label))[0] for t in self.templates()])
                 rows.append(ensemble(texts))
             self._label_embeddings = np.stack(rows)
         return self._label_embeddings
 
     def settings(self) -> dict[str, Any]:
         return {
-            **super().settings(),
+            **self.clip.settings(),
             "judge": "clip_zeroshot",
             "labels": list(self.config.labels),
             "templates": self.templates(),
@@ -134,11 +142,10 @@ class CLIPZeroShotJudge(CLIPJudge):
             else f"shows the concept if p(concept) > {self.config.threshold}",
         }  # fmt: skip
 
-    @torch.no_grad()
-    def judge_batch(self, images: list[Image]) -> list[dict[str, Any]]:
+    def from_base(self, base_verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         labels, scale = self.label_embeddings(), self.scale()
         out = []
-        for verdict in super().judge_batch(images):
+        for verdict in base_verdicts:
             probs = zero_shot_probabilities(verdict["embedding"], labels, scale)
             out.append({"label": self.config.labels[int(np.argmax(probs))], "logit_scale": scale,
                         "probs": {label: float(p) for label, p in zip(self.config.labels, probs, strict=True)}})  # fmt: skip
