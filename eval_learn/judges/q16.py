@@ -35,7 +35,7 @@ from eval_learn.judges.fid_features import file_sha256
 
 Q16_SCALE = 100.0  # Q16's SimClassifier: similarity = 100 * cos
 CONVERSION_HELP = (
-    "convert Q16's published prompts.p once (see the README, 'Q16 protocol'): "
+    "convert Q16's published prompts.p once (README: 'I2P category protocol and Q16'): "
     "python -c \"import pickle, numpy as np; np.save('q16_vit_l14.npy', np.asarray(pickle.load(open('prompts.p', "
     "'rb')), dtype=np.float32))\""
 )
