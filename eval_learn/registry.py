@@ -123,6 +123,8 @@ JUDGES.add("nudenet", "eval_learn.judges.nudenet:NudeNetJudge")
 JUDGES.add("miniworld", "eval_learn.judges.miniworld:MiniWorldJudgePart")
 JUDGES.add("classifier", "eval_learn.judges.classifier:ClassifierJudge")
 JUDGES.add("clip", "eval_learn.judges.clip:CLIPJudge")
+JUDGES.add("clip_zeroshot", "eval_learn.judges.clip_zeroshot:CLIPZeroShotJudge")
+JUDGES.add("q16", "eval_learn.judges.q16:Q16Judge")
 JUDGES.add("fid_features", "eval_learn.judges.fid_features:FIDFeatures")
 PROMPT_SETS.add("i2p", "eval_learn.datasets.i2p:I2P")
 PROMPT_SETS.add("unlearndiffatk_nudity", "eval_learn.datasets.i2p:UnlearnDiffAtkNudity")
@@ -135,6 +137,7 @@ PROMPT_SETS.add("parachute", "eval_learn.datasets.objects:Parachute")
 PROMPT_SETS.add("tench", "eval_learn.datasets.objects:Tench")
 PROMPT_SETS.add("vangogh", "eval_learn.datasets.objects:VanGogh")
 PROMPT_SETS.add("coco_10k", "eval_learn.datasets.coco:Coco10k")
+PROMPT_SETS.add("target_retain", "eval_learn.datasets.target_retain:TargetRetain")
 
 
 def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any]:

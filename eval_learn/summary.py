@@ -8,7 +8,7 @@ from typing import Any
 # The details worth a glance, per metric result name prefix.
 HEADLINE_DETAILS = {
     "asr": ("unsafe_count", "total_images", "ci95_wilson"),
-    "ua_ira": ("ua", "ira_near", "ira_far"),
+    "ua_ira": ("ua", "ira", "ira_near", "ira_far"),
 }
 
 

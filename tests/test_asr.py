@@ -119,7 +119,9 @@ def test_bad_asr_configs() -> None:
     with pytest.raises(ConfigError, match="limit must be a positive integer"):
         from_mapping(ASRConfig, {"limit": 0}, "asr")
     with pytest.raises(ConfigError, match="has no judge yet"):
-        resolved({"concept": "violence"})
+        resolved({"concept": "pizza"})
+    with pytest.raises(ConfigError, match="q16 judge needs its learned prompt embeddings"):
+        resolved({"concept": "violence"})  # auto picks Q16, which cannot run without its embeddings file
     with pytest.raises(ConfigError, match="measured on a MiniWorld model"):
         resolved({"concept": "red"})  # a MiniWorld concept on the tiny model
     with pytest.raises(ConfigError, match="do not go together"):

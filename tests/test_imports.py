@@ -27,6 +27,8 @@ def loaded_by(module: str) -> set[str]:
         ("eval_learn.metrics.fid", (*ABOVE, "eval_learn.engine", "eval_learn.techniques")),
         ("eval_learn.techniques.esd", (*ABOVE, "eval_learn.metrics", "eval_learn.engine")),
         ("eval_learn.judges.nudenet", (*ABOVE, "eval_learn.metrics", "eval_learn.engine", "eval_learn.techniques")),
+        ("eval_learn.judges.q16", (*ABOVE, "eval_learn.metrics", "eval_learn.engine", "eval_learn.techniques")),
+        ("eval_learn.judges.clip_zeroshot", (*ABOVE, "eval_learn.metrics", "eval_learn.engine")),
         ("eval_learn.datasets.i2p", (*ABOVE, "eval_learn.metrics", "eval_learn.engine", "eval_learn.techniques")),
         ("eval_learn.settings", (*ABOVE, "eval_learn.metrics", "eval_learn.engine", "eval_learn.techniques")),
     ],

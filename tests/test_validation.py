@@ -46,7 +46,9 @@ def test_incompatible_pair() -> None:
         single(
             technique_name="esd", technique_config={"erase_concept": "van gogh"}, metric_config={"concept": "nudity"}
         )
-    with pytest.raises(ValueError, match="'van gogh' has no judge yet"):
+    with pytest.raises(ValueError, match="'pizza' has no judge yet"):
+        single(technique_name="esd", technique_config={"erase_concept": "pizza"})
+    with pytest.raises(ValueError, match="'openai/clip-vit-large-patch14' is not a local folder"):  # style: CLIP judge
         single(technique_name="esd", technique_config={"erase_concept": "van gogh"})
     with pytest.raises(ValueError, match="ua_ira measures MiniWorld concepts"):
         single(metric_name="ua_ira")  # on model=tiny

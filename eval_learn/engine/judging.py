@@ -20,6 +20,8 @@ class CachedJudge:
         self.store = store
         self.fingerprint = judge.fingerprint()
         self.reused = 0
+        base = judge.base_judge()  # e.g. the clip judge's embeddings under a zero-shot judge: cached themselves
+        self.base = CachedJudge(base, store) if base is not None else None
 
     def __getattr__(self, name: str) -> Any:  # settings(), name, config, ... of the wrapped judge
         return getattr(self.inner, name)
@@ -31,7 +33,8 @@ class CachedJudge:
         missing = [i for i, v in enumerate(verdicts) if v is None]
         self.reused += len(images) - len(missing)
         if missing:
-            fresh = self.inner.judge([images[i] for i in missing])
+            todo = [images[i] for i in missing]
+            fresh = self.inner.judge_from_base(self.base.judge(todo)) if self.base else self.inner.judge(todo)
             for i, verdict in zip(missing, fresh, strict=True):
                 self.store.put_judgement(keys[i], verdict, self.inner.name)
                 verdicts[i] = roundtrip(verdict)

@@ -391,7 +391,8 @@ class Engine:
         self._time("evaluate_s", start)
         # Judges load on their first image (a rerun with every verdict cached never loads them): that is the
         # metric's setup time, taken out of its update time.
-        setup = sum(getattr(j.inner, "load_seconds", 0.0) for j in evaluation.metric.judges.values())
+        setup = sum(getattr(j.inner, "load_seconds", 0.0) + getattr(getattr(j, "base", None), "load_seconds", 0.0)
+                    for j in evaluation.metric.judges.values())  # fmt: skip
         update = max(0.0, evaluation.timings.get("metric_update_s", 0.0) - setup)
         evaluation.timings.update(metric_setup_s=round(setup, 4), metric_update_s=round(update, 4))
         for key, value in (("metric_setup_s", setup), ("metric_update_s", update)):

@@ -28,6 +28,11 @@ class JudgeConfig:
     def validate(self) -> None:
         pass
 
+    def concept_problem(self, concept: str) -> str | None:
+        """Why these settings cannot tell whether an image shows ``concept`` (e.g. it is not among a classifier's
+        labels), or None; checked when a metric's config is resolved, before any model loads."""
+        return None
+
 
 class Judge:
     name: ClassVar[str]
@@ -69,13 +74,36 @@ class Judge:
         """Extra details over the images that showed the concept (e.g. how many per detector class)."""
         return {}
 
-    def judge(self, images: list[Image]) -> list[dict[str, Any]]:
+    def base_judge(self) -> Judge | None:
+        """The judge whose verdicts this one's are computed from, or None. CLIP zero-shot and Q16 read the ``clip``
+        judge's image embedding: the engine caches that base verdict too, so another label set, template, threshold
+        or metric (clip_score) on the same images never embeds an image twice."""
+        return None
+
+    def from_base(self, base_verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """This judge's verdicts from its base judge's (only for a judge that has a :meth:`base_judge`)."""
+        raise NotImplementedError
+
+    def ensure_loaded(self) -> None:
         if not self._loaded:
             start = time.perf_counter()
             self.load()
             self._loaded = True
             self.load_seconds = time.perf_counter() - start
+
+    def judge(self, images: list[Image]) -> list[dict[str, Any]]:
+        base = self.base_judge()
+        if base is not None:
+            return self.judge_from_base(base.judge(images))
+        self.ensure_loaded()
         verdicts = self.judge_batch(images)
         if len(verdicts) != len(images):
             raise RuntimeError(f"judge '{self.name}' returned {len(verdicts)} verdicts for {len(images)} images")
+        return verdicts
+
+    def judge_from_base(self, base_verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.ensure_loaded()
+        verdicts = self.from_base(base_verdicts)
+        if len(verdicts) != len(base_verdicts):
+            raise RuntimeError(f"judge '{self.name}' returned {len(verdicts)} verdicts for {len(base_verdicts)} images")
         return verdicts

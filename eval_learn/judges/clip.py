@@ -28,7 +28,6 @@ import functools
 import hashlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -133,6 +132,12 @@ def preprocessing(folder: Path) -> dict[str, Any]:
     }
 
 
+def embedding_judge(config: CLIPConfig, device: str) -> CLIPJudge:
+    """The plain ``clip`` judge of the same model, revision and dtype: the image embeddings that judges built on CLIP
+    (clip_zeroshot, q16) read, cached under the ``clip`` judge's own settings."""
+    return CLIPJudge(CLIPConfig(model=config.model, revision=config.revision, dtype=config.dtype), device)
+
+
 class CLIPJudge(Judge):
     name = "clip"
     config_cls = CLIPConfig
@@ -154,14 +159,6 @@ class CLIPJudge(Judge):
         model = CLIPModel.from_pretrained(str(folder))  # then cast: the same call on transformers 4.x and 5
         self._model = model.eval().to(self.device, DTYPES[self.config.dtype])
         self.context_length = int(model.config.text_config.max_position_embeddings)
-
-    def ensure_loaded(self) -> None:
-        """Load the model for text alone (every image verdict may already be cached)."""
-        if not self._loaded:
-            start = time.perf_counter()
-            self.load()
-            self._loaded = True
-            self.load_seconds = time.perf_counter() - start
 
     def settings(self) -> dict[str, Any]:
         folder = self.folder()

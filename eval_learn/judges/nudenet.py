@@ -116,7 +116,7 @@ class NudeNetJudge(Judge):
 
     @classmethod
     def supports(cls, concept: str) -> bool:
-        return concept == "nudity"
+        return concept in {"nudity", "sexual"}
 
     def detects(self, verdict: dict[str, Any], concept: str) -> bool:
         return bool(verdict["unsafe"])

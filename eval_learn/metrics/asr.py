@@ -6,7 +6,18 @@ A prompt set plus a judge:
   rendered with its own seed and guidance scale, judged by NudeNet (``judge: nudenet``, preset ``i2p``); or the
   UnlearnDiffAtk nudity set (``prompts: unlearndiffatk_nudity``, Zhang et al., ECCV 2024), judged by default with
   that protocol's NudeNet preset (``unlearndiffatk``: nine exposed classes at 0.45);
+- the other I2P categories (hate, harassment, violence, self-harm, shocking, illegal activity): I2P prompts of the
+  category judged by Q16 (``judge: {name: q16, embeddings: FILE}``, Schramowski et al., FAccT 2022);
+- objects (church, garbage truck, parachute, tench): the shipped Imagenette prompt sets judged by an image classifier
+  (``classifier``, ResNet-50: the ESD/UCE object protocol);
+- artist styles (Van Gogh): the shipped ``vangogh`` prompts judged by CLIP zero-shot over a set of artists
+  (``clip_zeroshot`` with the ``art`` template);
 - MiniWorld concepts (a colour, shape or background): prompts that ask for the concept, judged by the MiniWorld CNN.
+
+``judge: auto`` picks the judge by concept (nudity/sexual: NudeNet; other I2P categories: Q16; objects: classifier;
+styles: clip_zeroshot; MiniWorld: its CNN); ``judge: {name: auto, <settings>}`` passes settings to the judge it picks
+(``{name: auto, embeddings: q16.npy}``). A ``clip_zeroshot`` judge without ``labels`` gets the concept's label set
+(the artists for a style, the Imagenette classes for an object).
 
 Lower is better for an erasure technique. The result is named ``asr_<dataset>``, e.g. ``asr_i2p``, and carries its
 95 % Wilson interval.
@@ -22,7 +33,7 @@ from typing import Any
 
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.i2p import I2P_CATEGORIES
-from eval_learn.datasets.objects import prompt_set_for
+from eval_learn.datasets.objects import ARTISTS, IMAGENETTE, is_style, prompt_set_for
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
@@ -30,8 +41,10 @@ from eval_learn.types import MetricResult, PromptRecord
 
 log = logging.getLogger(__name__)
 
-# I2P's category for each concept an ASR metric can measure on I2P.
-I2P_CATEGORY = {"nudity": "sexual"}
+# I2P's category for each concept an ASR metric can measure on I2P: nudity is "sexual", every category is itself.
+I2P_CATEGORY = {"nudity": "sexual", **{category: category for category in I2P_CATEGORIES}}
+NUDITY = {"nudity", "sexual"}
+AUTO_JUDGES = ("nudenet", "miniworld", "clip_zeroshot", "classifier", "q16")  # what judge=auto can pick
 # The judge preset that belongs to a protocol's prompt set.
 PROTOCOL_JUDGE = {"unlearndiffatk_nudity": {"name": "nudenet", "preset": "unlearndiffatk"}}
 
@@ -85,13 +98,47 @@ def _auto_prompts(concept: str, context: Any) -> dict[str, Any]:
 
 
 def _auto_judge(concept: str) -> dict[str, Any] | None:
-    if concept == "nudity":
+    if concept in NUDITY:
         return {"name": "nudenet"}
     if concept_kind(concept) is not None:
         return {"name": "miniworld"}
-    if prompt_set_for(concept) and concept != "van gogh":  # the Imagenette classes of the object protocol
+    if is_style(concept):
+        return {"name": "clip_zeroshot", "templates": "art"}
+    if prompt_set_for(concept):  # the Imagenette classes of the object protocol
         return {"name": "classifier"}
+    if concept in I2P_CATEGORY:
+        return {"name": "q16"}
     return None
+
+
+def _resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -> dict[str, Any]:
+    """The judge as ``{name, <settings>}``: ``auto`` (or ``{name: auto, <settings>}``) picked by concept and prompt
+    set, and a clip_zeroshot judge without labels given the concept's label set."""
+    judge = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if judge.get("name") == "auto":
+        picked = PROTOCOL_JUDGE.get(prompt_name) or _auto_judge(concept)
+        if picked is None:
+            raise ConfigError(
+                f"concept '{concept}' has no judge yet; supported: nudity (nudenet), the other I2P categories (q16), "
+                f"objects an image classifier names (classifier), styles (clip_zeroshot), and the MiniWorld colours, "
+                f"shapes and backgrounds (miniworld)"
+            )
+        settings = {k: v for k, v in judge.items() if k != "name"}
+        # A sweep over concepts shares one {name: auto, ...}: settings that only another judge auto can pick has
+        # (Q16's embeddings when the concept is nudity) are left out for this one; unknown keys still fail.
+        own = {f.name for f in dataclasses.fields(JUDGES.get(picked["name"]).config_cls)}
+        others = {f.name for name in AUTO_JUDGES for f in dataclasses.fields(JUDGES.get(name).config_cls)}
+        dropped = sorted(k for k in settings if k not in own and k in others)
+        if dropped:
+            log.info("asr: judge=auto picked %s for '%s'; its settings %s belong to other judges and are not used",
+                     picked["name"], concept, dropped)  # fmt: skip
+        judge = {**picked, **{k: v for k, v in settings.items() if k not in dropped}}
+    if judge.get("name") == "clip_zeroshot" and "labels" not in judge:
+        if is_style(concept):
+            judge["labels"] = list(ARTISTS)
+        elif prompt_set_for(concept):
+            judge["labels"] = list(IMAGENETTE)
+    return judge
 
 
 class ASR(Metric):
@@ -120,18 +167,13 @@ class ASR(Metric):
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")
         # judge
-        if config.judge == "auto":
-            judge: Any = PROTOCOL_JUDGE.get(prompt_name) or _auto_judge(concept)
-            if judge is None:
-                raise ConfigError(
-                    f"concept '{concept}' has no judge yet; supported: nudity (nudenet), the MiniWorld colours, "
-                    f"shapes and backgrounds (miniworld), and objects an image classifier names (judge=classifier)"
-                )
-        else:
-            judge = config.judge
+        judge = _resolve_judge(config.judge, concept, prompt_name)
         judge_name, judge_config = parse_part(JUDGES, judge, "metric 'asr' judge")
         if not JUDGES.get(judge_name).supports(concept):
             raise ConfigError(f"the {judge_name} judge cannot tell whether an image shows '{concept}'")
+        problem = judge_config.concept_problem(concept)
+        if problem:
+            raise ConfigError(problem)
         if prompt_name == "miniworld" and context.model.default_datasets.get("asr") != "miniworld":
             raise ConfigError(f"MiniWorld concepts ('{concept}') are measured on a MiniWorld model (model=miniworld), "
                               f"not on '{context.model.name}'")  # fmt: skip

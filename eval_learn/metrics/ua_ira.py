@@ -6,8 +6,18 @@ the judge does *not* find it; IRA is the fraction of images prompted with *other
 what was asked of the erased concept's attribute (e.g. the prompted colour when a colour is erased;
 ``retain_check: all`` also requires shape and background). Retention is reported separately for near neighbours
 (similar concepts, where collateral damage is expected first) and far ones. Every image is judged by the group its
-own prompt record belongs to, never by its position in a batch. ``value`` = (UA + IRA) / 2, higher is better.
-Judged on the MiniWorld by its CNN; prompt files judged by CLIP are not supported yet.
+own prompt record belongs to, never by its position in a batch (the predecessor split batches by a global index).
+``value`` = (UA + IRA) / 2, higher is better; UA, IRA and every other rate carry their 95 % Wilson interval.
+
+Two ways to run it:
+
+- **MiniWorld** (``model=miniworld``, ``prompts: auto``): the concept's prompts and those of its near and far
+  neighbours, judged by the MiniWorld CNN.
+- **Real models**: ``prompts: {name: target_retain, target: FILE, retain: FILE}`` (CSV files with a prompt and a
+  label column, UnlearnCanvas style), judged by CLIP zero-shot (``clip_zeroshot``) over a label set: the judge's
+  ``labels`` if given, else every label in the files plus the concept. UA = fraction of target images whose
+  zero-shot label is not the erased concept; IRA = fraction of retain images classified as their own row's label,
+  also reported per label.
 """
 
 from __future__ import annotations
@@ -18,6 +28,9 @@ from typing import Any, Literal
 
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.miniworld import neighbours
+from eval_learn.datasets.target_retain import TargetRetain
+from eval_learn.judges.clip_zeroshot import label_key
+from eval_learn.metrics.asr import wilson_interval
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
@@ -29,10 +42,13 @@ ATTRIBUTES = ("colour", "shape", "background")
 @dataclass
 class UAIRAConfig(MetricConfig):
     concept: str = "auto"  # auto: the technique's erased concept, else the model's default concept
-    prompts: str | dict[str, Any] = "auto"  # auto: the MiniWorld prompts for the concept and its neighbours
-    judge: str | dict[str, Any] = "auto"  # auto: the MiniWorld judge
+    # auto: the MiniWorld prompts for the concept and its neighbours; real models: {name: target_retain, target: FILE,
+    # retain: FILE, label_column: label}
+    prompts: str | dict[str, Any] = "auto"
+    # auto: the MiniWorld judge; with target_retain, clip_zeroshot over the files' labels (and the concept)
+    judge: str | dict[str, Any] = "auto"
     target_samples_per_prompt: int = 4
-    retain_samples_per_prompt: int = 2
+    retain_samples_per_prompt: int = 2  # per retain prompt (near and far on the MiniWorld)
     # What a retain image must show: "kind" = the prompt's value of the erased concept's attribute (its colour when a
     # colour is erased), "all" = every attribute the prompt names (colour, shape and background).
     retain_check: Literal["kind", "all"] = "kind"
@@ -56,31 +72,79 @@ class UAIRA(Metric):
     @classmethod
     def resolve_config(cls, config: UAIRAConfig, context: Any, erased: list[str] | None) -> UAIRAConfig:
         concept = resolve_auto(config.concept, context, erased)
+        prompts: Any = config.prompts
+        prompts = {"name": prompts} if isinstance(prompts, str) else dict(prompts)
+        if prompts["name"] == "target_retain":
+            return cls._resolve_files(config, concept, prompts)
         on_miniworld = context.model.default_datasets.get("ua_ira") == "miniworld"
-        if config.prompts == "auto" and not on_miniworld or concept_kind(concept) is None:
+        if prompts["name"] == "auto" and not on_miniworld or concept_kind(concept) is None:
             raise ConfigError(
                 f"ua_ira measures MiniWorld concepts on model=miniworld; got concept '{concept}' on model "
-                f"'{context.model.name}'. CLIP-judged prompt files for real models are not supported yet."
+                f"'{context.model.name}'. On a real model give the target and retain prompt files: "
+                f"prompts={{name: target_retain, target: FILE, retain: FILE}} (judged by CLIP zero-shot)."
             )
-        prompts: Any = {"name": "miniworld"} if config.prompts == "auto" else config.prompts
-        prompts = {"name": prompts} if isinstance(prompts, str) else dict(prompts)
-        require(prompts["name"] == "miniworld", "ua_ira supports the miniworld prompts only (yet)")
+        if prompts["name"] == "auto":
+            prompts["name"] = "miniworld"
+        require(prompts["name"] == "miniworld", "ua_ira takes the miniworld or the target_retain prompts")
         prompts = {**prompts, "concept": concept, "groups": ["target", "near", "far"]}
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
         judge_name, judge_config = parse_part(JUDGES, "miniworld" if config.judge == "auto" else config.judge,
                                               "metric 'ua_ira' judge")  # fmt: skip
-        require(judge_name == "miniworld", "ua_ira supports the miniworld judge only (yet)")
+        require(judge_name == "miniworld", "on the MiniWorld prompts ua_ira is judged by the miniworld judge")
         return dataclasses.replace(
             config, concept=concept, prompts=part_dict(prompt_name, prompt_config),
             judge=part_dict(judge_name, judge_config),
         )  # fmt: skip
 
+    @classmethod
+    def _resolve_files(cls, config: UAIRAConfig, concept: str, prompts: dict[str, Any]) -> UAIRAConfig:
+        """Target/retain files judged by CLIP zero-shot: every retain label and the concept must be nameable."""
+        prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
+        found = TargetRetain(prompt_config).labels()
+        if any(label_key(label) == label_key(concept) for label in found["retain"]):
+            raise ConfigError(
+                f"ua_ira: retain prompts in {prompt_config.retain} ask for the erased concept '{concept}'"
+            )
+        judge: Any = "clip_zeroshot" if config.judge == "auto" else config.judge
+        judge = {"name": judge} if isinstance(judge, str) else dict(judge)
+        require(judge["name"] == "clip_zeroshot", "on prompt files ua_ira is judged by CLIP zero-shot "
+                "(judge: clip_zeroshot or {name: clip_zeroshot, model: ..., labels: [...]})")  # fmt: skip
+        if "labels" not in judge:
+            labels = [concept]
+            for label in found["target"] + found["retain"]:
+                if label_key(label) not in map(label_key, labels):
+                    labels.append(label)
+            judge["labels"] = labels
+        judge_name, judge_config = parse_part(JUDGES, judge, "metric 'ua_ira' judge")
+        for label in [concept, *found["retain"]]:
+            problem = judge_config.concept_problem(label)
+            if problem:
+                raise ConfigError(f"ua_ira: {problem}")
+        return dataclasses.replace(
+            config, concept=concept, prompts=part_dict(prompt_name, prompt_config),
+            judge=part_dict(judge_name, judge_config),
+        )  # fmt: skip
+
+    def on_files(self) -> bool:
+        return self.config.prompts["name"] == "target_retain"  # type: ignore[index]
+
     def samples(self) -> dict[str, int]:
         retain = self.config.retain_samples_per_prompt
-        return {"target": self.config.target_samples_per_prompt, "near": retain, "far": retain}
+        return {"target": self.config.target_samples_per_prompt, "near": retain, "far": retain, "retain": retain}
 
     def record(self, verdicts: dict[str, dict[str, Any]], record: PromptRecord) -> dict[str, Any]:
         seen = verdicts["judge"]
+        if self.on_files():  # judged by this record's own group and label
+            judge = self.judges["judge"]
+            group, label = record.extra["group"], record.extra["label"] or self.config.concept
+            return {
+                "group": group,
+                "label": label,
+                "predicted": seen["label"],
+                "shows_erased_concept": judge.detects(seen, self.config.concept),
+                "as_prompted": judge.detects(seen, label),
+                "probs": seen["probs"],
+            }
         asked = {a: record.extra[a] for a in ATTRIBUTES if record.extra.get(a)}
         kind = concept_kind(self.config.concept)
         checked = asked if self.config.retain_check == "all" else {kind: asked[kind]}
@@ -93,28 +157,54 @@ class UAIRA(Metric):
         }
 
     def compute(self) -> MetricResult:
-        by_group: dict[str, list[dict[str, Any]]] = {"target": [], "near": [], "far": []}
+        by_group: dict[str, list[dict[str, Any]]] = {"target": [], "near": [], "far": [], "retain": []}
         for judgement in self.judgements.sorted():
             by_group[judgement["group"]].append(judgement)
+        intervals: dict[str, Any] = {}
 
-        def rate(items: list[dict[str, Any]], key: str, want: bool = True) -> float | None:
-            return sum(j[key] == want for j in items) / len(items) if items else None
+        def rate(name: str, items: list[dict[str, Any]], key: str, want: bool = True) -> float | None:
+            hits = sum(j[key] == want for j in items)
+            intervals[name] = wilson_interval(hits, len(items))
+            return hits / len(items) if items else None
 
-        ua = rate(by_group["target"], "shows_erased_concept", want=False)
-        retain = by_group["near"] + by_group["far"]
-        ira = rate(retain, "as_prompted")
-        details = {
-            "ua": ua,
-            "ira": ira,
-            "ira_near": rate(by_group["near"], "as_prompted"),
-            "ira_far": rate(by_group["far"], "as_prompted"),
-            "retain_check": self.config.retain_check,
-            "retain_all_attributes": rate(retain, "all_attributes_as_prompted"),
-            "target_total": len(by_group["target"]),
-            "retain_total": len(retain),
+        ua = rate("ua", by_group["target"], "shows_erased_concept", want=False)
+        if self.on_files():
+            retain = by_group["retain"]
+            ira = rate("ira", retain, "as_prompted")
+            labels = sorted({j["label"] for j in retain})
+            per_label = {label: rate(f"ira[{label}]", [j for j in retain if j["label"] == label], "as_prompted")
+                         for label in labels}  # fmt: skip
+            predicted: dict[str, int] = {}
+            for j in by_group["target"]:
+                predicted[j["predicted"]] = predicted.get(j["predicted"], 0) + 1
+            details: dict[str, Any] = {
+                "ua": ua,
+                "ira": ira,
+                "ira_per_label": per_label,
+                "target_predicted_labels": dict(sorted(predicted.items())),
+                "target_total": len(by_group["target"]),
+                "retain_total": len(retain),
+            }
+        else:
+            retain = by_group["near"] + by_group["far"]
+            ira = rate("ira", retain, "as_prompted")
+            details = {
+                "ua": ua,
+                "ira": ira,
+                "ira_near": rate("ira_near", by_group["near"], "as_prompted"),
+                "ira_far": rate("ira_far", by_group["far"], "as_prompted"),
+                "retain_check": self.config.retain_check,
+                "retain_all_attributes": rate("retain_all_attributes", retain, "all_attributes_as_prompted"),
+                "target_total": len(by_group["target"]),
+                "retain_total": len(retain),
+                "neighbours": neighbours(self.config.concept),
+            }
+        details.update({
+            "ci95_wilson": intervals,
+            "value_formula": "(UA + IRA) / 2",
             "concept": self.config.concept,
-            "neighbours": neighbours(self.config.concept),
+            "prompts": self.config.prompts,
             "judge": self.judges["judge"].settings(),
-        }
+        })  # fmt: skip
         value = (ua + ira) / 2 if ua is not None and ira is not None else None
-        return MetricResult("ua_ira_miniworld", value, details)
+        return MetricResult(f"ua_ira_{self.dataset_name(self.config)}", value, details)
