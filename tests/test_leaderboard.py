@@ -118,7 +118,7 @@ def test_leaderboard_rows_newest_wins_and_everything_skipped_is_reported(runs: P
     assert board.rows[0].technique == "free_run"  # the baseline first
     base = by_label["free_run"]
     assert base.results["asr_miniworld"].value == 0.95 and base.results["asr_miniworld"].interval == (0.87, 0.98)
-    assert base.results["ua_ira_miniworld"].details == {"ua": 0.0, "ira_near": 0.97, "ira_far": 0.98}
+    assert base.results["ua_ira_miniworld"].details == {"ua": 0.0, "ira": 0.975, "ira_near": 0.97, "ira_far": 0.98}
     assert base.run_ids == ["aaaa0000"]  # the per-metric copies inside the multi run are not counted again
     # The rerun on another device, saving its weights, is the same row: the newest run (cccc2222) fills it.
     assert by_label["esd (learning_rate=0.0003)"].run_ids == ["cccc2222"]

@@ -65,9 +65,10 @@ def _retention(board: Leaderboard) -> list[tuple[str, Any]]:
     """(axis title, value of a row) for every retention quantity measured: IRA near/far, CLIP score, FID."""
     axes: list[tuple[str, Any]] = []
     for column in board.columns:
-        for key in ("ira_near", "ira_far"):
+        split = any(_detail(r.results.get(column.name), "ira_near") is not None for r in board.rows)
+        for key in ("ira_near", "ira_far") if split else ("ira",):  # prompt files have no near/far split
             if key in column.details:
-                axes.append((f"IRA {key[4:]} ↑ (neighbours kept)",
+                axes.append((f"IRA {key[4:] or 'all'} ↑ (neighbours kept)" if split else "IRA ↑ (retained classes kept)",
                              lambda r, n=column.name, k=key: _detail(r.results.get(n), k)))  # fmt: skip
         if column.metric.startswith(("clip", "fid")):
             what = "image-text agreement" if column.metric.startswith("clip") else "image quality"
