@@ -25,7 +25,6 @@ file), the dtype, the preprocessing and the transformers version.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from PIL.Image import Image
 from eval_learn.configs import require
 from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge, JudgeConfig
-from eval_learn.models import ensure_pretrained_available
+from eval_learn.models import ensure_pretrained_available, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +59,12 @@ class CLIPConfig(JudgeConfig):
         require(bool(self.model.strip()), "model must name a hub id or a local folder")
 
 
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is read again
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weight_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every weight file in ``folder``, by relative path."""
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.suffix in {".safetensors", ".bin"} and path.is_file():
-            stat = path.stat()
-            out[path.relative_to(folder).as_posix()] = _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            out[path.relative_to(folder).as_posix()] = file_sha256(path)
     return out
 
 

@@ -42,6 +42,7 @@ from PIL.Image import Image
 from eval_learn.configs import ConfigError, require
 from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge, JudgeConfig
+from eval_learn.models import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +67,6 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-@functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    stat = Path(path).stat()
-    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _factory(spec: str) -> Any:

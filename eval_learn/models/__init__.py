@@ -73,19 +73,25 @@ def weights_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
         if path.suffix in {".safetensors", ".bin", ".pt", ".ckpt"} and path.is_file():
-            stat = path.stat()
             digest.update(path.relative_to(folder).as_posix().encode())
-            digest.update(_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns).encode())
+            digest.update(file_sha256(path).encode())
     return digest.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=256)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is read again
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a rewritten file is read again
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read once per (path, size, modification time)."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _sha256(str(resolved), stat.st_size, stat.st_mtime_ns)
 
 
 def model_config_names() -> list[str]:
