@@ -133,12 +133,22 @@ def test_config_mistakes_are_refused_before_any_model_loads(tmp_path, config, me
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_miniworld_concepts_only_on_the_miniworld_and_tiny_needs_a_classifier(tmp_path) -> None:
+def test_miniworld_concepts_only_on_the_miniworld_and_the_defaults_elsewhere(tmp_path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="measured on a MiniWorld model"):
         SingleBenchmarkRunner("free_run", "err", {}, {"concept": "red"}, tmp_path, model="tiny")
-    # Offline, the default retention judge (microsoft/resnet-50) is refused up front, by name.
+    # Offline, the real models' retention judge (microsoft/resnet-50) is refused up front, by name.
     with pytest.raises(ConfigError, match="'microsoft/resnet-50' is not a local folder"):
-        SingleBenchmarkRunner("free_run", "err", {}, {}, tmp_path, model="tiny")
+        SingleBenchmarkRunner("free_run", "err", {}, {"retention": {"judge": "classifier"}}, tmp_path, model="tiny")
+    tiny = SingleBenchmarkRunner("free_run", "err", {}, {}, tmp_path, model="tiny").metrics[0].config
+    assert tiny.retention.judge["model"] == "tiny" and tiny.erasure.prompts == [{"name": "demo"}]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # nothing is fetched at construction: sd14 is only named
+    real = SingleBenchmarkRunner("free_run", "err", {}, {}, tmp_path, model="sd14").metrics[0].config
+    assert real.erasure.prompts == [{"name": "i2p", "category": "sexual", "path": None}]
+    assert real.erasure.judge["preset"] == "i2p" and real.robustness.judge["preset"] == "unlearndiffatk"
+    assert [p["name"] for p in real.retention.prompts] == ["church", "garbage_truck", "parachute", "tench"]
+    assert real.retention.judge["model"] == "microsoft/resnet-50"
+    with pytest.raises(ConfigError, match="no default robustness prompts"):
+        SingleBenchmarkRunner("esd", "err", {"erase_concept": "church"}, {}, tmp_path, model="sd14")
 
 
 def test_cli_names_an_unknown_arm_key(tmp_path) -> None:

@@ -147,13 +147,13 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
     return out
 
 
-def _resolve_judge(arm: str, spec: Any, concept: str, prompts: list[dict[str, Any]]) -> dict[str, Any]:
+def _resolve_judge(arm: str, spec: Any, concept: str, prompts: list[dict[str, Any]], context: Any) -> dict[str, Any]:
     where = f"metric 'err' {arm}.judge"
     if spec == "auto":
         if concept_kind(concept) is not None:
             spec = {"name": "miniworld"}
-        elif arm == "retention":
-            spec = {"name": "classifier"}
+        elif arm == "retention":  # the random tiny model gets the random tiny classifier: every path runs offline
+            spec = {"name": "classifier", **({"model": "tiny"} if context.model.id == "tiny" else {})}
         else:
             spec = PROTOCOL_JUDGE.get(prompts[0]["name"]) or _auto_judge(concept)
             if spec is None:
@@ -184,7 +184,7 @@ class ERR(Metric):
         for arm in ARMS:
             given: ArmConfig = getattr(config, arm)
             prompts = _resolve_prompts(arm, given.prompts, concept, context)
-            judge = _resolve_judge(arm, given.judge, concept, prompts)
+            judge = _resolve_judge(arm, given.judge, concept, prompts, context)
             arms[arm] = dataclasses.replace(given, prompts=prompts, judge=judge)
         return dataclasses.replace(config, concept=concept, **arms)
 
