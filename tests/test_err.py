@@ -205,3 +205,13 @@ def test_free_run_on_the_miniworld_end_to_end(tmp_path, cache_dir) -> None:
     # The unmodified model erases nothing: it draws red when asked, in any wording, and keeps the neighbours.
     assert d["erasure"] <= 0.1 and d["robustness"] <= 0.2 and d["retention"] >= 0.8
     assert report["dataset_metadata"]["arms"]["robustness"]["prompt_sets"][0]["source"] == "miniworld_variants"
+
+
+def test_the_resolved_config_resolves_to_itself() -> None:
+    """A report's config (what shard merges and reproductions read back) gives the same metric again."""
+    import dataclasses
+
+    context = RunContext(resolve_model("miniworld"), "cpu", torch.float32, 0, None)
+    resolved = make_metric(retention={"limit": 5}).config
+    again = ERR.resolve_config(from_mapping(ERRConfig, dataclasses.asdict(resolved), "err"), context, ["red"])
+    assert again == resolved
