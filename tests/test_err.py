@@ -215,3 +215,6 @@ def test_the_resolved_config_resolves_to_itself() -> None:
     resolved = make_metric(retention={"limit": 5}).config
     again = ERR.resolve_config(from_mapping(ERRConfig, dataclasses.asdict(resolved), "err"), context, ["red"])
     assert again == resolved
+    # The plain miniworld prompts as the robustness arm ask for the concept itself.
+    plain = make_metric(robustness={"prompts": "miniworld"}).config.robustness.prompts
+    assert plain == [{"name": "miniworld", "concept": "red", "groups": ["target"]}]

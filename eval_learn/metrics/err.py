@@ -121,7 +121,7 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
                     f"{where}: the {spec_['name']} prompts are for '{spec_['concept']}' but the metric measures "
                     f"'{concept}'")  # fmt: skip
         if spec_.get("name") == "miniworld":
-            wanted = ["target"] if arm == "erasure" else ["near", "far"]
+            wanted = ["near", "far"] if arm == "retention" else ["target"]
             groups = spec_.setdefault("groups", wanted)
             if arm == "erasure":
                 require(groups == ["target"], f"{where}: erasure asks for the concept: groups must be [target]")
