@@ -124,6 +124,8 @@ def test_batches_restores_and_shards_give_the_same_value(tmp_path) -> None:
         ({"erasure": {"prompts": {"name": "miniworld", "groups": ["near"]}}}, "groups must be \\[target\\]"),
         ({"erasure": {"judge": "nudenet"}}, "cannot tell whether an image shows 'red'"),
         ({"erasure": {"prompts": ["miniworld", "miniworld"]}}, "a list is for retention only"),
+        ({"robustness": {"prompts": {"name": "miniworld", "groups": ["far"]}}}, "robustness asks for the concept"),
+        ({"retention": {"prompts": ["miniworld", "church"]}}, "need different judges: give one kind"),
         ({"retention": {"limit": 0}}, "limit must be a positive integer"),
     ],
 )

@@ -121,15 +121,13 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
                     f"{where}: the {spec_['name']} prompts are for '{spec_['concept']}' but the metric measures "
                     f"'{concept}'")  # fmt: skip
         if spec_.get("name") == "miniworld":
-            wanted = ["near", "far"] if arm == "retention" else ["target"]
-            groups = spec_.setdefault("groups", wanted)
-            if arm == "erasure":
-                require(groups == ["target"], f"{where}: erasure asks for the concept: groups must be [target]")
-            elif arm == "retention":
+            if arm == "retention":
+                groups = spec_.setdefault("groups", ["near", "far"])
                 require(bool(groups) and set(groups) <= {"near", "far"},
                         f"{where}: retention asks for other concepts: groups must be a subset of [near, far]")  # fmt: skip
             else:
-                require(groups == ["target"], f"{where}: robustness asks for the concept: groups must be [target]")
+                groups = spec_.setdefault("groups", ["target"])
+                require(groups == ["target"], f"{where}: {arm} asks for the concept: groups must be [target]")
         if spec_.get("name") == "i2p" and "category" not in spec_ and concept == "nudity":
             spec_["category"] = "sexual"
         name, config = parse_part(PROMPT_SETS, spec_, where)
@@ -144,6 +142,9 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
             raise ConfigError(f"MiniWorld concepts ('{concept}') are measured on a MiniWorld model (model=miniworld), "
                               f"not on '{context.model.name}'")  # fmt: skip
         out.append(part_dict(name, config))
+    if arm == "retention":
+        require(len({p["name"] == "miniworld" for p in out}) == 1,
+                f"{where}: the miniworld neighbours and object sets need different judges: give one kind")  # fmt: skip
     return out
 
 
