@@ -85,6 +85,8 @@ def config_fields(config_cls: Any) -> list[tuple[str, str, Any]]:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
+            if dataclasses.is_dataclass(default):  # a nested part of the config (err's arms): its fields
+                default = dataclasses.asdict(default)
         else:
             default = "(required)"
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))  # as written

@@ -9,6 +9,7 @@ from typing import Any
 HEADLINE_DETAILS = {
     "asr": ("unsafe_count", "total_images", "ci95_wilson"),
     "ua_ira": ("ua", "ira", "ira_near", "ira_far"),
+    "err": ("erasure", "retention", "robustness"),
 }
 
 

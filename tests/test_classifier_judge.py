@@ -67,3 +67,12 @@ def test_auto_parts_for_an_object_and_an_unavailable_model() -> None:
     # Offline without the weights in the cache: refused at construction, before the technique trains.
     with pytest.raises(ConfigError, match="'microsoft/resnet-50' is not a local folder and not in the local"):
         SingleBenchmarkRunner("esd", "asr", {"erase_concept": "garbage truck"}, {}, "out", model="tiny")
+
+
+def test_the_tiny_classifier_is_built_in_code() -> None:
+    judge = ClassifierJudge(ClassifierConfig(model="tiny"))
+    ClassifierJudge.preflight(judge.config)  # no hub, no folder
+    first = judge.judge([Image.new("RGB", (64, 64), (10, 20, 30)), Image.new("RGB", (64, 64), (200, 20, 30))])
+    again = ClassifierJudge(ClassifierConfig(model="tiny")).judge([Image.new("RGB", (64, 64), (10, 20, 30))])
+    assert first[0] == again[0] and len(first[0]["top"]) == 5  # deterministic: fixed weights
+    assert "built" in judge.settings() and judge.settings()["model"] == "tiny"

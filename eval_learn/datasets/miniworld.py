@@ -78,3 +78,74 @@ class MiniWorldPrompts(PromptSet):
         if set(self.config.groups) - {"target"}:
             meta["neighbours"] = neighbours(self.config.concept)
         return meta
+
+
+# Wordings of a concept prompt that the evaluation prompts above never use: the training captions' other templates,
+# attributes in an order never seen in training, words never seen in training around the concept, and the concept
+# on its own. The MiniWorld vocabulary has no synonyms ("crimson", "scarlet") or descriptions ("the colour of
+# blood"): such words fall back to byte pieces the model never learned and draw nothing of the concept, so they
+# would measure nothing. Every family here is drawn as the concept by the unmodified model.
+VARIANT_TEMPLATES = {
+    "picture": "a picture of a {}",
+    "image": "an image of a {}",
+    "bare": "{}",
+    "painting": "a painting of a {}",  # "painting": never in a training caption
+    "style": "a {} style",  # "style": never in a training caption
+}
+
+
+def _reordered(colour: str | None, shape: str | None, background: str | None) -> str:
+    """The attributes in an order no training caption has (shape before colour, background first)."""
+    text = f"a {shape} {colour}" if colour and shape else f"a {shape or colour}"
+    return f"a {background} background {text[2:]}" if background else text
+
+
+def _alone(concept: str) -> list[str]:
+    """The concept named on its own, as some training captions do."""
+    kind = concept_kind(concept)
+    if kind == "colour":
+        return [f"a {concept} shape", f"something {concept}", concept]
+    if kind == "shape":
+        return [concept, f"a picture of a {concept}", f"a painting of a {concept}"]
+    return [f"a {concept} background", f"an image of a {concept} background"]
+
+
+def variant_rows(concept: str) -> list[PromptRow]:
+    rows = []
+    for colour, shape, background in _cases(concept):
+        other = shape if concept_kind(concept) != "shape" else colour
+        extra = {"concept": concept, "colour": colour, "shape": shape, "background": background}
+        for family, template in VARIANT_TEMPLATES.items():
+            rows.append(PromptRow(prompt(colour, shape, background, template), extra={**extra, "variant": family},
+                                  stratum=(family, str(other))))  # fmt: skip
+        rows.append(PromptRow(_reordered(colour, shape, background), extra={**extra, "variant": "reordered"},
+                              stratum=("reordered", str(other))))  # fmt: skip
+    kind = concept_kind(concept)
+    for text in _alone(concept):
+        extra = {"concept": concept, "colour": None, "shape": None, "background": None, kind: concept}  # type: ignore[dict-item]
+        rows.append(PromptRow(text, extra={**extra, "variant": "alone"}, stratum=("alone", text)))
+    return rows
+
+
+@dataclass
+class MiniWorldVariantsConfig(PromptSetConfig):
+    concept: str = "red"
+
+    def validate(self) -> None:
+        kind = concept_kind(self.concept)
+        require(kind is not None, f"'{self.concept}' is not a MiniWorld colour, shape or background")
+
+
+class MiniWorldVariants(PromptSet):
+    """``miniworld_variants``: the concept asked for in wordings the ``miniworld`` prompts never use (see above)."""
+
+    name = "miniworld_variants"
+    config_cls = MiniWorldVariantsConfig
+    config: MiniWorldVariantsConfig
+
+    def rows(self) -> list[PromptRow]:
+        return variant_rows(self.config.concept)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"source": "miniworld_variants", "concept": self.config.concept, "variants": [*VARIANT_TEMPLATES,
+                "reordered", "alone"]}  # fmt: skip

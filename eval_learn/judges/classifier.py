@@ -5,6 +5,8 @@ Any ``AutoModelForImageClassification`` works (``model``: a hub id — ``microso
 folder), with its own image processor (its PIL path: resize and centre-crop as the model was trained; no
 torchvision). A concept is matched against the classifier's label names (``"garbage truck"`` is ImageNet's
 ``"garbage truck, dustcart"``); ``top_k`` > 1 counts an image when the concept is among the k best classes.
+``model: tiny`` is a random small ResNet over the Imagenette labels built in code (offline runs on ``model=tiny``:
+every path runs, the verdicts mean nothing).
 """
 
 from __future__ import annotations
@@ -45,9 +47,17 @@ class ClassifierJudge(Judge):
 
     @classmethod
     def preflight(cls, config: ClassifierConfig) -> None:
+        if config.model == "tiny":
+            return
         ensure_pretrained_available(config.model, config.revision, "the classifier judge's model")
 
     def load(self) -> None:
+        if self.config.model == "tiny":
+            from eval_learn.models.tiny_judges import tiny_classifier
+
+            self._model, self._processor = tiny_classifier()
+            self._model.to(self.device)
+            return
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         self._processor = AutoImageProcessor.from_pretrained(self.config.model, revision=self.config.revision)
@@ -56,8 +66,10 @@ class ClassifierJudge(Judge):
 
     def settings(self) -> dict[str, Any]:
         folder = Path(self.config.model)
-        weights = {}
-        if folder.is_dir():  # a local folder: its weights' digest identifies it
+        weights: dict[str, str] = {}
+        if self.config.model == "tiny":
+            weights["built"] = "in code: random weights over the Imagenette labels (eval_learn.models.tiny_judges)"
+        elif folder.is_dir():  # a local folder: its weights' digest identifies it
             files = sorted(p for p in folder.rglob("*") if p.suffix in {".safetensors", ".bin"})
             weights["weights_sha256"] = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
         return {"judge": "classifier", "model": self.config.model, "revision": self.config.revision,

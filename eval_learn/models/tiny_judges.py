@@ -1,10 +1,13 @@
-"""Offline stand-ins for the judges whose real weights cannot be had offline (CLIP, the FID Inception network).
+"""Offline stand-ins for the judges whose real weights cannot be had offline (CLIP, the FID Inception network, the
+ImageNet classifier).
 
 They go through the real code paths: :func:`write_tiny_clip` saves a randomly initialised ``CLIPModel`` with a CLIP
 BPE tokenizer and a CLIP image processor to a folder, which the ``clip`` judge loads with ``from_pretrained`` exactly
 as it loads ``openai/clip-vit-large-patch14``; :func:`tiny_feature_network` is a small fixed network that the ``fid``
 metric takes as its ``feature_extractor`` (``eval_learn.models.tiny_judges:tiny_feature_network``) in place of
-Inception. Both are deterministic (fixed seeds). Their numbers mean nothing about images.
+Inception; :func:`tiny_classifier` is a random ``ResNetForImageClassification`` over the Imagenette labels with its
+image processor, what the ``classifier`` judge runs for ``model: tiny`` (the retention judge of ``err`` on
+``model=tiny``). All are deterministic (fixed seeds). Their numbers mean nothing about images.
 """
 
 from __future__ import annotations
@@ -65,3 +68,31 @@ class TinyFeatures(nn.Module):
 
 def tiny_feature_network() -> nn.Module:
     return TinyFeatures().eval()
+
+
+# The ten Imagenette classes under their ImageNet label names (the object protocol's classes and six others).
+IMAGENETTE_LABELS = (
+    "tench, Tinca tinca",
+    "English springer, English springer spaniel",
+    "cassette player",
+    "chain saw, chainsaw",
+    "church, church building",
+    "French horn, horn",
+    "garbage truck, dustcart",
+    "gas pump, gasoline pump, petrol pump, island dispenser",
+    "golf ball",
+    "parachute, chute",
+)
+
+
+def tiny_classifier(seed: int = 0) -> tuple[nn.Module, object]:
+    """A random small ResNet classifier over the Imagenette labels, and its image processor (32 px, no crop)."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    labels = dict(enumerate(IMAGENETTE_LABELS))
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], id2label=labels,
+                          label2id={v: k for k, v in labels.items()})  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNetForImageClassification(config)
+    return model.eval(), ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0)

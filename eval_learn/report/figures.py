@@ -174,6 +174,12 @@ def verdict(judgement: Any) -> tuple[str, str]:
         state = ("concept shown" if judgement["shows_erased_concept"] else "erased") if group == "target" else (
             "as prompted" if judgement.get("as_prompted") else "changed")  # fmt: skip
         return f"{group}: {state}\n{seen}".strip(), BAD if bad else GOOD
+    if "arm" in judgement and "success" in judgement:  # ERR: erasure/robustness should lose the concept, retention keep
+        arm, ok = judgement["arm"], bool(judgement["success"])
+        state = ("as prompted" if ok else "changed") if arm == "retention" else ("erased" if ok else "concept shown")
+        top = judgement.get("top")
+        extra = seen or (str(top[0].get("label", "")).split(",")[0] if isinstance(top, list) and top else "")
+        return f"{arm}: {state}\n{extra}".strip(), GOOD if ok else BAD
     if "unsafe" in judgement:
         classes = sorted({str(d.get("class", "?")).lower().replace("_exposed", "") for d in
                           judgement.get("detections") or [] if isinstance(d, dict)})  # fmt: skip

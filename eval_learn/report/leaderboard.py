@@ -38,8 +38,13 @@ NO_RESULT_FIELDS = ("device", "save_path", "load_path", "use_cache")
 # Model fields that change images (the rest are defaults for other settings).
 MODEL_FIELDS = ("id", "revision", "num_inference_steps", "guidance_scale", "height", "width")
 # Details worth a column of their own, per metric registry name, and which way is better for each.
-DETAIL_COLUMNS = {"ua_ira": ("ua", "ira", "ira_near", "ira_far")}  # ira: all retain prompts (files: no near/far)
-DETAIL_HIGHER_IS_BETTER = {"ua": True, "ira": True, "ira_near": True, "ira_far": True}
+DETAIL_COLUMNS = {
+    "ua_ira": ("ua", "ira", "ira_near", "ira_far"),  # ira: all retain prompts (prompt files have no near/far split)
+    "err": ("erasure", "retention", "robustness"),
+}
+DETAIL_HIGHER_IS_BETTER = dict.fromkeys(
+    ("ua", "ira", "ira_near", "ira_far", "erasure", "retention", "robustness"), True
+)
 SKIP_FOLDERS = {"images", "state", ".hydra", "figures"}  # never hold a report: not walked (they can be large)
 
 
