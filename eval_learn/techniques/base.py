@@ -38,6 +38,7 @@ from eval_learn.models import load_pipeline
 from eval_learn.runtime import RunContext, resolve_device
 from eval_learn.storage import digest_of, locked, remove_quietly
 from eval_learn.techniques import weights as weight_files
+from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class Technique:
     weight_fields: ClassVar[tuple[str, ...]] = ()
     # The component that a state dict without a component prefix belongs to (a plain UNet .pt file).
     default_component: ClassVar[str] = "unet"
+    # How often a training loop saves its state (a killed run resumes from the last save).
+    checkpoint_every_s: ClassVar[float] = 60.0
 
     def __init__(self, config: TechniqueConfig, context: RunContext) -> None:
         self.config = config
@@ -105,6 +108,8 @@ class Technique:
         self.weights_sha256: str | None = None
         self._pipe: Any = None
         self._modified = False
+        # Set while weights are built for the cache: a training loop saves its state there and resumes from it.
+        self.checkpoint: TrainingCheckpoint | None = None
 
     # --- what subclasses implement -------------------------------------------------------------------------------
     def build_weights(self, pipe: Any) -> weight_files.Weights:
@@ -162,8 +167,13 @@ class Technique:
             with locked(self.context.cache_dir / "locks" / f"{self.name}-{path.stem}.lock", f"{self.name} weights"):
                 weights = self._read_cache(path)
                 if weights is None:
+                    self.checkpoint = TrainingCheckpoint(path.with_suffix(".partial.pt"), self.checkpoint_every_s)
                     weights = self._build()
                     self._write_cache(weights, path)
+                    if self.checkpoint.resumed_from is not None:
+                        self.info["training_resumed_from_step"] = self.checkpoint.resumed_from
+                    self.checkpoint.discard()
+                    self.checkpoint = None
                 else:
                     self.info.update(trained=False, weights_loaded_from=str(path))
         else:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from eval_learn.configs import require
 from eval_learn.errors import ConfigError, NonFiniteError
 from eval_learn.techniques.base import Technique, WeightsConfig
+from eval_learn.techniques.checkpoint import TrainingCheckpoint, optimiser_state, restore_optimiser_state
 from eval_learn.techniques.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -211,13 +212,27 @@ class CATrainer:
         prediction = self.unet(x_t, t, encoder_hidden_states=target_text).sample
         return F.mse_loss(prediction.float(), self.target(x_t, t, templates).float())
 
-    def train(self) -> list[float]:
+    def anchors(self, checkpoint: TrainingCheckpoint | None) -> None:
+        """The anchor latents: from a killed run's saved state, or rendered (and saved for a run killed later)."""
+        if checkpoint is not None and (saved := checkpoint.load()) is not None:
+            self.latents, self.template_of = saved["latents"].to(self.device), saved["template_of"]
+            return
+        self.make_anchor_images()
+        if checkpoint is not None:
+            checkpoint.maybe_save(0, lambda: {"latents": self.latents.cpu(), "template_of": self.template_of},
+                                  force=True)  # fmt: skip
+
+    def train(self, checkpoint: TrainingCheckpoint | None = None) -> list[float]:
         cfg = self.config
         optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate, betas=(0.9, 0.999),
                                       weight_decay=cfg.weight_decay, eps=1e-8)  # fmt: skip
         losses: list[float] = []
+        generators = {"train": self.generator}
+        if checkpoint is not None and (saved := checkpoint.load()) is not None:
+            losses = restore_optimiser_state(saved, optimizer, self.params, generators)
         self.unet.train()
-        steps = tqdm(range(cfg.train_steps), desc="CA steps", leave=False, mininterval=2.0)
+        steps = tqdm(range(len(losses), cfg.train_steps), desc="CA steps", leave=False, mininterval=2.0,
+                     initial=len(losses), total=cfg.train_steps)  # fmt: skip
         for step in steps:
             x_t, t, templates = self.sample_batch()
             optimizer.zero_grad(set_to_none=True)
@@ -237,6 +252,8 @@ class CATrainer:
                     weight[self.frozen_rows] = self.embedding_before[self.frozen_rows]
             losses.append(loss.item())
             steps.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+            if checkpoint is not None:
+                checkpoint.maybe_save(step + 1, lambda: optimiser_state(optimizer, self.params, generators, losses))
         self.unet.eval()
         for p in self.params.values():
             p.requires_grad_(False)
@@ -260,9 +277,9 @@ class ConceptAblation(Technique):
                  cfg.num_anchor_images, cfg.anchor_concept, cfg.train_steps, len(trainer.params), cfg.train_method,
                  cfg.erase_concept)  # fmt: skip
         start = time.perf_counter()
-        trainer.make_anchor_images()
+        trainer.anchors(self.checkpoint.companion("anchors") if self.checkpoint else None)
         anchors_s = time.perf_counter() - start
-        losses = trainer.train()
+        losses = trainer.train(self.checkpoint)
         self.info.update(anchor_images_s=round(anchors_s, 3), training_s=round(time.perf_counter() - start - anchors_s, 3),
                          trained_tensors=len(trainer.params), first_loss=losses[0], last_loss=losses[-1],
                          losses=losses)  # fmt: skip

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from eval_learn.configs import require
 from eval_learn.errors import NonFiniteError
 from eval_learn.techniques.base import Technique, WeightsConfig
+from eval_learn.techniques.checkpoint import TrainingCheckpoint, optimiser_state, restore_optimiser_state
 from eval_learn.techniques.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -170,11 +171,15 @@ class ESDTrainer:
         prediction = self.unet(x_t, t, encoder_hidden_states=_batch(self.emb_from, len(x_t))).sample
         return torch.nn.functional.mse_loss(prediction, self.target(x_t, t))
 
-    def train(self) -> list[float]:
+    def train(self, checkpoint: TrainingCheckpoint | None = None) -> list[float]:
         optimizer = torch.optim.Adam(self.params.values(), lr=self.config.learning_rate)
         losses: list[float] = []
+        generators = {"train": self.generator}
+        if checkpoint is not None and (saved := checkpoint.load()) is not None:
+            losses = restore_optimiser_state(saved, optimizer, self.params, generators)
         self.unet.train()
-        steps = tqdm(range(self.config.train_steps), desc="ESD steps", leave=False, mininterval=2.0)
+        steps = tqdm(range(len(losses), self.config.train_steps), desc="ESD steps", leave=False, mininterval=2.0,
+                     initial=len(losses), total=self.config.train_steps)  # fmt: skip
         for step in steps:
             x_t, t = self.sample_xt()
             optimizer.zero_grad(set_to_none=True)
@@ -189,6 +194,8 @@ class ESDTrainer:
             optimizer.step()
             losses.append(loss.item())
             steps.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+            if checkpoint is not None:
+                checkpoint.maybe_save(step + 1, lambda: optimiser_state(optimizer, self.params, generators, losses))
         self.unet.eval().requires_grad_(False)
         return losses
 
@@ -208,7 +215,7 @@ class ESD(Technique):
         trainer = ESDTrainer(pipe, cfg, self.device, model.height, model.width)
         log.info("ESD: training %d tensors (%s) for %d steps to erase '%s'", len(trainer.params), cfg.train_method,
                  cfg.train_steps, cfg.erase_concept)  # fmt: skip
-        losses = trainer.train()
+        losses = trainer.train(self.checkpoint)
         self.info.update(trained_tensors=len(trainer.params), first_loss=losses[0] if losses else None,
                          last_loss=losses[-1] if losses else None, losses=losses)  # fmt: skip
         return trainer.trained_state()

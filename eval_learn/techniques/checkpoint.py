@@ -1,0 +1,99 @@
+"""Training that survives a kill: a technique's training loop saves its state now and then, and a rerun of the same
+command continues from the last save instead of from step 0, ending with the same weights bit for bit.
+
+What is saved is everything the next step depends on: the trained tensors, the optimiser's state, the random
+generators' states, the step and the losses so far (and whatever else a technique adds, e.g. CA's anchor latents).
+The file sits next to the cached weights, under the same key (every setting that shapes the weights, the algorithm
+version and the base model), so a changed setting never resumes from another run's state; it is written atomically
+(a kill during a save leaves the previous save) and removed once the finished weights are cached.
+
+It is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and lists only, never code.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval_learn.storage import atomic_write, remove_quietly
+
+log = logging.getLogger(__name__)
+
+
+class TrainingCheckpoint:
+    """Periodic saves of one training run's state (at most one every ``every_s`` seconds, and at ``save_at`` steps)."""
+
+    def __init__(self, path: Path, every_s: float = 60.0, save_at: set[int] | None = None) -> None:
+        self.path = path
+        self.every_s = every_s
+        self.save_at = save_at or set()
+        self._last = time.monotonic()
+        self.resumed_from: int | None = None
+        self.saves = 0
+        self._companions: list[TrainingCheckpoint] = []
+
+    def companion(self, name: str) -> TrainingCheckpoint:
+        """A second saved state of the same run, saved when asked (e.g. CA's anchor images, made once before
+        training: too large to write again with every save), discarded with this one."""
+        other = TrainingCheckpoint(self.path.with_name(f"{self.path.name.split('.')[0]}.{name}.pt"), float("inf"))
+        self._companions.append(other)
+        return other
+
+    def load(self) -> dict[str, Any] | None:
+        """The last saved state, or None (none saved, or unreadable: then training starts over)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a damaged partial state only costs the steps it saved
+            log.warning("Training checkpoint %s cannot be read (%s): training starts over", self.path, err)
+            remove_quietly(self.path)
+            return None
+        self.resumed_from = int(state["step"])
+        log.info("Resuming training from step %d (%s)", self.resumed_from, self.path)
+        return state
+
+    def maybe_save(self, step: int, state: Callable[[], Mapping[str, Any]], force: bool = False) -> None:
+        """Save ``state()`` after ``step`` steps if enough time has passed (or ``step`` is in ``save_at``, or
+        ``force``)."""
+        if not force and step not in self.save_at and time.monotonic() - self._last < self.every_s:
+            return
+        buffer = io.BytesIO()
+        torch.save({**state(), "step": step}, buffer)
+        atomic_write(self.path, buffer.getvalue())
+        self._last = time.monotonic()
+        self.saves += 1
+
+    def discard(self) -> None:
+        remove_quietly(self.path)
+        for other in self._companions:
+            other.discard()
+
+
+def optimiser_state(optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor],
+                    generators: Mapping[str, torch.Generator], losses: list[float]) -> dict[str, Any]:  # fmt: skip
+    """The usual training state: trained tensors (by name), optimiser, generators, losses."""
+    return {
+        "params": {name: p.detach().to("cpu").clone() for name, p in params.items()},
+        "optimizer": optimizer.state_dict(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
+        "losses": list(losses),
+    }
+
+
+def restore_optimiser_state(state: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+                            params: Mapping[str, torch.Tensor], generators: Mapping[str, torch.Generator]) -> list[float]:  # fmt: skip
+    """Put a saved :func:`optimiser_state` back; returns the losses so far."""
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state["params"][name].to(p.device, p.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+    return list(state["losses"])

@@ -1,0 +1,73 @@
+"""A training killed part-way resumes from its last saved state on the next run and ends with the same weights, bit
+for bit, as a run that was never interrupted; the saved state is removed once the weights are cached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eval_learn.configs import from_mapping
+from eval_learn.models import resolve_model
+from eval_learn.runtime import RunContext
+from eval_learn.techniques.base import Technique
+from eval_learn.techniques.ca import CAConfig, CATrainer, ConceptAblation
+from eval_learn.techniques.checkpoint import TrainingCheckpoint
+from eval_learn.techniques.esd import ESD, ESDConfig
+
+TRAINERS = {
+    "esd": (ESD, ESDConfig, {"train_steps": 6, "sample_steps": 4, "train_method": "xattn"}),
+    "ca": (ConceptAblation, CAConfig, {"erase_concept": "cat", "anchor_concept": "dog", "train_steps": 6, "batch_size": 2,
+                          "num_anchor_images": 4, "anchor_steps": 2}),  # fmt: skip
+}
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised right after a save, so the next run finds exactly that state on disk."""
+
+
+def build(name: str, cache) -> Technique:
+    cls, config_cls, fields = TRAINERS[name]
+    config = from_mapping(config_cls, fields, name)
+    return cls(config, RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0,
+                                  cache_dir=cache))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_a_killed_training_resumes_and_ends_with_the_same_weights(name, tmp_path, monkeypatch) -> None:
+    clean = build(name, tmp_path / "clean")
+    clean.prepare()
+    assert "training_resumed_from_step" not in clean.info
+
+    monkeypatch.setattr(Technique, "checkpoint_every_s", 0.0)  # save after every step
+    save = TrainingCheckpoint.maybe_save
+
+    def save_then_die(self, step, state, force=False):
+        save(self, step, state, force)
+        if step == 3:
+            raise Killed
+
+    monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save_then_die)
+    with pytest.raises(Killed):
+        build(name, tmp_path / "killed").prepare()
+    partial = list((tmp_path / "killed").rglob("*.pt"))  # the training state (and CA's anchor latents)
+    assert len(partial) == (2 if name == "ca" else 1) and not list((tmp_path / "killed").rglob("*.safetensors"))
+
+    monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save)
+
+    def render_again(self):
+        raise AssertionError("the anchor images were saved: they must not be rendered again")
+
+    monkeypatch.setattr(CATrainer, "make_anchor_images", render_again)
+    resumed = build(name, tmp_path / "killed")
+    resumed.prepare()
+    assert resumed.info["training_resumed_from_step"] == 3
+    assert resumed.weights_sha256 == clean.weights_sha256  # bit for bit
+    assert resumed.info["losses"] == clean.info["losses"]
+    assert not any(p.exists() for p in partial)  # the finished weights are cached: the saved state is gone
+
+
+def test_a_damaged_checkpoint_means_starting_over(tmp_path) -> None:
+    path = tmp_path / "x.partial.pt"
+    path.write_bytes(b"not a checkpoint")
+    checkpoint = TrainingCheckpoint(path)
+    assert checkpoint.load() is None and not path.exists()
