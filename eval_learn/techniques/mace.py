@@ -172,7 +172,9 @@ class MACEConfig(WeightsConfig):
         if self.mask_source == "miniworld":
             from eval_learn.miniworld.world import concept_kind
 
-            require(self.image_folder is None, "mask_source=miniworld renders its own images: image_folder must be null")
+            require(
+                self.image_folder is None, "mask_source=miniworld renders its own images: image_folder must be null"
+            )
             bad = [c for c in erased if concept_kind(c) is None]
             require(not bad, f"mask_source=miniworld needs MiniWorld concepts (a colour, shape or background), got "
                              f"{bad}")  # fmt: skip
@@ -219,17 +221,23 @@ def align_tokens(old_ids: list[int], new_ids: list[int], length: int) -> tuple[l
             list(range(prefix)) + list(range(end_new, end_new + tail)))  # fmt: skip
 
 
-def solve_right(cross: torch.Tensor, gram: torch.Tensor, what: str) -> torch.Tensor:
-    """X with X · gram = cross (gram symmetric), in float64; a singular system is reported with the fix."""
-    try:
-        return torch.linalg.solve(gram, cross.T).T
-    except RuntimeError as err:  # torch raises _LinAlgError (a RuntimeError) for singular matrices
-        raise RunError(f"MACE {what}: the normal equations are singular ({err}); set lamb > 0 or preserve more "
-                       f"prompts") from None  # fmt: skip
+def solve_right(cross: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, what: str) -> torch.Tensor:
+    """X with X · gram = cross (gram symmetric positive semi-definite), float64. Directions that no term constrains
+    (gram's null space: with lamb = 0, e.g. the direction every LayerNorm output is orthogonal to) keep ``keep``'s
+    values, the λ → 0 limit of the ridge solution, instead of the arbitrary huge values a plain solve would give."""
+    values, vectors = torch.linalg.eigh(gram)
+    if not torch.isfinite(values).all() or values[-1] <= 0:
+        raise RunError(f"MACE {what}: the normal equations have no information (all embeddings zero?); set lamb > 0")
+    used = values > 1e-10 * values[-1]
+    v, null = vectors[:, used], vectors[:, ~used]
+    return cross @ v @ torch.diag(1 / values[used]) @ v.T + keep @ null @ null.T
 
 
 def refinement_matrix(
-    mapped_inputs: torch.Tensor, mapped_targets: torch.Tensor, preserve_gram: torch.Tensor, preserve_scale: float,
+    mapped_inputs: torch.Tensor,
+    mapped_targets: torch.Tensor,
+    preserve_gram: torch.Tensor,
+    preserve_scale: float,
     lamb: float,
 ) -> torch.Tensor:
     """M with W' = W M for every matrix W: the minimiser of Σ‖W' e^f − W e^g‖² + λ₁ e^p-term + λ‖W' − W‖²,
@@ -237,12 +245,17 @@ def refinement_matrix(
     ef, eg = mapped_inputs.to(torch.float64), mapped_targets.to(torch.float64)
     eye = torch.eye(ef.shape[1], dtype=torch.float64, device=ef.device)
     base = preserve_scale * preserve_gram.to(ef.device, torch.float64) + lamb * eye
-    return solve_right(eg.T @ ef + base, ef.T @ ef + base, "stage 1 (cross-attention refinement)")
+    return solve_right(eg.T @ ef + base, ef.T @ ef + base, eye, "stage 1 (cross-attention refinement)")
 
 
 def fuse(
-    refined: torch.Tensor, original: torch.Tensor, lora_deltas: list[torch.Tensor], concept_grams: list[torch.Tensor],
-    preserve_gram: torch.Tensor, preserve_scale: float, lamb: float,
+    refined: torch.Tensor,
+    original: torch.Tensor,
+    lora_deltas: list[torch.Tensor],
+    concept_grams: list[torch.Tensor],
+    preserve_gram: torch.Tensor,
+    preserve_scale: float,
+    lamb: float,
 ) -> torch.Tensor:
     """The minimiser of Σ_i Σ_{e∈E_i} ‖W* e − (W' + ΔW_i) e‖² + λ₂ mean_p Σ‖W* e^p − W e^p‖² + λ‖W* − W'‖², with
     ``concept_grams[i]`` = Σ_{e∈E_i} e eᵀ and ``preserve_gram`` = mean_p Σ e^p e^pᵀ; float64."""
@@ -255,7 +268,7 @@ def fuse(
         g = g.to(w1.device, torch.float64)
         cross = cross + (w1 + delta.to(w1.device, torch.float64)) @ g
         gram = gram + g
-    return solve_right(cross, gram, "stage 3 (LoRA fusion)")
+    return solve_right(cross, gram, w1, "stage 3 (LoRA fusion)")
 
 
 # --- stage 2: LoRAs and attention maps ------------------------------------------------------------------------------
@@ -457,14 +470,17 @@ class MACETrainer:
     def mapping_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(e^f, e^g): the aligned token embeddings of every concept's prompts and their mapped versions."""
         ef, eg = [], []
+        length = self.tokenizer.model_max_length
+
+        def unpadded(texts: list[str]) -> list[list[int]]:
+            return [list(ids) for ids in self.tokenizer(texts, max_length=length, truncation=True).input_ids]
+
         for concept, target in zip(self.concepts, self.config.mappings(), strict=True):
             old = [t.format(concept) for t in self.templates]
             new = [" ".join(t.format(target).split()) for t in self.templates]
             e_old, e_new = self.encode(old), self.encode(new)
-            length = self.tokenizer.model_max_length
-            unpadded = lambda texts: self.tokenizer(texts, max_length=length, truncation=True).input_ids  # noqa: E731
             for k, (a, b) in enumerate(zip(unpadded(old), unpadded(new), strict=True)):
-                i, j = align_tokens(list(a), list(b), length)
+                i, j = align_tokens(a, b, length)
                 ef.append(e_old[k, i])
                 eg.append(e_new[k, j])
         return torch.cat(ef).to(torch.float64), torch.cat(eg).to(torch.float64)
@@ -475,7 +491,7 @@ class MACETrainer:
         ef, eg = self.mapping_rows()
         m = refinement_matrix(ef, eg, preserve_gram, cfg.preserve_scale, cfg.lamb)
         residual = []
-        for name, layer in self.layers.items():
+        for layer in self.layers.values():
             w = layer.weight.detach().to(torch.float64)
             refined = w @ m.to(w.device)
             before = (ef.to(w.device) @ w.T - eg.to(w.device) @ w.T).norm()
@@ -494,8 +510,15 @@ class MACETrainer:
         seeds = [cfg.train_seed + index * n + i for i in range(n)]
         templates = [i % len(self.templates) for i in range(n)]
         if cfg.mask_source == "miniworld":
-            from eval_learn.miniworld.world import BACKGROUNDS, COLOURS, SHAPES, SIZE, Scene, concept_kind
-            from eval_learn.miniworld.world import render_with_mask
+            from eval_learn.miniworld.world import (
+                BACKGROUNDS,
+                COLOURS,
+                SHAPES,
+                SIZE,
+                Scene,
+                concept_kind,
+                render_with_mask,
+            )
 
             if (self.height, self.width) != (SIZE, SIZE):
                 raise ConfigError(f"mask_source=miniworld renders {SIZE}x{SIZE} MiniWorld images; this model makes "
