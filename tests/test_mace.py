@@ -197,7 +197,7 @@ def test_stage2_loss_falls_and_only_lora_parameters_change(tiny_pipe) -> None:
         losses = t.train_lora(probe, data, g)
         end = mean_loss()
         loras = [lora for pair in probe.loras.values() for lora in pair]
-    assert len(losses) == 30 and end < 0.7 * start, (start, end)  # measured: 0.32 x
+    assert len(losses) == 30 and end < 0.7 * start, (start, end)  # measured: 83.3 -> 29.3 (0.35 x)
     # Every LoRA moved but the value LoRA of the cross-attention that runs last: no attention map comes after it.
     assert len(loras) == 8 and sum(lora.delta().abs().sum() > 0 for lora in loras) == 7
     assert all(lora.delta().shape[1] == 32 and torch.linalg.matrix_rank(lora.delta()) <= 1 for lora in loras)
@@ -321,11 +321,13 @@ def miniworld_asr(tmp_path_factory):
 @pytest.mark.slow
 def test_miniworld_mace_erases_red_against_free_run_with_the_same_seeds(miniworld_asr) -> None:
     base, mace = miniworld_asr["free_run"]["metric_result"], miniworld_asr["mace"]["metric_result"]
+    print("MiniWorld mace asr:", base["value"], "->", mace["value"], mace["details"].get("ci95_wilson"))
     assert base["details"]["concept"] == mace["details"]["concept"] == "red"
     assert base["details"]["total_images"] == mace["details"]["total_images"] == 64
     assert base["value"] >= 0.85  # the base model draws red when asked (measured 1.00, n=64)
     assert miniworld_asr["mace"]["technique_info"]["trained"] is True
-    # Measured with the MiniWorld preset (attention masks, lr 1e-3, 120 steps): 1.00 -> 0.09 (n=64), one thread. The
+    # Measured with the MiniWorld preset (attention masks, lr 1e-3, 120 steps): 1.00 -> 0.094 (6 of 64; Wilson 95 %
+    # [0.04, 0.19]), one thread; the fixture (free_run and MACE, 128 images) took 16 s on a quiet machine. The
     # bar asks for a drop of at least 0.6 (to <= 0.40 at most): a 60-point fall cannot come from seed noise at n=64,
     # while a numerics change on another CPU that costs a few images still passes. Without the LoRAs (stages 1 and 3
     # alone) the preset measured 0.33, so the bar also needs stage 2 to work. See conf/preset/miniworld_mace.yaml.
