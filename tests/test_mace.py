@@ -328,7 +328,7 @@ def test_miniworld_mace_erases_red_against_free_run_with_the_same_seeds(miniworl
     assert miniworld_asr["mace"]["technique_info"]["trained"] is True
     # Measured with the MiniWorld preset (attention masks, lr 1e-3, 120 steps): 1.00 -> 0.094 (6 of 64; Wilson 95 %
     # [0.04, 0.19]), one thread; the fixture (free_run and MACE, 128 images) took 16 s on a quiet machine. The
-    # bar asks for a drop of at least 0.6 (to <= 0.40 at most): a 60-point fall cannot come from seed noise at n=64,
-    # while a numerics change on another CPU that costs a few images still passes. Without the LoRAs (stages 1 and 3
-    # alone) the preset measured 0.33, so the bar also needs stage 2 to work. See conf/preset/miniworld_mace.yaml.
-    assert mace["value"] <= base["value"] - 0.6
+    # bar asks for a drop of at least 0.75 (to <= 0.25 from 1.00), above the measured value's Wilson upper bound, so
+    # that a numerics change on another CPU that costs a few images still passes. Stages 1 and 3 alone (no LoRA
+    # training) measured 0.33 and would fail it: the bar needs stage 2 to work. See conf/preset/miniworld_mace.yaml.
+    assert mace["value"] <= base["value"] - 0.75
