@@ -164,8 +164,8 @@ class MACEConfig(WeightsConfig):
         preserved = self.preserve_prompts is None and self.preserve_coco > 0 or bool(self.preserve_prompts)
         require(self.lamb > 0 or preserved and self.preserve_scale > 0 and self.fuse_preserve_scale > 0,
                 "lamb = 0 needs preserved prompts with preserve_scale > 0 and fuse_preserve_scale > 0: without a "
-                "ridge or a preservation term the closed forms are singular (set lamb > 0, e.g. 1000 as the release "
-                "does for objects)")  # fmt: skip
+                "ridge or a preservation term only the concept's own prompts constrain the closed forms, which are "
+                "then ill-posed (set lamb > 0, e.g. 1000 as the release does for objects)")  # fmt: skip
         if self.mask_source == "folder":
             require(self.image_folder is not None,
                     "mask_source=folder reads <image>_mask.png next to each training image: set image_folder")  # fmt: skip
