@@ -91,10 +91,17 @@ def _mask(shape: str, rng: np.random.Generator) -> np.ndarray:
 
 def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """One image of ``scene`` as uint8 [32, 32, 3]; colour jitter ±20 per channel, random size and position."""
+    return render_with_mask(scene, rng)[0]
+
+
+def render_with_mask(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render` (the same image for the same ``rng`` state) and the shape's exact pixel mask, bool [32, 32]:
+    where a colour or shape concept is; its complement is where the background is."""
     img = _background(scene.background, rng)
     colour = np.clip(np.array(COLOURS[scene.colour], np.float32) + rng.uniform(-20, 20, 3), 0, 255)
-    img[_mask(scene.shape, rng)] = colour
-    return img.round().astype(np.uint8)
+    mask = _mask(scene.shape, rng)
+    img[mask] = colour
+    return img.round().astype(np.uint8), mask
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
