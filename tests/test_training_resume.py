@@ -13,11 +13,16 @@ from eval_learn.techniques.base import Technique
 from eval_learn.techniques.ca import CAConfig, CATrainer, ConceptAblation
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.techniques.esd import ESD, ESDConfig
+from eval_learn.techniques.mace import MACE, MACEConfig, MACETrainer
 
 TRAINERS = {
     "esd": (ESD, ESDConfig, {"train_steps": 6, "sample_steps": 4, "train_method": "xattn"}),
     "ca": (ConceptAblation, CAConfig, {"erase_concept": "cat", "anchor_concept": "dog", "train_steps": 6, "batch_size": 2,
                           "num_anchor_images": 4, "anchor_steps": 2}),  # fmt: skip
+    # MACE saves after each concept's LoRA: four concepts, killed after the third.
+    "mace": (MACE, MACEConfig, {"erase_concept": ["red", "dog", "car", "tree"], "mapping_concept": "",
+                                "prompt_templates": ["a photo of a {}", "{}"], "num_images": 2, "image_steps": 2,
+                                "train_steps": 2, "preserve_coco": 10, "lamb": 0.5}),  # fmt: skip
 }
 
 
@@ -49,15 +54,16 @@ def test_a_killed_training_resumes_and_ends_with_the_same_weights(name, tmp_path
     monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save_then_die)
     with pytest.raises(Killed):
         build(name, tmp_path / "killed").prepare()
-    partial = list((tmp_path / "killed").rglob("*.pt"))  # the training state (and CA's anchor latents)
-    assert len(partial) == (2 if name == "ca" else 1) and not list((tmp_path / "killed").rglob("*.safetensors"))
+    partial = list((tmp_path / "killed").rglob("*.pt"))  # the training state (and CA's anchors, MACE's images)
+    assert len(partial) == (1 if name == "esd" else 2) and not list((tmp_path / "killed").rglob("*.safetensors"))
 
     monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save)
 
-    def render_again(self):
-        raise AssertionError("the anchor images were saved: they must not be rendered again")
+    def render_again(self, *args):
+        raise AssertionError("the training images were saved: they must not be rendered again")
 
     monkeypatch.setattr(CATrainer, "make_anchor_images", render_again)
+    monkeypatch.setattr(MACETrainer, "prepare_data", render_again)
     resumed = build(name, tmp_path / "killed")
     resumed.prepare()
     assert resumed.info["training_resumed_from_step"] == 3

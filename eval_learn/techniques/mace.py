@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +68,7 @@ from eval_learn.configs import require
 from eval_learn.errors import ConfigError, NonFiniteError, RunError
 from eval_learn.storage import digest_of
 from eval_learn.techniques.base import NON_IMAGE_FIELDS, Technique, WeightsConfig
+from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.techniques.uce import cross_attention_projections
 from eval_learn.techniques.weights import Weights
 
@@ -674,22 +675,44 @@ class MACETrainer:
         return losses
 
     # --- all three ---
-    def run(self) -> Weights:
+    def data(self, probe: AttentionProbe, checkpoint: TrainingCheckpoint | None) -> list[ConceptData]:
+        """Stage 2's images and masks: from a killed run's saved state, or made (and saved for a later kill)."""
+        if checkpoint is not None and (saved := checkpoint.load()) is not None:
+            data = [ConceptData(**d) for d in saved["data"]]
+            self.info["mask_fraction"] = {d.concept: round(float(d.masks.mean()), 4) for d in data}
+            return data
+        data = self.prepare_data(probe)
+        if checkpoint is not None:
+            checkpoint.maybe_save(0, lambda: {"data": [asdict(d) for d in data]}, force=True)
+        return data
+
+    def run(self, checkpoint: TrainingCheckpoint | None = None) -> Weights:
+        """All three stages. With ``checkpoint``, the state is saved after each concept's LoRA (at most once a
+        minute), so a killed run retrains at most the LoRAs since the last save."""
         cfg, start = self.config, time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(cfg.train_seed)
         preserve_gram = self.preserve_gram()
         with AttentionProbe(self.unet) as probe:
-            data = self.prepare_data(probe)  # base model: images and attention masks come before any edit
+            # base model: images and attention masks come before any edit
+            data = self.data(probe, checkpoint.companion("data") if checkpoint else None)
             data_s = time.perf_counter() - start
             self.refine(preserve_gram)
             refined = {n: m.weight.detach().clone() for n, m in self.layers.items()}
             deltas: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
-            losses = {}
-            for d in data:
+            losses: dict[str, list[float]] = {}
+            if checkpoint is not None and (saved := checkpoint.load()) is not None:
+                deltas = {n: [t.to(self.device) for t in ts] for n, ts in saved["deltas"].items()}
+                losses = saved["losses"]
+                generator.set_state(saved["generator"])
+            for d in data[len(losses):]:
                 losses[d.concept] = self.train_lora(probe, d, generator)
                 for layer, (k, v) in probe.loras.items():
                     deltas[f"{layer}.to_k"].append(k.delta())
                     deltas[f"{layer}.to_v"].append(v.delta())
+                if checkpoint is not None:
+                    checkpoint.maybe_save(len(losses), lambda: {
+                        "deltas": {n: [t.detach().cpu() for t in ts] for n, ts in deltas.items()},
+                        "losses": losses, "generator": generator.get_state()})  # fmt: skip
             probe.loras = {}
         train_s = time.perf_counter() - start - data_s
         grams = []
@@ -737,7 +760,7 @@ class MACE(Technique):
         log.info("MACE: erasing %s (mapped to %s) with %d LoRAs of rank %d, %d steps each, masks from %s",
                  trainer.concepts, cfg.mappings(), len(trainer.concepts), cfg.lora_rank, cfg.train_steps,
                  cfg.mask_source)  # fmt: skip
-        weights = trainer.run()
+        weights = trainer.run(self.checkpoint)
         self.info.update(trainer.info)
         return weights
 
