@@ -336,7 +336,7 @@ class ERR(Metric):
             else:
                 shown = [j for j in items if j["shows_concept"]]
                 detail["detection_rate"] = len(shown) / n if n else None
-                detail.update(judge.summary(shown))
+                detail.update(judge.summary(shown, self.config.concept))
             arms[arm] = detail
         details: dict[str, Any] = {
             **rates,
