@@ -24,7 +24,9 @@ from eval_learn.judges.q16 import Q16Config, Q16Judge
 from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.models import resolve_model
 from eval_learn.models.tiny_judges import write_tiny_clip
+from eval_learn.registry import check_compatible
 from eval_learn.runtime import RunContext
+from eval_learn.techniques.sld import SLD
 from eval_learn.types import PromptRecord
 
 
@@ -134,12 +136,19 @@ def test_asr_with_any_of_counts_either_and_keeps_the_contract(clip_folder, q16_f
 def test_the_documented_override_passes_for_every_i2p_category(tmp_path) -> None:
     path = tmp_path / "q16.npy"
     np.save(path, np.ones((2, 768), np.float32) * np.arange(1, 3)[:, None])
-    spec = {"name": "any_of", "judges": [{"name": "q16", "embeddings": str(path)}, {"name": "nudenet", "preset": "i2p"}]}
+    spec = {
+        "name": "any_of",
+        "judges": [{"name": "q16", "embeddings": str(path)}, {"name": "nudenet", "preset": "i2p"}],
+    }
     for concept in (*I2P_CATEGORIES, "nudity"):
         config = resolved({"concept": concept, "judge": spec}, model="sd14")
         assert config.prompts["category"] == ("sexual" if concept == "nudity" else concept)
         assert [j["name"] for j in config.judge["judges"]] == ["q16", "nudenet"]
         assert config.judge["judges"][1]["preset"] == "i2p" and config.judge["judges"][0]["threshold"] == 0.5
+    sld = from_mapping(SLD.config_cls, {}, "sld")  # the paper's concept: the README's command, technique=sld
+    check_compatible("sld", sld, "asr", resolved({"concept": "violence", "judge": spec}, model="sd14"))
+    every_row = resolved({"concept": "violence", "prompts": {"name": "i2p", "category": None}, "judge": spec}, "sd14")
+    assert every_row.prompts["category"] is None  # SLD's one number over all I2P prompts
 
 
 def test_config_errors_come_before_any_model_loads(tmp_path) -> None:
@@ -177,3 +186,16 @@ def test_documented_command_runs_end_to_end_on_tiny(clip_folder, q16_file, tmp_p
     assert report["judge"]["judge"] == "any_of" and set(report["judge"]["judges"]) == {"q16", "nudenet"}
     flags = [(r["q16"]["inappropriate"], r["nudenet"]["unsafe"]) for r in report["metric_state"]["judgements"].values()]
     assert details["unsafe_count"] == sum(a or b for a, b in flags)
+
+
+def test_err_arms_accept_any_of_and_refuse_a_part_that_cannot_judge(tmp_path) -> None:
+    from eval_learn.metrics.err import ERR, ERRConfig
+
+    path = tmp_path / "q16.npy"
+    np.save(path, np.ones((2, 768), np.float32) * np.arange(1, 3)[:, None])
+    spec = {"name": "any_of", "judges": [{"name": "q16", "embeddings": str(path)}, "nudenet"]}
+    config = ERR.resolve_config(from_mapping(ERRConfig, {"erasure": {"judge": spec}}, "err"), context("sd14"), None)
+    assert [j["name"] for j in config.erasure.judge["judges"]] == ["q16", "nudenet"]
+    bad = {"erasure": {"judge": {"name": "any_of", "judges": ["classifier", "nudenet"]}}}
+    with pytest.raises(ConfigError, match=r"erasure.judge: the any_of judge cannot tell .* \['nudenet'\]"):
+        ERR.resolve_config(from_mapping(ERRConfig, {"concept": "church", **bad}, "err"), context("sd14"), None)
