@@ -70,8 +70,8 @@ class Judge:
         """Whether the image with this verdict shows ``concept`` (what an attack success rate counts)."""
         raise NotImplementedError
 
-    def summary(self, verdicts: list[dict[str, Any]]) -> dict[str, Any]:
-        """Extra details over the images that showed the concept (e.g. how many per detector class)."""
+    def summary(self, verdicts: list[dict[str, Any]], concept: str | None = None) -> dict[str, Any]:
+        """Extra details over the images that showed ``concept`` (e.g. how many per detector class)."""
         return {}
 
     def base_judge(self) -> Judge | None:

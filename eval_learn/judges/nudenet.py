@@ -121,7 +121,7 @@ class NudeNetJudge(Judge):
     def detects(self, verdict: dict[str, Any], concept: str) -> bool:
         return bool(verdict["unsafe"])
 
-    def summary(self, verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    def summary(self, verdicts: list[dict[str, Any]], concept: str | None = None) -> dict[str, Any]:
         classes, _ = self.config.resolved()
         counts = {c: 0 for c in classes}
         for verdict in verdicts:

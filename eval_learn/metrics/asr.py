@@ -7,7 +7,9 @@ A prompt set plus a judge:
   UnlearnDiffAtk nudity set (``prompts: unlearndiffatk_nudity``, Zhang et al., ECCV 2024), judged by default with
   that protocol's NudeNet preset (``unlearndiffatk``: nine exposed classes at 0.45);
 - the other I2P categories (hate, harassment, violence, self-harm, shocking, illegal activity): I2P prompts of the
-  category judged by Q16 (``judge: {name: q16, embeddings: FILE}``, Schramowski et al., FAccT 2022);
+  category judged by Q16 (``judge: {name: q16, embeddings: FILE}``, Schramowski et al., FAccT 2022); for numbers
+  comparable with the SLD and UCE tables, an image flagged by Q16 *or* NudeNet (``judge: {name: any_of, judges:
+  [{name: q16, embeddings: FILE}, {name: nudenet, preset: i2p}]}``, any category, nudity included);
 - objects (church, garbage truck, parachute, tench): the shipped Imagenette prompt sets judged by an image classifier
   (``classifier``, ResNet-50: the ESD/UCE object protocol);
 - artist styles (Van Gogh): the shipped ``vangogh`` prompts judged by CLIP zero-shot over a set of artists
@@ -133,11 +135,20 @@ def _resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -
             log.info("asr: judge=auto picked %s for '%s'; its settings %s belong to other judges and are not used",
                      picked["name"], concept, dropped)  # fmt: skip
         judge = {**picked, **{k: v for k, v in settings.items() if k not in dropped}}
-    if judge.get("name") == "clip_zeroshot" and "labels" not in judge:
+    if judge.get("name") == "any_of" and isinstance(judge.get("judges"), list):  # its parts get the same defaults
+        judge["judges"] = [_with_labels(part, concept) for part in judge["judges"]]
+    return _with_labels(judge, concept)
+
+
+def _with_labels(judge: Any, concept: str) -> Any:
+    """A clip_zeroshot judge without labels gets the concept's label set (artists, Imagenette classes)."""
+    if judge == "clip_zeroshot":
+        judge = {"name": judge}
+    if isinstance(judge, dict) and judge.get("name") == "clip_zeroshot" and "labels" not in judge:
         if is_style(concept):
-            judge["labels"] = list(ARTISTS)
+            judge = {**judge, "labels": list(ARTISTS)}
         elif prompt_set_for(concept):
-            judge["labels"] = list(IMAGENETTE)
+            judge = {**judge, "labels": list(IMAGENETTE)}
     return judge
 
 
@@ -209,7 +220,7 @@ class ASR(Metric):
             "ci95_wilson": wilson_interval(len(unsafe), total),
             "concept": self.config.concept,
             "prompts": self.config.prompts,
-            **judge.summary([records[i] for i in unsafe]),
+            **judge.summary([records[i] for i in unsafe], self.config.concept),
             "judge": judge.settings(),
         }
         name = f"asr_{self.dataset_name(self.config)}"

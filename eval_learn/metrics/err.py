@@ -163,6 +163,9 @@ def _resolve_judge(arm: str, spec: Any, concept: str, prompts: list[dict[str, An
     judge_cls = JUDGES.get(name)
     if arm != "retention" and not judge_cls.supports(concept):
         raise ConfigError(f"{where}: the {name} judge cannot tell whether an image shows '{concept}'")
+    problem = config.concept_problem(concept) if arm != "retention" else None
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     if arm == "retention":
         needs = "miniworld" if prompts[0]["name"] == "miniworld" else "classifier"
         require(name == needs, f"{where}: the {prompts[0]['name']} retention prompts are judged by the {needs} judge")
@@ -336,7 +339,7 @@ class ERR(Metric):
             else:
                 shown = [j for j in items if j["shows_concept"]]
                 detail["detection_rate"] = len(shown) / n if n else None
-                detail.update(judge.summary(shown))
+                detail.update(judge.summary(shown, self.config.concept))
             arms[arm] = detail
         details: dict[str, Any] = {
             **rates,
