@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from eval_learn.configs import did_you_mean
 from eval_learn.miniworld.world import prompt
 from eval_learn.registry import TECHNIQUES
 from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
@@ -107,8 +108,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     quiet_libraries()
     rows = args.rows or default_rows()
-    for row in rows:
-        TECHNIQUES.canonical(resolve(row)[0])  # an unknown name fails before anything runs
+    known = [*VARIANTS, *TECHNIQUES.names()]
+    for row in rows:  # an unknown name fails before anything runs
+        if row not in known:
+            parser.error(f"unknown row '{row}'.{did_you_mean(row, known)} Rows: {', '.join(default_rows())}")
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="eval_learn_figure_"))
     lines = [
