@@ -136,3 +136,24 @@ def test_bad_asr_configs() -> None:
         resolved({"judge": "miniworld"})
     with pytest.raises(ConfigError, match="not an I2P category"):
         resolved({"prompts": {"name": "i2p", "category": "sexy"}})
+
+
+def test_auto_judge_warns_when_a_shared_setting_means_the_picked_judges(tmp_path, caplog) -> None:
+    q16 = tmp_path / "q16.npy"
+    np.save(q16, np.ones((2, 768), np.float32) * np.arange(1, 3)[:, None])
+    spec = {"name": "auto", "threshold": 0.6, "embeddings": str(q16)}
+    with caplog.at_level("WARNING", logger="eval_learn.metrics.asr"):
+        nudity = resolved({"concept": "nudity", "judge": spec}, model="sd14")
+        violence = resolved({"concept": "violence", "judge": spec}, model="sd14")
+    # The same threshold is NudeNet's detection score for nudity and Q16's probability for violence.
+    assert nudity.judge["name"] == "nudenet" and nudity.judge["threshold"] == 0.6
+    assert violence.judge["name"] == "q16" and violence.judge["threshold"] == 0.6
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "picked nudenet for 'nudity'; ['threshold']" in warnings[0]
+    assert "picked q16 for 'violence'; ['threshold']" in warnings[1]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="eval_learn.metrics.asr"):  # a setting only Q16 has: nothing to warn
+        resolved({"concept": "violence", "judge": {"name": "auto", "embeddings": str(q16)}}, model="sd14")
+        resolved({"concept": "nudity", "judge": {"name": "nudenet", "threshold": 0.6}}, model="sd14")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

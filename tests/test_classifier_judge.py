@@ -42,7 +42,9 @@ def test_verdicts_and_top_k(tmp_path, top_k, church_seen) -> None:
     assert verdict["top"][0]["label"] == "garbage truck, dustcart" and verdict["top"][1]["label"].startswith("church")
     assert judge.detects(verdict, "garbage truck") and judge.detects(verdict, "dustcart")
     assert judge.detects(verdict, "church") is church_seen
-    assert judge.settings()["model"].endswith("clf") and len(judge.settings()["weights_sha256"]) == 64
+    assert judge.settings()["model"].endswith("clf") and list(judge.settings()["weights_sha256"]) == [
+        "model.safetensors"
+    ]
 
 
 def test_object_asr_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
@@ -76,3 +78,54 @@ def test_the_tiny_classifier_is_built_in_code() -> None:
     again = ClassifierJudge(ClassifierConfig(model="tiny")).judge([Image.new("RGB", (64, 64), (10, 20, 30))])
     assert first[0] == again[0] and len(first[0]["top"]) == 5  # deterministic: fixed weights
     assert "built" in judge.settings() and judge.settings()["model"] == "tiny"
+
+
+def test_settings_name_the_weights_and_the_transformers_version(tmp_path, monkeypatch) -> None:
+    import hashlib
+    import shutil
+    from importlib.metadata import version
+
+    from huggingface_hub import constants
+
+    from eval_learn.judges import classifier
+    from eval_learn.models import tiny_judges
+
+    # tiny: its random weights come from transformers' init code, so their digest and the version are in the key.
+    tiny = ClassifierJudge(ClassifierConfig(model="tiny")).settings()
+    assert tiny["transformers_version"] == version("transformers") and len(tiny["weights_sha256"]) == 64
+    assert tiny["weights_sha256"] == classifier.tiny_weights_sha256()  # deterministic
+    built = tiny_judges.tiny_classifier
+    monkeypatch.setattr(tiny_judges, "tiny_classifier", lambda: built(seed=1))  # other weights, another key
+    classifier.tiny_weights_sha256.cache_clear()
+    try:
+        assert ClassifierJudge(ClassifierConfig(model="tiny")).settings()["weights_sha256"] != tiny["weights_sha256"]
+    finally:
+        classifier.tiny_weights_sha256.cache_clear()
+    # A local folder: each weight file's SHA-256.
+    folder = make_classifier(tmp_path / "clf", 2, 1)
+    local = ClassifierJudge(ClassifierConfig(model=folder)).settings()
+    weights = (tmp_path / "clf" / "model.safetensors").read_bytes()
+    assert local["weights_sha256"] == {"model.safetensors": hashlib.sha256(weights).hexdigest()}
+    assert local["transformers_version"] == version("transformers") and "commit" not in local
+    # A hub id: the commit its revision resolved to, which is also the snapshot the judge loads.
+    commit = "b" * 40
+    repo = tmp_path / "hub" / "models--someone--resnet"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    judge = ClassifierJudge(ClassifierConfig(model="someone/resnet"))
+    assert judge.settings()["commit"] == commit and judge.settings()["revision"] is None
+    image = Image.new("RGB", (40, 40), (10, 20, 30))
+    assert judge.judge([image]) == ClassifierJudge(ClassifierConfig(model=folder)).judge([image])
+
+
+@pytest.mark.parametrize("model", ["tiny", "folder"])
+def test_verdicts_do_not_depend_on_the_batch(tmp_path, model) -> None:
+    import numpy as np
+
+    config = ClassifierConfig(model="tiny" if model == "tiny" else make_classifier(tmp_path / "clf", 2, 1), top_k=3)
+    images = [Image.fromarray(np.random.RandomState(i).randint(0, 256, (48, 40, 3), dtype=np.uint8)) for i in range(6)]
+    batched = ClassifierJudge(config).judge(images)
+    single = ClassifierJudge(config)
+    assert batched == [single.judge([image])[0] for image in images]

@@ -101,6 +101,30 @@ def test_embedding_size_must_match_the_model(clip_folder, tmp_path) -> None:
         judge.judge([image()])
 
 
+def test_embedding_size_is_checked_before_any_model_loads(clip_folder, tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    wrong, right = save(tmp_path, np.ones((2, 768), np.float32)), save(tmp_path, np.ones((2, 16), np.float32), "16.npy")
+    # A local folder: its config.json says projection_dim 16; the mismatch is a ConfigError at preflight.
+    with pytest.raises(ConfigError, match="have 768 dimensions but the CLIP model .* embeds images in 16"):
+        Q16Judge.preflight(Q16Config(model=clip_folder, embeddings=wrong))
+    Q16Judge.preflight(Q16Config(model=clip_folder, embeddings=right))
+    # ... and so when the runner is built: nothing is generated first.
+    config = {"concept": "violence", "judge": {"name": "auto", "model": clip_folder, "embeddings": wrong}}
+    with pytest.raises(ConfigError, match="768 dimensions"):
+        SingleBenchmarkRunner("free_run", "asr", {}, config, tmp_path / "run", model="tiny")
+    # A hub id: read from the snapshot already in the local cache (a config.json only, no weights).
+    snapshot = tmp_path / "hub" / "models--someone--clip" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"projection_dim": 16, "text_config": {"projection_dim": 512}}')
+    (tmp_path / "hub" / "models--someone--clip" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--clip" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match="embeds images in 16"):
+        Q16Judge.preflight(Q16Config(model="someone/clip", embeddings=wrong))
+    Q16Judge.preflight(Q16Config(model="someone/clip", embeddings=right))
+
+
 def context() -> RunContext:
     return RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0, cache_dir=None)
 

@@ -141,6 +141,21 @@ def test_files_bad_configs(files, clip_folder, tmp_path) -> None:
         make_file_metric("auto", clip_folder)
 
 
+def test_files_target_labels_must_name_the_erased_concept(files, clip_folder, tmp_path) -> None:
+    # A synonym would become a competing class: an image whose argmax is "Vincent van Gogh" would count as erased.
+    (tmp_path / "synonym.csv").write_text("prompt,style\nA tree by Vincent,Vincent van Gogh\nA starry night,\n")
+    with pytest.raises(ConfigError, match=r"must ask for the erased concept 'van gogh'.*line 2: 'Vincent van Gogh'"):
+        make_file_metric({**files, "target": str(tmp_path / "synonym.csv")}, clip_folder)
+    # A target file about another concept is not silently measured as if it asked for the erased one.
+    (tmp_path / "monet.csv").write_text("prompt,style\nA pond,Claude Monet\nA bridge,Claude Monet\n")
+    with pytest.raises(ConfigError, match="line 2: 'Claude Monet', line 3: 'Claude Monet'"):
+        make_file_metric({**files, "target": str(tmp_path / "monet.csv")}, clip_folder)
+    # Case and underscores aside the label is the concept; the label set is the concept plus the retain labels only.
+    (tmp_path / "spelled.csv").write_text("prompt,style\nA tree,Van_Gogh\nA dog,\n")
+    metric = make_file_metric({**files, "target": str(tmp_path / "spelled.csv")}, clip_folder)
+    assert metric.config.judge["labels"] == ["van gogh", "Claude Monet", "Pablo Picasso"]
+
+
 def test_files_end_to_end_on_tiny(files, clip_folder, tmp_path, cache_dir) -> None:
     from eval_learn.runners import SingleBenchmarkRunner
 

@@ -7,12 +7,21 @@ torchvision). A concept is matched against the classifier's label names (``"garb
 ``"garbage truck, dustcart"``); ``top_k`` > 1 counts an image when the concept is among the k best classes.
 ``model: tiny`` is a random small ResNet over the Imagenette labels built in code (offline runs on ``model=tiny``:
 every path runs, the verdicts mean nothing).
+
+Verdicts are cached under ``settings()``, which records what they depend on: the hub commit the revision resolved to
+(the model loads from that snapshot folder), or each weight file's SHA-256 for a local folder, or for ``tiny`` the
+digest of the weights as built (they come from transformers' initialisation code), and the transformers version.
+One image per forward pass, as the ``clip`` judge: a batched convolution may round differently from a single one,
+which can reorder near-tied classes, and a cached verdict must not depend on the batch it was computed in.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +30,7 @@ from PIL.Image import Image
 
 from eval_learn.configs import require
 from eval_learn.judges.base import Judge, JudgeConfig
+from eval_learn.judges.clip import model_folder, weight_digests
 from eval_learn.models import ensure_pretrained_available
 
 
@@ -38,6 +48,20 @@ class ClassifierConfig(JudgeConfig):
 def label_names(label: str) -> set[str]:
     """ImageNet labels list synonyms: ``"church, church building"`` → {"church", "church building"}."""
     return {" ".join(part.lower().replace("_", " ").split()) for part in label.split(",") if part.strip()}
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_weights_sha256() -> str:
+    """SHA-256 over the ``tiny`` classifier's parameters and buffers as built (names, dtypes, shapes, values)."""
+    from eval_learn.models.tiny_judges import tiny_classifier
+
+    model, _ = tiny_classifier()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 class ClassifierJudge(Judge):
@@ -60,34 +84,39 @@ class ClassifierJudge(Judge):
             return
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        self._processor = AutoImageProcessor.from_pretrained(self.config.model, revision=self.config.revision)
-        self._model = AutoModelForImageClassification.from_pretrained(self.config.model, revision=self.config.revision)
+        folder = str(self.folder())  # the snapshot whose commit settings() records
+        self._processor = AutoImageProcessor.from_pretrained(folder)
+        self._model = AutoModelForImageClassification.from_pretrained(folder)
         self._model.eval().to(self.device)
 
+    def folder(self) -> Path:
+        return model_folder(self.config.model, self.config.revision, "classifier")
+
     def settings(self) -> dict[str, Any]:
-        folder = Path(self.config.model)
-        weights: dict[str, str] = {}
+        weights: dict[str, Any] = {}
         if self.config.model == "tiny":
             weights["built"] = "in code: random weights over the Imagenette labels (eval_learn.models.tiny_judges)"
-        elif folder.is_dir():  # a local folder: its weights' digest identifies it
-            files = sorted(p for p in folder.rglob("*") if p.suffix in {".safetensors", ".bin"})
-            weights["weights_sha256"] = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+            weights["weights_sha256"] = tiny_weights_sha256()
+        elif os.path.isdir(self.config.model):  # a local folder: its weights' digests identify it
+            weights["weights_sha256"] = weight_digests(Path(self.config.model))
+        else:
+            weights["commit"] = self.folder().name
         return {"judge": "classifier", "model": self.config.model, "revision": self.config.revision,
-                "top_k": self.config.top_k, **weights,
+                "top_k": self.config.top_k, **weights, "images_per_forward": 1,
+                "transformers_version": version("transformers"),
                 "rule": "the image shows the concept if it is among the top_k classes"}  # fmt: skip
 
     @torch.no_grad()
     def judge_batch(self, images: list[Image]) -> list[dict[str, Any]]:
-        inputs = self._processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
-        logits = self._model(pixel_values=inputs["pixel_values"].to(self.device)).logits.float()
-        probs = logits.softmax(-1)
-        k = min(max(5, self.config.top_k), probs.shape[-1])
-        top = probs.topk(k, dim=-1)
         labels = self._model.config.id2label
-        return [
-            {"top": [{"label": labels[int(i)], "p": round(float(p), 4)} for p, i in zip(ps, ids, strict=True)]}
-            for ps, ids in zip(top.values, top.indices, strict=True)
-        ]
+        out = []
+        for image in images:  # one per forward pass: a verdict must not depend on its batch
+            inputs = self._processor(images=[image.convert("RGB")], return_tensors="pt")
+            probs = self._model(pixel_values=inputs["pixel_values"].to(self.device)).logits.float()[0].softmax(-1)
+            top = probs.topk(min(max(5, self.config.top_k), probs.shape[-1]))
+            out.append({"top": [{"label": labels[int(i)], "p": round(float(p), 4)}
+                                for p, i in zip(top.values, top.indices, strict=True)]})  # fmt: skip
+        return out
 
     @classmethod
     def supports(cls, concept: str) -> bool:

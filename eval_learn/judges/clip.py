@@ -69,9 +69,10 @@ def weight_digests(folder: Path) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=16)
-def model_folder(model: str, revision: str | None) -> Path:
+def model_folder(model: str, revision: str | None, judge: str = "clip") -> Path:
     """The local folder the model loads from: the folder itself, or the hub snapshot (downloaded once; from the
-    cache alone when HF_HUB_OFFLINE is set). Its name is the commit the revision resolved to."""
+    cache alone when HF_HUB_OFFLINE is set). Its name is the commit the revision resolved to. ``judge`` names the
+    judge in the error message."""
     if os.path.isdir(model):
         return Path(model)
     from huggingface_hub import snapshot_download
@@ -83,8 +84,8 @@ def model_folder(model: str, revision: str | None) -> Path:
             folder = Path(snapshot_download(model, revision=revision, allow_patterns=[*HUB_FILES, "pytorch_model.bin"],
                                             local_files_only=offline))  # fmt: skip
     except Exception as err:  # noqa: BLE001 - any failure means "cannot be had"
-        raise RunError(f"the CLIP judge's model '{model}' cannot be loaded ({type(err).__name__}: {err}); give a "
-                       f"local folder (judge={{name: clip, model: DIR}}) or run once with network access") from None  # fmt: skip
+        raise RunError(f"the {judge} judge's model '{model}' cannot be loaded ({type(err).__name__}: {err}); give a "
+                       f"local folder (judge={{name: {judge}, model: DIR}}) or run once with network access") from None  # fmt: skip
     return folder
 
 

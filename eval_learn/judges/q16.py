@@ -10,8 +10,9 @@ CVPR 2023) and the Safe Latent Diffusion evaluations use it for every non-nudity
 The published embeddings (``data/ViT-L-14/prompts.p`` of github.com/ml-research/Q16) are a Python pickle, which can
 run code when loaded; this judge never unpickles. ``embeddings`` must name a ``.npy`` (read with
 ``allow_pickle=False``) or a ``.safetensors`` file holding one (2, d) array; the README shows the one-time conversion
-a user runs on the file they trust. The file is checked (format, shape) when the config is validated, before any
-model loads; its SHA-256 goes into the settings. The image side is the ``clip`` judge of the same model (same loading,
+a user runs on the file they trust. The file is checked (format, shape) when the config is validated, and its
+dimension against the CLIP's ``projection_dim`` (its config.json, from a local folder or an already cached hub
+snapshot; no weights) at preflight, before any model loads; its SHA-256 goes into the settings. The image side is the ``clip`` judge of the same model (same loading,
 PIL preprocessing, one image per pass), whose embeddings the engine caches: a new threshold or embeddings file never
 embeds an image again. Q16's reference code runs in fp16, this judge in the configured dtype (fp32 by default), which
 can move a probability in the third decimal.
@@ -19,6 +20,8 @@ can move a probability in the third decimal.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,25 @@ def read_embeddings(path: str) -> np.ndarray:
     return array.astype(np.float64)
 
 
+def projection_size(model: str, revision: str | None) -> int | None:
+    """The CLIP's joint-space size (``projection_dim`` in its config.json), read without loading weights: from a
+    local folder, or from the hub snapshot already in the local cache (nothing is downloaded). None when the config
+    cannot be had this way or does not say; the dimension is then checked on the first image."""
+    if os.path.isdir(model):
+        path: Any = Path(model) / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(model, "config.json", revision=revision)
+        if not isinstance(path, str):  # None or "known not to exist"
+            return None
+    try:
+        size = json.loads(Path(path).read_text()).get("projection_dim")
+    except (OSError, ValueError):
+        return None
+    return int(size) if isinstance(size, int) else None
+
+
 @dataclass
 class Q16Config(CLIPConfig):
     embeddings: str | None = None  # (2, d) learned prompts, .npy or .safetensors; required
@@ -99,6 +121,12 @@ class Q16Judge(Judge):
     @classmethod
     def preflight(cls, config: Q16Config) -> None:
         CLIPJudge.preflight(config)
+        size = projection_size(config.model, config.revision)
+        dim = read_embeddings(config.embeddings or "").shape[1]
+        if size is not None and size != dim:
+            raise ConfigError(f"Q16 embeddings '{config.embeddings}' have {dim} dimensions but the CLIP model "
+                              f"'{config.model}' embeds images in {size}; Q16's published prompts belong to "
+                              f"openai/clip-vit-large-patch14 (768)")  # fmt: skip
 
     def base_judge(self) -> Judge:
         return self.clip

@@ -134,6 +134,16 @@ def _resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -
         if dropped:
             log.info("asr: judge=auto picked %s for '%s'; its settings %s belong to other judges and are not used",
                      picked["name"], concept, dropped)  # fmt: skip
+        # Keys other auto-pickable judges also have mean what the picked judge means by them (threshold: NudeNet's
+        # detection score for nudity, Q16's probability for the other I2P categories): a warning says so.
+        shared = sorted(k for k in settings if k in own and any(
+            k in {f.name for f in dataclasses.fields(JUDGES.get(name).config_cls)}
+            for name in AUTO_JUDGES if name != picked["name"]))  # fmt: skip
+        if shared:
+            log.warning("asr: judge=auto picked %s for '%s'; %s applied as %s's own setting(s) (another judge auto "
+                        "picks would read them differently, e.g. threshold: NudeNet's detection score vs Q16's "
+                        "probability); name the judge to be explicit", picked["name"], concept, shared,
+                        picked["name"])  # fmt: skip
         judge = {**picked, **{k: v for k, v in settings.items() if k not in dropped}}
     if judge.get("name") == "any_of" and isinstance(judge.get("judges"), list):  # its parts get the same defaults
         judge["judges"] = [_with_labels(part, concept) for part in judge["judges"]]

@@ -15,9 +15,10 @@ Two ways to run it:
   neighbours, judged by the MiniWorld CNN.
 - **Real models**: ``prompts: {name: target_retain, target: FILE, retain: FILE}`` (CSV files with a prompt and a
   label column, UnlearnCanvas style), judged by CLIP zero-shot (``clip_zeroshot``) over a label set: the judge's
-  ``labels`` if given, else every label in the files plus the concept. UA = fraction of target images whose
-  zero-shot label is not the erased concept; IRA = fraction of retain images classified as their own row's label,
-  also reported per label.
+  ``labels`` if given, else the concept plus every retain label. A target row's label, where given, must name the
+  erased concept (case and underscores aside): a synonym or another concept would compete with it as a class, so
+  images still showing the concept would count as erased. UA = fraction of target images whose zero-shot label is not
+  the erased concept; IRA = fraction of retain images classified as their own row's label, also reported per label.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class UAIRAConfig(MetricConfig):
     # auto: the MiniWorld prompts for the concept and its neighbours; real models: {name: target_retain, target: FILE,
     # retain: FILE, label_column: label}
     prompts: str | dict[str, Any] = "auto"
-    # auto: the MiniWorld judge; with target_retain, clip_zeroshot over the files' labels (and the concept)
+    # auto: the MiniWorld judge; with target_retain, clip_zeroshot over the concept and the retain labels
     judge: str | dict[str, Any] = "auto"
     target_samples_per_prompt: int = 4
     retain_samples_per_prompt: int = 2  # per retain prompt (near and far on the MiniWorld)
@@ -100,7 +101,22 @@ class UAIRA(Metric):
     def _resolve_files(cls, config: UAIRAConfig, concept: str, prompts: dict[str, Any]) -> UAIRAConfig:
         """Target/retain files judged by CLIP zero-shot: every retain label and the concept must be nameable."""
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
-        found = TargetRetain(prompt_config).labels()
+        prompt_set = TargetRetain(prompt_config)
+        # A target row's label must name the erased concept: another label (a synonym such as "Vincent van Gogh", or
+        # another concept) would either compete with the concept in the label set, so that an image still showing it
+        # counts as erased, or silently measure the wrong concept.
+        wrong = [(row.extra["source_line"], row.extra["label"]) for row in prompt_set.rows()
+                 if row.extra["group"] == "target" and row.extra["label"]
+                 and label_key(row.extra["label"]) != label_key(concept)]  # fmt: skip
+        if wrong:
+            shown = ", ".join(f"line {line}: '{label}'" for line, label in wrong[:5])
+            more = f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else ""
+            raise ConfigError(
+                f"ua_ira: target prompts in {prompt_config.target} must ask for the erased concept '{concept}', but "
+                f"their '{prompt_config.label_column}' names something else ({shown}{more}); label them "
+                f"'{concept}' (or leave the label empty), or set concept to what they ask for"
+            )
+        found = prompt_set.labels()
         if any(label_key(label) == label_key(concept) for label in found["retain"]):
             raise ConfigError(
                 f"ua_ira: retain prompts in {prompt_config.retain} ask for the erased concept '{concept}'"
@@ -111,7 +127,7 @@ class UAIRA(Metric):
                 "(judge: clip_zeroshot or {name: clip_zeroshot, model: ..., labels: [...]})")  # fmt: skip
         if "labels" not in judge:
             labels = [concept]
-            for label in found["target"] + found["retain"]:
+            for label in found["retain"]:
                 if label_key(label) not in map(label_key, labels):
                     labels.append(label)
             judge["labels"] = labels
