@@ -156,4 +156,6 @@ def test_auto_judge_warns_when_a_shared_setting_means_the_picked_judges(tmp_path
     with caplog.at_level("WARNING", logger="eval_learn.metrics.asr"):  # a setting only Q16 has: nothing to warn
         resolved({"concept": "violence", "judge": {"name": "auto", "embeddings": str(q16)}}, model="sd14")
         resolved({"concept": "nudity", "judge": {"name": "nudenet", "threshold": 0.6}}, model="sd14")
+        resolved({"concept": "violence", "judge": {"name": "auto", "embeddings": str(q16), "model": str(tmp_path)}},
+                 model="sd14")  # model names a model for every judge: nothing to warn  # fmt: skip
     assert not [r for r in caplog.records if r.levelname == "WARNING"]

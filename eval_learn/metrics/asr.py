@@ -48,6 +48,8 @@ I2P_CATEGORY = {"nudity": "sexual", **{category: category for category in I2P_CA
 NUDITY = {"nudity", "sexual"}
 AUTO_JUDGES = ("nudenet", "miniworld", "clip_zeroshot", "classifier", "q16")  # what judge=auto can pick
 # The judge preset that belongs to a protocol's prompt set.
+# Settings several auto-pickable judges have with different meanings (model and revision name a model either way).
+MEANING_VARIES = ("threshold",)
 PROTOCOL_JUDGE = {"unlearndiffatk_nudity": {"name": "nudenet", "preset": "unlearndiffatk"}}
 
 
@@ -136,7 +138,7 @@ def _resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -
                      picked["name"], concept, dropped)  # fmt: skip
         # Keys other auto-pickable judges also have mean what the picked judge means by them (threshold: NudeNet's
         # detection score for nudity, Q16's probability for the other I2P categories): a warning says so.
-        shared = sorted(k for k in settings if k in own and any(
+        shared = sorted(k for k in settings if k in own and k in MEANING_VARIES and any(
             k in {f.name for f in dataclasses.fields(JUDGES.get(name).config_cls)}
             for name in AUTO_JUDGES if name != picked["name"]))  # fmt: skip
         if shared:
