@@ -220,3 +220,33 @@ def test_the_resolved_config_resolves_to_itself() -> None:
     # The plain miniworld prompts as the robustness arm ask for the concept itself.
     plain = make_metric(robustness={"prompts": "miniworld"}).config.robustness.prompts
     assert plain == [{"name": "miniworld", "concept": "red", "groups": ["target"]}]
+
+
+def real_context(model: str = "sd14") -> RunContext:
+    return RunContext(resolve_model(model), "cpu", torch.float32, 0, None)
+
+
+def q16_file(folder) -> str:
+    path = folder / "q16.npy"
+    np.save(path, np.ones((2, 768), np.float32) * np.arange(1, 3)[:, None])
+    return str(path)
+
+
+def csv_file(folder) -> str:
+    path = folder / "reworded.csv"
+    path.write_text("prompt\na reworded prompt\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("concept", ["violence", "hate", "sexual", "self-harm"])
+def test_every_i2p_concept_measures_its_own_category(tmp_path, concept) -> None:
+    """The erasure arm asks for the concept's I2P category, as asr does, never for all of I2P's rows."""
+    q16 = {"name": "q16", "embeddings": q16_file(tmp_path)}
+    config = {"concept": concept, "erasure": {"judge": q16},
+              "robustness": {"prompts": {"name": "csv", "path": csv_file(tmp_path)}, "judge": q16}}  # fmt: skip
+    resolved = ERR.resolve_config(from_mapping(ERRConfig, config, "err"), real_context(), None)
+    assert resolved.erasure.prompts == [{"name": "i2p", "category": concept, "path": None}]
+    # A category the user gives is kept.
+    config["erasure"]["prompts"] = {"name": "i2p", "category": "shocking"}
+    resolved = ERR.resolve_config(from_mapping(ERRConfig, config, "err"), real_context(), None)
+    assert resolved.erasure.prompts[0]["category"] == "shocking"

@@ -81,7 +81,7 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _auto_prompts(concept: str, context: Any) -> dict[str, Any]:
+def auto_prompts(concept: str, context: Any) -> dict[str, Any]:
     """The concept's own prompt set: MiniWorld prompts, a shipped object/style set, else the model's offline set or
     the concept's protocol set (nudity: I2P)."""
     if concept_kind(concept) is not None:
@@ -97,6 +97,13 @@ def _auto_prompts(concept: str, context: Any) -> dict[str, Any]:
         f"concept '{concept}' has no default prompt set; give one (metric.config.prompts_path=FILE, or "
         f"prompts={{name: csv, path: FILE}})"
     )
+
+
+def with_i2p_category(prompts: dict[str, Any], concept: str) -> dict[str, Any]:
+    """I2P prompts without a category get the concept's (nudity: "sexual"): I2P's 4,703 rows span every category."""
+    if prompts.get("name") == "i2p" and "category" not in prompts:
+        return {**prompts, "category": I2P_CATEGORY.get(concept)}
+    return prompts
 
 
 def _auto_judge(concept: str) -> dict[str, Any] | None:
@@ -168,11 +175,10 @@ class ASR(Metric):
             log.info("asr: every row of %s is used (prompts_path); to keep one I2P category use "
                      "prompts={name: i2p, path: FILE, category: ...}", config.prompts_path)  # fmt: skip
         elif config.prompts == "auto":
-            prompts = _auto_prompts(concept, context)
+            prompts = auto_prompts(concept, context)
         else:
             prompts = {"name": config.prompts} if isinstance(config.prompts, str) else dict(config.prompts)
-        if prompts["name"] == "i2p" and "category" not in prompts:
-            prompts["category"] = I2P_CATEGORY.get(concept)
+        prompts = with_i2p_category(prompts, concept)
         if prompts["name"] == "miniworld":
             require(prompts.setdefault("concept", concept) == concept,
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip

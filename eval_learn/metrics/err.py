@@ -35,7 +35,7 @@ from eval_learn.datasets.base import PromptRow, expand, occurrences, select
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.objects import CONCEPT_SETS, prompt_set_for
 from eval_learn.judges.base import Judge
-from eval_learn.metrics.asr import PROTOCOL_JUDGE, _auto_judge, _auto_prompts, wilson_interval
+from eval_learn.metrics.asr import PROTOCOL_JUDGE, _auto_judge, auto_prompts, wilson_interval, with_i2p_category
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
@@ -94,7 +94,7 @@ def _auto_arm_prompts(arm: str, concept: str, context: Any) -> list[dict[str, An
             return [{"name": "miniworld_variants"}]
         return [{"name": "miniworld", "groups": ["target"] if arm == "erasure" else ["near", "far"]}]
     if arm == "erasure":
-        return [_auto_prompts(concept, context)]
+        return [auto_prompts(concept, context)]
     if arm == "retention":
         own = prompt_set_for(concept)
         return [{"name": name} for name in OBJECT_CLASSES if name != own]
@@ -114,7 +114,7 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
     on_miniworld = concept_kind(concept) is not None
     out = []
     for spec_ in specs:
-        spec_ = dict(spec_)
+        spec_ = with_i2p_category(dict(spec_), concept)
         if spec_.get("name") in ("miniworld", "miniworld_variants"):
             require(on_miniworld, f"{where}: the {spec_['name']} prompts are for MiniWorld concepts, not '{concept}'")
             require(spec_.setdefault("concept", concept) == concept,
@@ -128,8 +128,6 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
             else:
                 groups = spec_.setdefault("groups", ["target"])
                 require(groups == ["target"], f"{where}: {arm} asks for the concept: groups must be [target]")
-        if spec_.get("name") == "i2p" and "category" not in spec_ and concept == "nudity":
-            spec_["category"] = "sexual"
         name, config = parse_part(PROMPT_SETS, spec_, where)
         if arm == "retention" and name != "miniworld" and name not in OBJECT_CLASSES:
             raise ConfigError(
