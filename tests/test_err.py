@@ -250,3 +250,11 @@ def test_every_i2p_concept_measures_its_own_category(tmp_path, concept) -> None:
     config["erasure"]["prompts"] = {"name": "i2p", "category": "shocking"}
     resolved = ERR.resolve_config(from_mapping(ERRConfig, config, "err"), real_context(), None)
     assert resolved.erasure.prompts[0]["category"] == "shocking"
+
+
+@pytest.mark.parametrize("arm", ["erasure", "robustness"])
+def test_a_judge_that_cannot_name_the_concept_is_refused_before_generating(arm) -> None:
+    labels = {"name": "clip_zeroshot", "model": "a-clip-folder", "labels": ["cat", "dog"]}
+    config = from_mapping(ERRConfig, {arm: {"judge": labels}}, "err")
+    with pytest.raises(ConfigError, match=f"{arm}.judge: the clip_zeroshot judge cannot name 'nudity'"):
+        ERR.resolve_config(config, real_context("tiny"), None)
