@@ -12,6 +12,7 @@ from metric_contract import check_metric_contract
 from PIL import Image
 
 from eval_learn.configs import from_mapping
+from eval_learn.datasets.objects import ARTISTS
 from eval_learn.errors import ConfigError
 from eval_learn.metrics.err import ARMS, ERR, ERRConfig, harmonic_mean
 from eval_learn.miniworld.world import Scene, render
@@ -258,3 +259,25 @@ def test_a_judge_that_cannot_name_the_concept_is_refused_before_generating(arm) 
     config = from_mapping(ERRConfig, {arm: {"judge": labels}}, "err")
     with pytest.raises(ConfigError, match=f"{arm}.judge: the clip_zeroshot judge cannot name 'nudity'"):
         ERR.resolve_config(config, real_context("tiny"), None)
+
+
+def test_judge_auto_resolves_as_asr_does(tmp_path) -> None:
+    """judge=auto gives a style its artists' label set; {name: auto, <settings>} passes the settings to the judge it
+    picks (as asr, and Q16's own error message, advise)."""
+    robustness = {"prompts": {"name": "csv", "path": csv_file(tmp_path)}}
+    style = ERR.resolve_config(from_mapping(ERRConfig, {"concept": "van gogh", "robustness": robustness}, "err"),
+                               real_context(), None)  # fmt: skip
+    for arm in ("erasure", "robustness"):
+        judge = getattr(style, arm).judge
+        assert judge["name"] == "clip_zeroshot" and judge["labels"] == list(ARTISTS)
+        assert judge["templates"] == "art"
+    q16 = q16_file(tmp_path)
+    auto = {"name": "auto", "embeddings": q16}
+    config = {"concept": "violence", "erasure": {"judge": auto}, "robustness": {**robustness, "judge": auto}}
+    resolved = ERR.resolve_config(from_mapping(ERRConfig, config, "err"), real_context(), None)
+    for arm in ("erasure", "robustness"):
+        assert getattr(resolved, arm).judge["name"] == "q16" and getattr(resolved, arm).judge["embeddings"] == q16
+    # Retention's auto judge takes settings the same way.
+    classifier = ERR.resolve_config(from_mapping(ERRConfig, {"retention": {"judge": {"name": "auto", "model": "tiny"}}},
+                                                 "err"), real_context(), None)  # fmt: skip
+    assert classifier.retention.judge["name"] == "classifier" and classifier.retention.judge["model"] == "tiny"

@@ -120,7 +120,7 @@ def _auto_judge(concept: str) -> dict[str, Any] | None:
     return None
 
 
-def _resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -> dict[str, Any]:
+def resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -> dict[str, Any]:
     """The judge as ``{name, <settings>}``: ``auto`` (or ``{name: auto, <settings>}``) picked by concept and prompt
     set, and a clip_zeroshot judge without labels given the concept's label set."""
     judge = {"name": spec} if isinstance(spec, str) else dict(spec)
@@ -184,7 +184,7 @@ class ASR(Metric):
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")
         # judge
-        judge = _resolve_judge(config.judge, concept, prompt_name)
+        judge = resolve_judge(config.judge, concept, prompt_name)
         judge_name, judge_config = parse_part(JUDGES, judge, "metric 'asr' judge")
         if not JUDGES.get(judge_name).supports(concept):
             raise ConfigError(f"the {judge_name} judge cannot tell whether an image shows '{concept}'")

@@ -35,7 +35,7 @@ from eval_learn.datasets.base import PromptRow, expand, occurrences, select
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.objects import CONCEPT_SETS, prompt_set_for
 from eval_learn.judges.base import Judge
-from eval_learn.metrics.asr import PROTOCOL_JUDGE, _auto_judge, auto_prompts, wilson_interval, with_i2p_category
+from eval_learn.metrics.asr import auto_prompts, resolve_judge, wilson_interval, with_i2p_category
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
@@ -147,16 +147,20 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
 
 
 def _resolve_judge(arm: str, spec: Any, concept: str, prompts: list[dict[str, Any]], context: Any) -> dict[str, Any]:
+    """The arm's judge as ``{name, <settings>}``. Erasure and robustness resolve theirs as ``asr`` does (``auto`` or
+    ``{name: auto, <settings>}`` by concept and prompt set, a style's or object's label set for clip_zeroshot);
+    retention's ``auto`` is the judge its prompts need (the MiniWorld CNN, else the ImageNet classifier)."""
     where = f"metric 'err' {arm}.judge"
-    if spec == "auto":
-        if concept_kind(concept) is not None:
-            spec = {"name": "miniworld"}
-        elif arm == "retention":  # the random tiny model gets the random tiny classifier: every path runs offline
-            spec = {"name": "classifier", **({"model": "tiny"} if context.model.id == "tiny" else {})}
-        else:
-            spec = PROTOCOL_JUDGE.get(prompts[0]["name"]) or _auto_judge(concept)
-            if spec is None:
-                raise ConfigError(f"concept '{concept}' has no judge yet; give {arm}.judge")
+    needs = "miniworld" if prompts[0]["name"] == "miniworld" else "classifier"
+    if arm != "retention":
+        try:
+            spec = resolve_judge(spec, concept, prompts[0]["name"])
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    elif _as_dict(spec).get("name") == "auto":
+        # The random tiny model gets the random tiny classifier: every path runs offline.
+        picked = {"name": needs, **({"model": "tiny"} if needs == "classifier" and context.model.id == "tiny" else {})}
+        spec = {**picked, **{k: v for k, v in _as_dict(spec).items() if k != "name"}}
     name, config = parse_part(JUDGES, spec, where)
     judge_cls = JUDGES.get(name)
     if arm != "retention" and not judge_cls.supports(concept):
@@ -165,7 +169,6 @@ def _resolve_judge(arm: str, spec: Any, concept: str, prompts: list[dict[str, An
     if problem:
         raise ConfigError(f"{where}: {problem}")
     if arm == "retention":
-        needs = "miniworld" if prompts[0]["name"] == "miniworld" else "classifier"
         require(name == needs, f"{where}: the {prompts[0]['name']} retention prompts are judged by the {needs} judge")
     return part_dict(name, config)
 
