@@ -281,3 +281,17 @@ def test_judge_auto_resolves_as_asr_does(tmp_path) -> None:
     classifier = ERR.resolve_config(from_mapping(ERRConfig, {"retention": {"judge": {"name": "auto", "model": "tiny"}}},
                                                  "err"), real_context(), None)  # fmt: skip
     assert classifier.retention.judge["name"] == "classifier" and classifier.retention.judge["model"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("model", "prompts"),
+    [
+        ("tiny", ["church", "church"]),
+        ("tiny", ["church", {"name": "church"}]),
+        ("miniworld", ["miniworld", "miniworld"]),
+    ],
+)
+def test_a_retention_set_given_twice_is_refused(tmp_path, model, prompts) -> None:
+    """The same images counted twice would weigh one set double."""
+    with pytest.raises(ConfigError, match="twice"):
+        SingleBenchmarkRunner("free_run", "err", {}, {"retention": {"prompts": prompts}}, tmp_path, model=model)

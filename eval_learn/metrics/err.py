@@ -141,6 +141,9 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
                               f"not on '{context.model.name}'")  # fmt: skip
         out.append(part_dict(name, config))
     if arm == "retention":
+        names = [p["name"] for p in out]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        require(not twice, f"{where}: {', '.join(twice)} given twice would count its images twice; give each set once")
         require(len({p["name"] == "miniworld" for p in out}) == 1,
                 f"{where}: the miniworld neighbours and object sets need different judges: give one kind")  # fmt: skip
     return out
