@@ -295,3 +295,13 @@ def test_a_retention_set_given_twice_is_refused(tmp_path, model, prompts) -> Non
     """The same images counted twice would weigh one set double."""
     with pytest.raises(ConfigError, match="twice"):
         SingleBenchmarkRunner("free_run", "err", {}, {"retention": {"prompts": prompts}}, tmp_path, model=model)
+
+
+def test_the_catalog_does_not_list_prompts_path() -> None:
+    """err refuses prompts_path (a prompt set per arm), so `eval-learn list` does not offer it."""
+    from eval_learn.catalog import config_fields
+
+    names = [name for name, _, _ in config_fields(ERRConfig)]
+    assert "prompts_path" not in names and {"erasure", "retention", "robustness", "limit"} <= set(names)
+    with pytest.raises(ConfigError, match="instead of prompts_path"):
+        from_mapping(ERRConfig, {"prompts_path": "x.csv"}, "err")

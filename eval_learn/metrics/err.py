@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL.Image import Image
 
@@ -70,6 +70,7 @@ class ERRConfig(MetricConfig):
     erasure: ArmConfig = field(default_factory=ArmConfig)
     retention: ArmConfig = field(default_factory=ArmConfig)
     robustness: ArmConfig = field(default_factory=ArmConfig)
+    unlisted: ClassVar[tuple[str, ...]] = ("prompts_path",)  # refused: each arm has its own prompts
 
     def measured_concept(self) -> str | None:
         return None if self.concept == "auto" else self.concept
