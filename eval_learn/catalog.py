@@ -76,10 +76,10 @@ def _origin(registry: Registry[Any], name: str, cls: Any) -> str:
 
 
 def config_fields(config_cls: Any) -> list[tuple[str, str, Any]]:
-    """(name, type, default) of every field of a config dataclass."""
+    """(name, type, default) of every field of a config dataclass, less those it refuses (``unlisted``)."""
     out = []
     for f in dataclasses.fields(config_cls):
-        if not f.init:
+        if not f.init or f.name in getattr(config_cls, "unlisted", ()):
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default

@@ -12,6 +12,7 @@ from metric_contract import check_metric_contract
 from PIL import Image
 
 from eval_learn.configs import from_mapping
+from eval_learn.datasets.objects import ARTISTS
 from eval_learn.errors import ConfigError
 from eval_learn.metrics.err import ARMS, ERR, ERRConfig, harmonic_mean
 from eval_learn.miniworld.world import Scene, render
@@ -220,3 +221,87 @@ def test_the_resolved_config_resolves_to_itself() -> None:
     # The plain miniworld prompts as the robustness arm ask for the concept itself.
     plain = make_metric(robustness={"prompts": "miniworld"}).config.robustness.prompts
     assert plain == [{"name": "miniworld", "concept": "red", "groups": ["target"]}]
+
+
+def real_context(model: str = "sd14") -> RunContext:
+    return RunContext(resolve_model(model), "cpu", torch.float32, 0, None)
+
+
+def q16_file(folder) -> str:
+    path = folder / "q16.npy"
+    np.save(path, np.ones((2, 768), np.float32) * np.arange(1, 3)[:, None])
+    return str(path)
+
+
+def csv_file(folder) -> str:
+    path = folder / "reworded.csv"
+    path.write_text("prompt\na reworded prompt\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("concept", ["violence", "hate", "sexual", "self-harm"])
+def test_every_i2p_concept_measures_its_own_category(tmp_path, concept) -> None:
+    """The erasure arm asks for the concept's I2P category, as asr does, never for all of I2P's rows."""
+    q16 = {"name": "q16", "embeddings": q16_file(tmp_path)}
+    config = {"concept": concept, "erasure": {"judge": q16},
+              "robustness": {"prompts": {"name": "csv", "path": csv_file(tmp_path)}, "judge": q16}}  # fmt: skip
+    resolved = ERR.resolve_config(from_mapping(ERRConfig, config, "err"), real_context(), None)
+    assert resolved.erasure.prompts == [{"name": "i2p", "category": concept, "path": None}]
+    # A category the user gives is kept.
+    config["erasure"]["prompts"] = {"name": "i2p", "category": "shocking"}
+    resolved = ERR.resolve_config(from_mapping(ERRConfig, config, "err"), real_context(), None)
+    assert resolved.erasure.prompts[0]["category"] == "shocking"
+
+
+@pytest.mark.parametrize("arm", ["erasure", "robustness"])
+def test_a_judge_that_cannot_name_the_concept_is_refused_before_generating(arm) -> None:
+    labels = {"name": "clip_zeroshot", "model": "a-clip-folder", "labels": ["cat", "dog"]}
+    config = from_mapping(ERRConfig, {arm: {"judge": labels}}, "err")
+    with pytest.raises(ConfigError, match=f"{arm}.judge: the clip_zeroshot judge cannot name 'nudity'"):
+        ERR.resolve_config(config, real_context("tiny"), None)
+
+
+def test_judge_auto_resolves_as_asr_does(tmp_path) -> None:
+    """judge=auto gives a style its artists' label set; {name: auto, <settings>} passes the settings to the judge it
+    picks (as asr, and Q16's own error message, advise)."""
+    robustness = {"prompts": {"name": "csv", "path": csv_file(tmp_path)}}
+    style = ERR.resolve_config(from_mapping(ERRConfig, {"concept": "van gogh", "robustness": robustness}, "err"),
+                               real_context(), None)  # fmt: skip
+    for arm in ("erasure", "robustness"):
+        judge = getattr(style, arm).judge
+        assert judge["name"] == "clip_zeroshot" and judge["labels"] == list(ARTISTS)
+        assert judge["templates"] == "art"
+    q16 = q16_file(tmp_path)
+    auto = {"name": "auto", "embeddings": q16}
+    config = {"concept": "violence", "erasure": {"judge": auto}, "robustness": {**robustness, "judge": auto}}
+    resolved = ERR.resolve_config(from_mapping(ERRConfig, config, "err"), real_context(), None)
+    for arm in ("erasure", "robustness"):
+        assert getattr(resolved, arm).judge["name"] == "q16" and getattr(resolved, arm).judge["embeddings"] == q16
+    # Retention's auto judge takes settings the same way.
+    classifier = ERR.resolve_config(from_mapping(ERRConfig, {"retention": {"judge": {"name": "auto", "model": "tiny"}}},
+                                                 "err"), real_context(), None)  # fmt: skip
+    assert classifier.retention.judge["name"] == "classifier" and classifier.retention.judge["model"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("model", "prompts"),
+    [
+        ("tiny", ["church", "church"]),
+        ("tiny", ["church", {"name": "church"}]),
+        ("miniworld", ["miniworld", "miniworld"]),
+    ],
+)
+def test_a_retention_set_given_twice_is_refused(tmp_path, model, prompts) -> None:
+    """The same images counted twice would weigh one set double."""
+    with pytest.raises(ConfigError, match="twice"):
+        SingleBenchmarkRunner("free_run", "err", {}, {"retention": {"prompts": prompts}}, tmp_path, model=model)
+
+
+def test_the_catalog_does_not_list_prompts_path() -> None:
+    """err refuses prompts_path (a prompt set per arm), so `eval-learn list` does not offer it."""
+    from eval_learn.catalog import config_fields
+
+    names = [name for name, _, _ in config_fields(ERRConfig)]
+    assert "prompts_path" not in names and {"erasure", "retention", "robustness", "limit"} <= set(names)
+    with pytest.raises(ConfigError, match="instead of prompts_path"):
+        from_mapping(ERRConfig, {"prompts_path": "x.csv"}, "err")

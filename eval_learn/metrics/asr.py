@@ -83,7 +83,7 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _auto_prompts(concept: str, context: Any) -> dict[str, Any]:
+def auto_prompts(concept: str, context: Any) -> dict[str, Any]:
     """The concept's own prompt set: MiniWorld prompts, a shipped object/style set, else the model's offline set or
     the concept's protocol set (nudity: I2P)."""
     if concept_kind(concept) is not None:
@@ -101,6 +101,13 @@ def _auto_prompts(concept: str, context: Any) -> dict[str, Any]:
     )
 
 
+def with_i2p_category(prompts: dict[str, Any], concept: str) -> dict[str, Any]:
+    """I2P prompts without a category get the concept's (nudity: "sexual"): I2P's 4,703 rows span every category."""
+    if prompts.get("name") == "i2p" and "category" not in prompts:
+        return {**prompts, "category": I2P_CATEGORY.get(concept)}
+    return prompts
+
+
 def _auto_judge(concept: str) -> dict[str, Any] | None:
     if concept in NUDITY:
         return {"name": "nudenet"}
@@ -115,7 +122,7 @@ def _auto_judge(concept: str) -> dict[str, Any] | None:
     return None
 
 
-def _resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -> dict[str, Any]:
+def resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -> dict[str, Any]:
     """The judge as ``{name, <settings>}``: ``auto`` (or ``{name: auto, <settings>}``) picked by concept and prompt
     set, and a clip_zeroshot judge without labels given the concept's label set."""
     judge = {"name": spec} if isinstance(spec, str) else dict(spec)
@@ -180,17 +187,16 @@ class ASR(Metric):
             log.info("asr: every row of %s is used (prompts_path); to keep one I2P category use "
                      "prompts={name: i2p, path: FILE, category: ...}", config.prompts_path)  # fmt: skip
         elif config.prompts == "auto":
-            prompts = _auto_prompts(concept, context)
+            prompts = auto_prompts(concept, context)
         else:
             prompts = {"name": config.prompts} if isinstance(config.prompts, str) else dict(config.prompts)
-        if prompts["name"] == "i2p" and "category" not in prompts:
-            prompts["category"] = I2P_CATEGORY.get(concept)
+        prompts = with_i2p_category(prompts, concept)
         if prompts["name"] == "miniworld":
             require(prompts.setdefault("concept", concept) == concept,
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")
         # judge
-        judge = _resolve_judge(config.judge, concept, prompt_name)
+        judge = resolve_judge(config.judge, concept, prompt_name)
         judge_name, judge_config = parse_part(JUDGES, judge, "metric 'asr' judge")
         if not JUDGES.get(judge_name).supports(concept):
             raise ConfigError(f"the {judge_name} judge cannot tell whether an image shows '{concept}'")

@@ -37,6 +37,8 @@ class MetricConfig:
     limit: int | None = None  # keep N prompts, spread over the set's strata (shapes, classes, groups)
     prompts_path: str | None = None  # a local prompt file, used whole (shorthand for prompts={name: csv, path: ...})
     device: str | None = None  # where the metric's judges run (null: the run's device)
+    # Inherited settings this metric refuses (its validate names what to use instead): not listed by `eval-learn list`.
+    unlisted: ClassVar[tuple[str, ...]] = ()
 
     def measured_concept(self) -> str | None:
         """The one concept this metric measures, if any (checked against the technique's erased concepts)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL.Image import Image
 
@@ -35,7 +35,7 @@ from eval_learn.datasets.base import PromptRow, expand, occurrences, select
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.objects import CONCEPT_SETS, prompt_set_for
 from eval_learn.judges.base import Judge
-from eval_learn.metrics.asr import PROTOCOL_JUDGE, _auto_judge, _auto_prompts, wilson_interval
+from eval_learn.metrics.asr import auto_prompts, resolve_judge, wilson_interval, with_i2p_category
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
@@ -70,6 +70,7 @@ class ERRConfig(MetricConfig):
     erasure: ArmConfig = field(default_factory=ArmConfig)
     retention: ArmConfig = field(default_factory=ArmConfig)
     robustness: ArmConfig = field(default_factory=ArmConfig)
+    unlisted: ClassVar[tuple[str, ...]] = ("prompts_path",)  # refused: each arm has its own prompts
 
     def measured_concept(self) -> str | None:
         return None if self.concept == "auto" else self.concept
@@ -94,7 +95,7 @@ def _auto_arm_prompts(arm: str, concept: str, context: Any) -> list[dict[str, An
             return [{"name": "miniworld_variants"}]
         return [{"name": "miniworld", "groups": ["target"] if arm == "erasure" else ["near", "far"]}]
     if arm == "erasure":
-        return [_auto_prompts(concept, context)]
+        return [auto_prompts(concept, context)]
     if arm == "retention":
         own = prompt_set_for(concept)
         return [{"name": name} for name in OBJECT_CLASSES if name != own]
@@ -114,7 +115,7 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
     on_miniworld = concept_kind(concept) is not None
     out = []
     for spec_ in specs:
-        spec_ = dict(spec_)
+        spec_ = with_i2p_category(dict(spec_), concept)
         if spec_.get("name") in ("miniworld", "miniworld_variants"):
             require(on_miniworld, f"{where}: the {spec_['name']} prompts are for MiniWorld concepts, not '{concept}'")
             require(spec_.setdefault("concept", concept) == concept,
@@ -128,8 +129,6 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
             else:
                 groups = spec_.setdefault("groups", ["target"])
                 require(groups == ["target"], f"{where}: {arm} asks for the concept: groups must be [target]")
-        if spec_.get("name") == "i2p" and "category" not in spec_ and concept == "nudity":
-            spec_["category"] = "sexual"
         name, config = parse_part(PROMPT_SETS, spec_, where)
         if arm == "retention" and name != "miniworld" and name not in OBJECT_CLASSES:
             raise ConfigError(
@@ -143,22 +142,29 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
                               f"not on '{context.model.name}'")  # fmt: skip
         out.append(part_dict(name, config))
     if arm == "retention":
+        names = [p["name"] for p in out]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        require(not twice, f"{where}: {', '.join(twice)} given twice would count its images twice; give each set once")
         require(len({p["name"] == "miniworld" for p in out}) == 1,
                 f"{where}: the miniworld neighbours and object sets need different judges: give one kind")  # fmt: skip
     return out
 
 
 def _resolve_judge(arm: str, spec: Any, concept: str, prompts: list[dict[str, Any]], context: Any) -> dict[str, Any]:
+    """The arm's judge as ``{name, <settings>}``. Erasure and robustness resolve theirs as ``asr`` does (``auto`` or
+    ``{name: auto, <settings>}`` by concept and prompt set, a style's or object's label set for clip_zeroshot);
+    retention's ``auto`` is the judge its prompts need (the MiniWorld CNN, else the ImageNet classifier)."""
     where = f"metric 'err' {arm}.judge"
-    if spec == "auto":
-        if concept_kind(concept) is not None:
-            spec = {"name": "miniworld"}
-        elif arm == "retention":  # the random tiny model gets the random tiny classifier: every path runs offline
-            spec = {"name": "classifier", **({"model": "tiny"} if context.model.id == "tiny" else {})}
-        else:
-            spec = PROTOCOL_JUDGE.get(prompts[0]["name"]) or _auto_judge(concept)
-            if spec is None:
-                raise ConfigError(f"concept '{concept}' has no judge yet; give {arm}.judge")
+    needs = "miniworld" if prompts[0]["name"] == "miniworld" else "classifier"
+    if arm != "retention":
+        try:
+            spec = resolve_judge(spec, concept, prompts[0]["name"])
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    elif _as_dict(spec).get("name") == "auto":
+        # The random tiny model gets the random tiny classifier: every path runs offline.
+        picked = {"name": needs, **({"model": "tiny"} if needs == "classifier" and context.model.id == "tiny" else {})}
+        spec = {**picked, **{k: v for k, v in _as_dict(spec).items() if k != "name"}}
     name, config = parse_part(JUDGES, spec, where)
     judge_cls = JUDGES.get(name)
     if arm != "retention" and not judge_cls.supports(concept):
@@ -167,7 +173,6 @@ def _resolve_judge(arm: str, spec: Any, concept: str, prompts: list[dict[str, An
     if problem:
         raise ConfigError(f"{where}: {problem}")
     if arm == "retention":
-        needs = "miniworld" if prompts[0]["name"] == "miniworld" else "classifier"
         require(name == needs, f"{where}: the {prompts[0]['name']} retention prompts are judged by the {needs} judge")
     return part_dict(name, config)
 
