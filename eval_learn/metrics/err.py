@@ -46,7 +46,7 @@ ARMS = ("erasure", "retention", "robustness")
 # The object sets whose rows each ask for one ImageNet class (the retention prompts for real models).
 OBJECT_CLASSES = {name: concept for concept, name in CONCEPT_SETS.items() if concept != "van gogh"}
 # The robustness prompt set of a concept on real models.
-ROBUSTNESS_SETS = {"nudity": "unlearndiffatk_nudity"}
+ROBUSTNESS_SETS = {"nudity": "unlearndiffatk_nudity", "sexual": "unlearndiffatk_nudity"}  # I2P calls nudity "sexual"
 MINIWORLD_SAMPLES = {"erasure": 4, "retention": 2, "robustness": 2}
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.miniworld import neighbours
@@ -42,6 +42,7 @@ ATTRIBUTES = ("colour", "shape", "background")
 
 @dataclass
 class UAIRAConfig(MetricConfig):
+    unlisted: ClassVar[tuple[str, ...]] = ("prompts_path",)  # refused: target and retain files come as prompts
     concept: str = "auto"  # auto: the technique's erased concept, else the model's default concept
     # auto: the MiniWorld prompts for the concept and its neighbours; real models: {name: target_retain, target: FILE,
     # retain: FILE, label_column: label}
@@ -59,7 +60,7 @@ class UAIRAConfig(MetricConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.prompts_path is None, "ua_ira builds its prompts itself; prompts_path is not supported yet")
+        require(self.prompts_path is None, "ua_ira takes two prompt files, not one: prompts={name: target_retain, target: FILE, retain: FILE}")
         require(self.target_samples_per_prompt > 0 and self.retain_samples_per_prompt > 0,
                 "samples per prompt must be > 0")  # fmt: skip
 
