@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,14 @@ def ensure_pretrained_available(model_id: str, revision: str | None, what: str) 
         ) from None
 
 
+def _from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` with ``torch_dtype``, which every diffusers this project supports reads; diffusers
+    0.36+ also reads ``dtype`` and warns about the old name on every run, a notice nobody can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        return cls.from_pretrained(*args, **kwargs)
+
+
 def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:
     """Load the base text-to-image pipeline with the safety checker off (the benchmark judges images itself), in its
     target dtype (loaded so, not cast afterwards; only the tiny model, built in code, is cast)."""
@@ -191,8 +200,8 @@ def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:
     elif spec.id == "miniworld":
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(MINIWORLD_DIR), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        pipe = _from_pretrained(
+            StableDiffusionPipeline, str(MINIWORLD_DIR), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
             local_files_only=True,
         )  # fmt: skip
     else:
@@ -200,7 +209,7 @@ def load_pipeline(spec: ModelSpec, device: str, dtype: Any) -> Any:
         from diffusers import AutoPipelineForText2Image
 
         kwargs: dict[str, Any] = {"torch_dtype": dtype, "revision": spec.revision}
-        pipe = AutoPipelineForText2Image.from_pretrained(spec.id, safety_checker=None, **kwargs)
+        pipe = _from_pretrained(AutoPipelineForText2Image, spec.id, safety_checker=None, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return cast_pipeline(pipe, device, dtype)
 
