@@ -23,6 +23,17 @@ C = TypeVar("C")
 __all__ = ["ConfigError", "did_you_mean", "from_mapping", "require"]
 
 
+def as_list(value: str | list[str]) -> list[str]:
+    """A config field that takes one string or a list of them, as a list."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def one_each(values: str | list[str], count: int) -> list[str]:
+    """A per-item setting given once for all ``count`` items, or once per item (checked by the caller)."""
+    items = as_list(values)
+    return items * count if len(items) == 1 else items
+
+
 def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""

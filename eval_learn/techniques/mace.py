@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval_learn.configs import require
+from eval_learn.configs import as_list, one_each, require
 from eval_learn.errors import ConfigError, NonFiniteError, RunError
 from eval_learn.storage import digest_of
 from eval_learn.techniques.base import NON_IMAGE_FIELDS, Technique, WeightsConfig
@@ -85,9 +85,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MASK_TIMESTEPS = (200, 400, 600)  # where the attention masks are read (of the scheduler's 1000 training steps)
 CFIS_RANGE, CFIS_TEMPERATURE = (200.0, 400.0), 0.05  # the paper's concept-focal importance sampling
 
-
-def _as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
 
 
 def _one_slot(template: str) -> bool:
@@ -124,23 +121,22 @@ class MACEConfig(WeightsConfig):
     train_seed: int = 0
 
     def erased_concepts(self) -> list[str] | None:
-        return _as_list(self.erase_concept)
+        return as_list(self.erase_concept)
 
     def mappings(self) -> list[str]:
-        mapping = _as_list(self.mapping_concept)
-        return mapping * len(self.erased_concepts() or []) if len(mapping) == 1 else mapping
+        return one_each(self.mapping_concept, len(self.erased_concepts() or []))
 
     def templates(self) -> list[str]:
         return list(self.prompt_templates) if self.prompt_templates is not None else list(DEFAULT_TEMPLATES)
 
     def validate(self) -> None:
         super().validate()
-        erased = _as_list(self.erase_concept)
+        erased = as_list(self.erase_concept)
         require(bool(erased), "erase_concept must name at least one concept")
         require(all(c.strip() for c in erased), f"erase_concept must not contain an empty concept, got {erased}")
         duplicates = sorted({c for c in erased if erased.count(c) > 1})
         require(not duplicates, f"erase_concept lists {duplicates} more than once")
-        mapping = _as_list(self.mapping_concept)
+        mapping = as_list(self.mapping_concept)
         require(len(mapping) in (1, len(erased)),
                 f"mapping_concept has {len(mapping)} entries for {len(erased)} erased concepts; give one for all or "
                 f"one per erased concept")  # fmt: skip

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import torch
 
-from eval_learn.configs import require
+from eval_learn.configs import as_list, one_each, require
 from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.weights import Weights
 
@@ -62,9 +62,6 @@ EDIT_KEYS = (
 )
 
 
-def _as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
 
 @dataclass
 class UCEConfig(WeightsConfig):
@@ -78,23 +75,22 @@ class UCEConfig(WeightsConfig):
     preserve_tokens: PreserveTokens = "all"
 
     def erased_concepts(self) -> list[str] | None:
-        return _as_list(self.erase_concept)
+        return as_list(self.erase_concept)
 
     def targets(self) -> list[str]:
-        targets = _as_list(self.target_concept)
-        return targets * len(self.erased_concepts() or []) if len(targets) == 1 else targets
+        return one_each(self.target_concept, len(self.erased_concepts() or []))
 
     def preserved(self) -> list[str]:
         return [""] if self.preserve_concepts is None else list(self.preserve_concepts)
 
     def validate(self) -> None:
         super().validate()
-        erased = _as_list(self.erase_concept)
+        erased = as_list(self.erase_concept)
         require(bool(erased), "erase_concept must name at least one concept")
         require(all(c.strip() for c in erased), f"erase_concept must not contain an empty concept, got {erased}")
         duplicates = sorted({c for c in erased if erased.count(c) > 1})
         require(not duplicates, f"erase_concept lists {duplicates} more than once")
-        targets = _as_list(self.target_concept)
+        targets = as_list(self.target_concept)
         require(bool(targets), "target_concept must be a concept, '' (the empty prompt), or one per erased concept")
         require(len(targets) in (1, len(erased)),
                 f"target_concept has {len(targets)} entries for {len(erased)} erased concepts; give one for all "
