@@ -77,3 +77,16 @@ def test_a_damaged_checkpoint_means_starting_over(tmp_path) -> None:
     path.write_bytes(b"not a checkpoint")
     checkpoint = TrainingCheckpoint(path)
     assert checkpoint.load() is None and not path.exists()
+
+
+def test_a_failed_save_never_stops_training(tmp_path, monkeypatch) -> None:
+    import eval_learn.techniques.checkpoint as checkpoint_module
+    from eval_learn.errors import RunError
+
+    def disk_full(path, data):
+        raise RunError(f"no space left on the device for {path}")
+
+    monkeypatch.setattr(checkpoint_module, "atomic_write", disk_full)
+    checkpoint = TrainingCheckpoint(tmp_path / "x.partial.pt", every_s=0.0)
+    checkpoint.maybe_save(1, lambda: {"losses": [1.0]})  # logs, does not raise
+    assert checkpoint.disabled and checkpoint.saves == 0 and not (tmp_path / "x.partial.pt").exists()

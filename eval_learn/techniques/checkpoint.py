@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from eval_learn.errors import RunError
 from eval_learn.storage import atomic_write, remove_quietly
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class TrainingCheckpoint:
         self._last = time.monotonic()
         self.resumed_from: int | None = None
         self.saves = 0
+        self.disabled = False
+        self._save_s = 0.0
         self._companions: list[TrainingCheckpoint] = []
 
     def companion(self, name: str) -> TrainingCheckpoint:
@@ -61,13 +64,25 @@ class TrainingCheckpoint:
 
     def maybe_save(self, step: int, state: Callable[[], Mapping[str, Any]], force: bool = False) -> None:
         """Save ``state()`` after ``step`` steps if enough time has passed (or ``step`` is in ``save_at``, or
-        ``force``)."""
-        if not force and step not in self.save_at and time.monotonic() - self._last < self.every_s:
+        ``force``). Saving never costs more than a tenth of the training time (a full UNet with Adam's state is
+        gigabytes: the interval grows with what a save takes), and a save that fails (a full disk) only ends the
+        saving, never the training."""
+        if self.disabled:
             return
-        buffer = io.BytesIO()
-        torch.save({**state(), "step": step}, buffer)
-        atomic_write(self.path, buffer.getvalue())
+        wait = max(self.every_s, 10 * self._save_s)
+        if not force and step not in self.save_at and time.monotonic() - self._last < wait:
+            return
+        start = time.monotonic()
+        try:
+            buffer = io.BytesIO()
+            torch.save({**state(), "step": step}, buffer)
+            atomic_write(self.path, buffer.getvalue())
+        except (OSError, RunError) as err:
+            log.warning("Training state could not be saved (%s): training goes on without resume points", err)
+            self.disabled = True
+            return
         self._last = time.monotonic()
+        self._save_s = self._last - start
         self.saves += 1
 
     def discard(self) -> None:
