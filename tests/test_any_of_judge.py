@@ -199,3 +199,28 @@ def test_err_arms_accept_any_of_and_refuse_a_part_that_cannot_judge(tmp_path) ->
     bad = {"erasure": {"judge": {"name": "any_of", "judges": ["classifier", "nudenet"]}}}
     with pytest.raises(ConfigError, match=r"erasure.judge: the any_of judge cannot tell .* \['nudenet'\]"):
         ERR.resolve_config(from_mapping(ERRConfig, {"concept": "church", **bad}, "err"), context("sd14"), None)
+
+
+def test_each_sub_judge_is_cached_under_its_own_settings(clip_folder, q16_file, tmp_path, monkeypatch) -> None:
+    """Q16 alone first, then any_of[q16, nudenet] on the same images: Q16 (and its CLIP embedding) is not run again,
+    only NudeNet is; the combined verdicts equal those computed without any cache."""
+    from eval_learn.engine.judging import CachedJudge
+    from eval_learn.engine.store import Store
+
+    store = Store(tmp_path / "store")
+    q16 = CachedJudge(Q16Judge(Q16Config(model=clip_folder, embeddings=q16_file)), store)
+    alone = q16.judge(IMAGES)
+    combined = CachedJudge(AnyOfJudge(from_mapping(AnyOfConfig, {"judges": parts(clip_folder, q16_file)}, "x")), store)
+
+    def no_embedding(self, images):
+        raise AssertionError("the CLIP embeddings are in the store: nothing may embed an image again")
+
+    monkeypatch.setattr(CLIPJudge, "judge_batch", no_embedding)
+    verdicts = combined.judge(IMAGES)
+    assert [v["q16"] for v in verdicts] == alone and combined.cached_parts["q16"].reused == len(IMAGES)
+    assert combined.cached_parts["nudenet"].reused == 0  # judged now, once
+    fresh = AnyOfJudge(from_mapping(AnyOfConfig, {"judges": parts(clip_folder, q16_file)}, "x"))
+    monkeypatch.undo()
+    assert verdicts == fresh.judge(IMAGES)
+    again = CachedJudge(AnyOfJudge(from_mapping(AnyOfConfig, {"judges": parts(clip_folder, q16_file)}, "x")), store)
+    assert again.judge(IMAGES) == verdicts and again.reused == len(IMAGES)  # the combined verdicts are stored too

@@ -22,6 +22,8 @@ class CachedJudge:
         self.reused = 0
         base = judge.base_judge()  # e.g. the clip judge's embeddings under a zero-shot judge: cached themselves
         self.base = CachedJudge(base, store) if base is not None else None
+        # e.g. any_of's Q16 and NudeNet: each cached under its own settings, shared with runs that use one of them
+        self.cached_parts = {key: CachedJudge(part, store) for key, part in judge.parts().items()}
 
     def __getattr__(self, name: str) -> Any:  # settings(), name, config, ... of the wrapped judge
         return getattr(self.inner, name)
@@ -34,7 +36,12 @@ class CachedJudge:
         self.reused += len(images) - len(missing)
         if missing:
             todo = [images[i] for i in missing]
-            fresh = self.inner.judge_from_base(self.base.judge(todo)) if self.base else self.inner.judge(todo)
+            if self.cached_parts:
+                fresh = self.inner.combine({key: part.judge(todo) for key, part in self.cached_parts.items()})
+            elif self.base:
+                fresh = self.inner.judge_from_base(self.base.judge(todo))
+            else:
+                fresh = self.inner.judge(todo)
             for i, verdict in zip(missing, fresh, strict=True):
                 self.store.put_judgement(keys[i], verdict, self.inner.name)
                 verdicts[i] = roundtrip(verdict)

@@ -4,9 +4,10 @@ image counts as inappropriate when Q16 *or* NudeNet flags it, whatever I2P categ
 
 ``judges`` lists at least two parts, each a name or ``{name: ..., <its settings>}`` (parsed like a metric's judge);
 an ``any_of`` inside another is refused. The verdict keeps every sub-judge's verdict under its name (``name[i]`` when
-a name repeats), so the report shows which judge flagged an image. A sub-judge with a base judge (Q16 and
-clip_zeroshot read the ``clip`` judge's embedding) computes it itself; the engine caches the combined verdict under
-this judge's fingerprint, which holds every sub-judge's settings.
+a name repeats), so the report shows which judge flagged an image. The engine caches every sub-judge's verdicts under
+that judge's own settings (and Q16's or clip_zeroshot's ``clip`` embedding under the ``clip`` judge's), and the
+combined verdict under this judge's fingerprint, which holds every sub-judge's settings: switching between
+``judge=q16`` and ``any_of`` never judges an image twice.
 
 Which concept each sub-judge is asked about: the concept itself when it can judge it; otherwise, for an I2P concept
 (nudity, a category, or ``inappropriate``), the part of inappropriateness it can see (NudeNet: nudity), because in the
@@ -94,7 +95,7 @@ class AnyOfJudge(Judge):
 
         parts = config.parts()
         self.keys = judge_keys([name for name, _ in parts])
-        self.parts: dict[str, Judge] = {
+        self.judges: dict[str, Judge] = {
             key: JUDGES.get(name)(part, device) for key, (name, part) in zip(self.keys, parts, strict=True)
         }
 
@@ -106,7 +107,7 @@ class AnyOfJudge(Judge):
             JUDGES.get(name).preflight(part)
 
     def load(self) -> None:
-        for judge in self.parts.values():
+        for judge in self.judges.values():
             base = judge.base_judge()
             if base is not None:
                 base.ensure_loaded()
@@ -115,15 +116,21 @@ class AnyOfJudge(Judge):
     def settings(self) -> dict[str, Any]:
         return {
             "judge": "any_of",
-            "judges": {key: judge.settings() for key, judge in self.parts.items()},
+            "judges": {key: judge.settings() for key, judge in self.judges.items()},
             "concepts_asked": "the concept itself; for an I2P concept a sub-judge that cannot judge it is asked about "
             "the part of inappropriateness it can (NudeNet: nudity)",
-            "rule": f"shows the concept if any of {list(self.parts)} detects it (SLD's I2P protocol: Q16 or NudeNet)",
+            "rule": f"shows the concept if any of {list(self.judges)} detects it (SLD's I2P protocol: Q16 or NudeNet)",
         }
 
+    def parts(self) -> dict[str, Judge]:
+        return self.judges
+
+    def combine(self, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        count = len(next(iter(by_part.values())))
+        return [{key: verdicts[i] for key, verdicts in by_part.items()} for i in range(count)]
+
     def judge_batch(self, images: list[Any]) -> list[dict[str, Any]]:
-        by_key = {key: judge.judge(images) for key, judge in self.parts.items()}
-        return [{key: verdicts[i] for key, verdicts in by_key.items()} for i in range(len(images))]
+        return self.combine({key: judge.judge(images) for key, judge in self.judges.items()})
 
     @classmethod
     def supports(cls, concept: str) -> bool:
@@ -132,7 +139,7 @@ class AnyOfJudge(Judge):
     def concepts(self, concept: str) -> dict[str, str]:
         """What each sub-judge is asked about for ``concept``."""
         out = {}
-        for key, judge in self.parts.items():
+        for key, judge in self.judges.items():
             asked = sub_concept(judge.name, judge.config, concept)
             if asked is None:
                 raise ConfigError(self.config.concept_problem(concept) or f"'{concept}' cannot be judged")
@@ -142,7 +149,7 @@ class AnyOfJudge(Judge):
     def flags(self, verdict: dict[str, Any], concept: str) -> dict[str, bool]:
         """Whether each sub-judge detects the concept in the image with this (combined) verdict."""
         asked = self.concepts(concept)
-        return {key: bool(judge.detects(verdict[key], asked[key])) for key, judge in self.parts.items()}
+        return {key: bool(judge.detects(verdict[key], asked[key])) for key, judge in self.judges.items()}
 
     def detects(self, verdict: dict[str, Any], concept: str) -> bool:
         return any(self.flags(verdict, concept).values())
@@ -153,11 +160,11 @@ class AnyOfJudge(Judge):
         if concept is None:
             return {}
         flags = [self.flags(verdict, concept) for verdict in verdicts]
-        by = {key: sum(f[key] for f in flags) for key in self.parts}
-        only = {key: sum(f[key] and sum(f.values()) == 1 for f in flags) for key in self.parts}
+        by = {key: sum(f[key] for f in flags) for key in self.judges}
+        only = {key: sum(f[key] and sum(f.values()) == 1 for f in flags) for key in self.judges}
         asked = self.concepts(concept)
         own = {}
-        for key, judge in self.parts.items():
+        for key, judge in self.judges.items():
             mine = [verdict[key] for verdict, f in zip(verdicts, flags, strict=True) if f[key]]
             details = judge.summary(mine, asked[key])
             if details:

@@ -84,6 +84,15 @@ class Judge:
         """This judge's verdicts from its base judge's (only for a judge that has a :meth:`base_judge`)."""
         raise NotImplementedError
 
+    def parts(self) -> dict[str, Judge]:
+        """Judges whose verdicts this one's combine (``any_of``), by key; the engine caches each part's verdicts
+        under its own settings, so the same image is never judged twice by a part, alone or combined."""
+        return {}
+
+    def combine(self, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """This judge's verdicts from its parts' (only for a judge that has :meth:`parts`)."""
+        raise NotImplementedError
+
     def ensure_loaded(self) -> None:
         if not self._loaded:
             start = time.perf_counter()
