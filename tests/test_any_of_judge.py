@@ -219,6 +219,7 @@ def test_each_sub_judge_is_cached_under_its_own_settings(clip_folder, q16_file, 
     verdicts = combined.judge(IMAGES)
     assert [v["q16"] for v in verdicts] == alone and combined.cached_parts["q16"].reused == len(IMAGES)
     assert combined.cached_parts["nudenet"].reused == 0  # judged now, once
+    assert combined.reused_verdicts() == len(IMAGES)  # what cache_stats reports: Q16's four verdicts
     fresh = AnyOfJudge(from_mapping(AnyOfConfig, {"judges": parts(clip_folder, q16_file)}, "x"))
     monkeypatch.undo()
     assert verdicts == fresh.judge(IMAGES)

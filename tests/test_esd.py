@@ -167,3 +167,22 @@ def test_bad_esd_configs_fail_clearly() -> None:
         from_mapping(ESDConfig, {"negative_guidance": float("nan")}, "esd")
     with pytest.raises(ConfigError, match=r"save_path 'esd\.ckpt' must end in one of"):
         from_mapping(ESDConfig, {"save_path": "esd.ckpt"}, "esd")
+
+
+def test_partial_samples_use_ddim_whatever_the_pipelines_scheduler(tiny_pipe) -> None:
+    """SD-1.4 ships PNDM, a multistep scheduler whose history would leak from one partial sample into the next (and
+    differ in a resumed run); ESD samples x_t with DDIM, as the authors' release does, so each x_t depends only on the
+    generator's state: a fresh trainer given the state before the third sample draws the same third sample."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    tiny_pipe.scheduler = PNDMScheduler.from_config(tiny_pipe.scheduler.config)
+    trainer = ESDTrainer(tiny_pipe, esd_config(), "cpu", 32, 32)
+    assert isinstance(trainer.scheduler, DDIMScheduler)
+    for _ in range(2):
+        trainer.sample_xt()
+    state = trainer.generator.get_state()
+    third = trainer.sample_xt()
+    fresh = ESDTrainer(tiny_pipe, esd_config(), "cpu", 32, 32)
+    fresh.generator.set_state(state)
+    again = fresh.sample_xt()
+    assert torch.equal(third[0], again[0]) and third[1] == again[1]

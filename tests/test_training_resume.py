@@ -47,7 +47,7 @@ def test_a_killed_training_resumes_and_ends_with_the_same_weights(name, tmp_path
     save = TrainingCheckpoint.maybe_save
 
     def save_then_die(self, step, state, force=False):
-        save(self, step, state, force)
+        save(self, step, state, True)  # every step (the interval would otherwise grow with the save's duration)
         if step == 3:
             raise Killed
 
@@ -90,3 +90,31 @@ def test_a_failed_save_never_stops_training(tmp_path, monkeypatch) -> None:
     checkpoint = TrainingCheckpoint(tmp_path / "x.partial.pt", every_s=0.0)
     checkpoint.maybe_save(1, lambda: {"losses": [1.0]})  # logs, does not raise
     assert checkpoint.disabled and checkpoint.saves == 0 and not (tmp_path / "x.partial.pt").exists()
+
+
+def test_a_state_saved_by_other_library_versions_is_not_used(tmp_path) -> None:
+    checkpoint = TrainingCheckpoint(tmp_path / "x.partial.pt", every_s=0.0)
+    checkpoint.maybe_save(2, lambda: {"losses": [1.0, 0.5]})
+    (tmp_path / ".x.partial.pt.abc.tmp").write_bytes(b"left by a kill during a save")
+    assert TrainingCheckpoint(tmp_path / "x.partial.pt").load()["step"] == 2
+    assert not (tmp_path / ".x.partial.pt.abc.tmp").exists()  # the killed save's temporary file is removed
+    state = torch.load(tmp_path / "x.partial.pt", weights_only=True)
+    state["versions"]["torch"] = "0.0.1"
+    torch.save(state, tmp_path / "x.partial.pt")
+    assert TrainingCheckpoint(tmp_path / "x.partial.pt").load() is None and not (tmp_path / "x.partial.pt").exists()
+
+
+def test_a_diverging_training_leaves_no_saved_state(tmp_path, monkeypatch) -> None:
+    from eval_learn.errors import NonFiniteError
+
+    monkeypatch.setattr(Technique, "checkpoint_every_s", 0.0)  # a save after the first step, before it diverges
+    saves = []
+    save = TrainingCheckpoint.maybe_save
+    monkeypatch.setattr(TrainingCheckpoint, "maybe_save", lambda self, *a, **k: (save(self, *a, **k),
+                                                                                  saves.append(self.saves)))  # fmt: skip
+    technique = build("esd", tmp_path)
+    technique.config.learning_rate = 1e30  # diverges within a few steps
+    with pytest.raises(NonFiniteError):
+        technique.prepare()
+    assert saves and saves[0] == 1  # a state was saved ...
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.tmp"))  # ... and removed

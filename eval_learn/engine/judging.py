@@ -28,6 +28,16 @@ class CachedJudge:
     def __getattr__(self, name: str) -> Any:  # settings(), name, config, ... of the wrapped judge
         return getattr(self.inner, name)
 
+    def reused_verdicts(self) -> int:
+        """Verdicts taken from the store: this judge's, and its parts' where the combined verdict had to be made
+        (an embedding read by a base judge is not counted: it is not a verdict)."""
+        return self.reused + sum(part.reused_verdicts() for part in self.cached_parts.values())
+
+    def load_seconds_total(self) -> float:
+        """Seconds spent loading this judge, its base and its parts (each loads on its first image to judge)."""
+        base = self.base.load_seconds_total() if self.base else 0.0
+        return self.inner.load_seconds + base + sum(p.load_seconds_total() for p in self.cached_parts.values())
+
     def judge(self, images: list[Image]) -> list[dict[str, Any]]:
         digests = [im.info.get("eval_learn:pixels_sha256") or pixel_digest(np.asarray(im)) for im in images]
         keys = [judgement_key(self.fingerprint, d) for d in digests]

@@ -391,7 +391,7 @@ class Engine:
         self._time("evaluate_s", start)
         # Judges load on their first image (a rerun with every verdict cached never loads them): that is the
         # metric's setup time, taken out of its update time.
-        setup = sum(getattr(j.inner, "load_seconds", 0.0) + getattr(getattr(j, "base", None), "load_seconds", 0.0)
+        setup = sum(j.load_seconds_total() if isinstance(j, CachedJudge) else getattr(j, "load_seconds", 0.0)
                     for j in evaluation.metric.judges.values())  # fmt: skip
         update = max(0.0, evaluation.timings.get("metric_update_s", 0.0) - setup)
         evaluation.timings.update(metric_setup_s=round(setup, 4), metric_update_s=round(update, 4))
@@ -408,7 +408,7 @@ class Engine:
         return shared | own | {"total_s": round(total, 4)}
 
     def cache_stats(self, evaluation: Evaluation) -> dict[str, int]:
-        reused = sum(getattr(j, "reused", 0) for j in evaluation.metric.judges.values())
+        reused = sum(j.reused_verdicts() for j in evaluation.metric.judges.values() if isinstance(j, CachedJudge))
         return {**evaluation.counts, "judgements_reused": reused}
 
     def common_report(self, technique: Technique, timings: dict[str, float]) -> dict[str, Any]:

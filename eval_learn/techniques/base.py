@@ -33,7 +33,7 @@ import torch
 from PIL.Image import Image
 
 from eval_learn.configs import require
-from eval_learn.errors import ConfigError, RunError
+from eval_learn.errors import ConfigError, NonFiniteError, RunError
 from eval_learn.models import load_pipeline
 from eval_learn.runtime import RunContext, resolve_device
 from eval_learn.storage import digest_of, locked, remove_quietly
@@ -142,7 +142,8 @@ class Technique:
         fields = {k: v for k, v in asdict(self.config).items() if k in self.weight_fields}
         return digest_of(
             {"technique": self.name, "version": self.algorithm_version, "config": fields,
-             "model": self.context.model.fingerprint()},
+             "model": self.context.model.fingerprint(),
+             "size": [self.context.model.height, self.context.model.width]},  # training images are made at it
             length=24,
         )  # fmt: skip
 
@@ -167,8 +168,7 @@ class Technique:
             with locked(self.context.cache_dir / "locks" / f"{self.name}-{path.stem}.lock", f"{self.name} weights"):
                 weights = self._read_cache(path)
                 if weights is None:
-                    self.checkpoint = TrainingCheckpoint(path.with_suffix(".partial.pt"), self.checkpoint_every_s)
-                    weights = self._build()
+                    weights = self._build_resumable(path.with_suffix(".partial.pt"))
                     self._write_cache(weights, path)
                     if self.checkpoint.resumed_from is not None:
                         self.info["training_resumed_from_step"] = self.checkpoint.resumed_from
@@ -201,6 +201,25 @@ class Technique:
             self.info.setdefault("damaged_cache_entries", []).append(str(path))
             remove_quietly(path)
             return None
+
+    def _build_resumable(self, checkpoint_path: Path) -> weight_files.Weights:
+        """Build the weights with a training checkpoint: resumed from a killed run's last save if there is one. A
+        resume that fails (a saved state that no longer fits) starts over; a training that diverges leaves no saved
+        state behind (resuming it would only diverge again)."""
+        self.checkpoint = TrainingCheckpoint(checkpoint_path, self.checkpoint_every_s)
+        try:
+            return self._build()
+        except NonFiniteError:
+            self.checkpoint.discard()
+            raise
+        except Exception as err:
+            if self.checkpoint.resumed_from is None:
+                raise
+            log.warning("Technique <%s>: resuming training failed (%s: %s); training starts over", self.name,
+                        type(err).__name__, err)  # fmt: skip
+            self.checkpoint.discard()
+            self.checkpoint = TrainingCheckpoint(checkpoint_path, self.checkpoint_every_s)
+            return self._build()
 
     def _build(self) -> weight_files.Weights:
         log.info("Technique <%s>: building weights on %s", self.name, self.device)

@@ -49,13 +49,18 @@ class TrainingCheckpoint:
         return other
 
     def load(self) -> dict[str, Any] | None:
-        """The last saved state, or None (none saved, or unreadable: then training starts over)."""
+        """The last saved state, or None (none saved, unreadable, or saved by other library versions, whose
+        tensors or optimiser state may not fit: then training starts over)."""
+        self._remove_temporaries()  # a kill during a save leaves its temporary file (gigabytes for a full UNet)
         if not self.path.is_file():
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("versions") != _versions() or "step" not in state:
+                raise ValueError(f"saved by other library versions ({state.get('versions')}, now {_versions()})"
+                                 if isinstance(state, dict) else "not a training state")  # fmt: skip
         except Exception as err:  # noqa: BLE001 - a damaged partial state only costs the steps it saved
-            log.warning("Training checkpoint %s cannot be read (%s): training starts over", self.path, err)
+            log.warning("Training checkpoint %s cannot be used (%s): training starts over", self.path, err)
             remove_quietly(self.path)
             return None
         self.resumed_from = int(state["step"])
@@ -75,7 +80,7 @@ class TrainingCheckpoint:
         start = time.monotonic()
         try:
             buffer = io.BytesIO()
-            torch.save({**state(), "step": step}, buffer)
+            torch.save({**state(), "step": step, "versions": _versions()}, buffer)
             atomic_write(self.path, buffer.getvalue())
         except (OSError, RunError) as err:
             log.warning("Training state could not be saved (%s): training goes on without resume points", err)
@@ -87,8 +92,20 @@ class TrainingCheckpoint:
 
     def discard(self) -> None:
         remove_quietly(self.path)
+        self._remove_temporaries()
         for other in self._companions:
             other.discard()
+
+    def _remove_temporaries(self) -> None:
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # atomic_write's temporary names
+            remove_quietly(tmp)
+
+
+def _versions() -> dict[str, str]:
+    """The libraries whose changes could make a saved state not fit (parameter names, optimiser state layout)."""
+    from importlib.metadata import version
+
+    return {"torch": str(torch.__version__), "diffusers": version("diffusers"), "transformers": version("transformers")}
 
 
 def optimiser_state(optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor],

@@ -118,7 +118,11 @@ class ESDTrainer:
         self.device = device
         self.unet = pipe.unet
         self.frozen = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
-        self.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        # DDIM, as the authors' release samples x_t, whatever the pipeline's own scheduler: a multistep scheduler
+        # (SD-1.4 ships PNDM) would carry its history from one partial sample into the next.
+        from diffusers import DDIMScheduler
+
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         self.scheduler.set_timesteps(config.sample_steps, device=device)
         self.params = select_parameters(self.unet, config.train_method)
         self.unet.requires_grad_(False)
@@ -207,7 +211,7 @@ class ESD(Technique):
     name = "esd"
     config_cls = ESDConfig
     config: ESDConfig
-    algorithm_version = 3
+    algorithm_version = 4  # 4: partial samples always with DDIM (was the pipeline's scheduler)
     weight_fields = TRAINING_KEYS
 
     def build_weights(self, pipe) -> Weights:

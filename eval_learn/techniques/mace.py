@@ -674,12 +674,13 @@ class MACETrainer:
     def data(self, probe: AttentionProbe, checkpoint: TrainingCheckpoint | None) -> list[ConceptData]:
         """Stage 2's images and masks: from a killed run's saved state, or made (and saved for a later kill)."""
         if checkpoint is not None and (saved := checkpoint.load()) is not None:
-            data = [ConceptData(**d) for d in saved["data"]]
+            data = [ConceptData(**{**d, "latents": d["latents"].to(self.device)}) for d in saved["data"]]
             self.info["mask_fraction"] = {d.concept: round(float(d.masks.mean()), 4) for d in data}
             return data
         data = self.prepare_data(probe)
         if checkpoint is not None:
-            checkpoint.maybe_save(0, lambda: {"data": [asdict(d) for d in data]}, force=True)
+            checkpoint.maybe_save(0, lambda: {"data": [{**asdict(d), "latents": d.latents.cpu()} for d in data]},
+                                  force=True)  # fmt: skip
         return data
 
     def run(self, checkpoint: TrainingCheckpoint | None = None) -> Weights:
