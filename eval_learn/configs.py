@@ -34,6 +34,24 @@ def one_each(values: str | list[str], count: int) -> list[str]:
     return items * count if len(items) == 1 else items
 
 
+def check_concepts_and_targets(erase: str | list[str], targets: str | list[str], key: str, effect: str) -> None:
+    """The erased concepts (one or a list: non-empty, distinct) and what they become (``key``: one for all or one
+    each, none the concept itself, which would make ``effect`` change nothing)."""
+    erased = as_list(erase)
+    require(bool(erased), "erase_concept must name at least one concept")
+    require(all(c.strip() for c in erased), f"erase_concept must not contain an empty concept, got {erased}")
+    duplicates = sorted({c for c in erased if erased.count(c) > 1})
+    require(not duplicates, f"erase_concept lists {duplicates} more than once")
+    given = as_list(targets)
+    require(bool(given), f"{key} must be a concept, '' (the empty prompt), or one per erased concept")
+    require(len(given) in (1, len(erased)),
+            f"{key} has {len(given)} entries for {len(erased)} erased concepts; give one for all or one per erased "
+            f"concept")  # fmt: skip
+    for concept, target in zip(erased, one_each(targets, len(erased)), strict=True):
+        require(concept.strip().lower() != target.strip().lower(),
+                f"{key} '{target}' is the erased concept itself: {effect} would change nothing")  # fmt: skip
+
+
 def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""

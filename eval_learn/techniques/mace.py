@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval_learn.configs import as_list, one_each, require
+from eval_learn.configs import as_list, check_concepts_and_targets, one_each, require
 from eval_learn.errors import ConfigError, NonFiniteError, RunError
 from eval_learn.storage import digest_of
 from eval_learn.techniques.base import NON_IMAGE_FIELDS, Technique, WeightsConfig
@@ -131,18 +131,8 @@ class MACEConfig(WeightsConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_concepts_and_targets(self.erase_concept, self.mapping_concept, "mapping_concept", "stage 1")
         erased = as_list(self.erase_concept)
-        require(bool(erased), "erase_concept must name at least one concept")
-        require(all(c.strip() for c in erased), f"erase_concept must not contain an empty concept, got {erased}")
-        duplicates = sorted({c for c in erased if erased.count(c) > 1})
-        require(not duplicates, f"erase_concept lists {duplicates} more than once")
-        mapping = as_list(self.mapping_concept)
-        require(len(mapping) in (1, len(erased)),
-                f"mapping_concept has {len(mapping)} entries for {len(erased)} erased concepts; give one for all or "
-                f"one per erased concept")  # fmt: skip
-        for concept, target in zip(erased, self.mappings(), strict=True):
-            require(concept.strip().lower() != target.strip().lower(),
-                    f"mapping_concept '{target}' is the erased concept itself: stage 1 would change nothing")  # fmt: skip
         templates = self.prompt_templates
         require(templates is None or bool(templates), "prompt_templates must be null or a non-empty list")
         for template in templates or []:

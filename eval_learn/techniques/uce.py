@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import torch
 
-from eval_learn.configs import as_list, one_each, require
+from eval_learn.configs import as_list, check_concepts_and_targets, one_each, require
 from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.weights import Weights
 
@@ -85,19 +85,8 @@ class UCEConfig(WeightsConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_concepts_and_targets(self.erase_concept, self.target_concept, "target_concept", "the edit")
         erased = as_list(self.erase_concept)
-        require(bool(erased), "erase_concept must name at least one concept")
-        require(all(c.strip() for c in erased), f"erase_concept must not contain an empty concept, got {erased}")
-        duplicates = sorted({c for c in erased if erased.count(c) > 1})
-        require(not duplicates, f"erase_concept lists {duplicates} more than once")
-        targets = as_list(self.target_concept)
-        require(bool(targets), "target_concept must be a concept, '' (the empty prompt), or one per erased concept")
-        require(len(targets) in (1, len(erased)),
-                f"target_concept has {len(targets)} entries for {len(erased)} erased concepts; give one for all "
-                f"or one per erased concept")  # fmt: skip
-        for concept, target in zip(erased, self.targets(), strict=True):
-            require(concept.strip().lower() != target.strip().lower(),
-                    f"target_concept '{target}' is the erased concept itself: the edit would change nothing")  # fmt: skip
         clash = sorted({c for c in self.preserved() if c.strip().lower() in {e.strip().lower() for e in erased}})
         require(not clash, f"preserve_concepts {clash} are also erased: a concept cannot be both")
         for name in ("erase_scale", "preserve_scale", "lamb"):
