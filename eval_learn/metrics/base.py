@@ -15,6 +15,7 @@ technique through :meth:`Metric.attach_model`: its pipeline, with gradients thro
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -160,6 +161,11 @@ class Metric:
     def judgements(self) -> states.PerImage:
         return self.states["judgements"]  # type: ignore[return-value]
 
+    def judged_by(self, record: PromptRecord) -> Iterable[str]:
+        """The judges (by role) that judge this record's image: all of them, unless a metric gives each part of its
+        prompts its own judge (``err``'s arms). Decided per record, never by position in a batch."""
+        return self.judges.keys()
+
     def update(self, images: list[Image], records: list[PromptRecord]) -> list[dict[str, Any]]:
         """Judge a batch and record each image; returns the per-image records (for ``metadata.json``)."""
         if len(images) != len(records):
@@ -167,10 +173,14 @@ class Metric:
         repeated = [r.index for r in records if r.index in self.judgements.items]
         if repeated:
             raise ValueError(f"images {repeated[:5]} were judged twice")
-        by_role = {role: judge.judge(images) for role, judge in self.judges.items()}
+        by_role: dict[str, dict[int, dict[str, Any]]] = {}
+        for role, judge in self.judges.items():
+            mine = [i for i, r in enumerate(records) if role in self.judged_by(r)]
+            if mine:
+                by_role[role] = dict(zip(mine, judge.judge([images[i] for i in mine]), strict=True))
         out = []
         for i, record in enumerate(records):
-            entry = self.record({role: verdicts[i] for role, verdicts in by_role.items()}, record)
+            entry = self.record({role: verdicts[i] for role, verdicts in by_role.items() if i in verdicts}, record)
             self.judgements.add(record.index, entry)
             out.append(entry)
         return out

@@ -28,8 +28,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from PIL.Image import Image
-
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.base import PromptRow, expand, occurrences, select
 from eval_learn.datasets.miniworld import neighbours
@@ -283,24 +281,9 @@ class ERR(Metric):
         return tags
 
     # --- judging ------------------------------------------------------------------------------------------------
-    def update(self, images: list[Image], records: list[PromptRecord]) -> list[dict[str, Any]]:
+    def judged_by(self, record: PromptRecord) -> list[str]:
         """Each image goes to the judge of the arm its own record names (a batch may mix arms)."""
-        if len(images) != len(records):
-            raise ValueError(f"{len(images)} images for {len(records)} prompts")
-        repeated = [r.index for r in records if r.index in self.judgements.items]
-        if repeated:
-            raise ValueError(f"images {repeated[:5]} were judged twice")
-        verdicts: dict[int, dict[str, Any]] = {}
-        for role, judge in self.judges.items():
-            mine = [i for i, r in enumerate(records) if self.arm_role[r.extra["arm"]] == role]
-            if mine:
-                verdicts.update(zip(mine, judge.judge([images[i] for i in mine]), strict=True))
-        out = []
-        for i, record in enumerate(records):
-            entry = self.record({self.arm_role[record.extra["arm"]]: verdicts[i]}, record)
-            self.judgements.add(record.index, entry)
-            out.append(entry)
-        return out
+        return [self.arm_role[record.extra["arm"]]]
 
     def record(self, verdicts: dict[str, dict[str, Any]], record: PromptRecord) -> dict[str, Any]:
         arm = record.extra["arm"]
