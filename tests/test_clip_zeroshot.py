@@ -110,10 +110,10 @@ def test_image_embeddings_are_the_clip_judges_and_cached_once(clip_folder, tmp_p
     store, pictures = Store(tmp_path / "store"), images(3)
     first = CachedJudge(judge(clip_folder), store)
     verdicts = first.judge(pictures)
-    assert first.base.reused == 0 and first.base.inner.name == "clip"
+    assert first.cached_parts["clip"].reused == 0 and first.cached_parts["clip"].inner.name == "clip"
     other = CachedJudge(judge(clip_folder, templates="art", labels=["dog", "car"]), store)
     other_verdicts = other.judge(pictures)
-    assert other.reused == 0 and other.base.reused == 3  # new verdicts, from the stored embeddings
+    assert other.reused == 0 and other.cached_parts["clip"].reused == 3  # new verdicts, from the stored embeddings
     plain = CachedJudge(CLIPJudge(CLIPConfig(model=clip_folder)), store)
     plain.judge(pictures)
     assert plain.reused == 3

@@ -20,23 +20,21 @@ class CachedJudge:
         self.store = store
         self.fingerprint = judge.fingerprint()
         self.reused = 0
-        base = judge.base_judge()  # e.g. the clip judge's embeddings under a zero-shot judge: cached themselves
-        self.base = CachedJudge(base, store) if base is not None else None
-        # e.g. any_of's Q16 and NudeNet: each cached under its own settings, shared with runs that use one of them
+        # the clip judge's embeddings under Q16 or a zero-shot judge, any_of's Q16 and NudeNet: each cached under its
+        # own settings, shared with every judge and run that uses the same part
         self.cached_parts = {key: CachedJudge(part, store) for key, part in judge.parts().items()}
 
     def __getattr__(self, name: str) -> Any:  # settings(), name, config, ... of the wrapped judge
         return getattr(self.inner, name)
 
     def reused_verdicts(self) -> int:
-        """Verdicts taken from the store: this judge's, and its parts' where the combined verdict had to be made
-        (an embedding read by a base judge is not counted: it is not a verdict)."""
+        """Verdicts taken from the store: this judge's, and its parts' where this judge's verdict had to be made
+        (e.g. the CLIP embeddings under a Q16 with a new threshold)."""
         return self.reused + sum(part.reused_verdicts() for part in self.cached_parts.values())
 
     def load_seconds_total(self) -> float:
-        """Seconds spent loading this judge, its base and its parts (each loads on its first image to judge)."""
-        base = self.base.load_seconds_total() if self.base else 0.0
-        return self.inner.load_seconds + base + sum(p.load_seconds_total() for p in self.cached_parts.values())
+        """Seconds spent loading this judge and its parts (each loads on its first image to judge)."""
+        return self.inner.load_seconds + sum(p.load_seconds_total() for p in self.cached_parts.values())
 
     def judge(self, images: list[Image]) -> list[dict[str, Any]]:
         digests = [im.info.get("eval_learn:pixels_sha256") or pixel_digest(np.asarray(im)) for im in images]
@@ -47,9 +45,7 @@ class CachedJudge:
         if missing:
             todo = [images[i] for i in missing]
             if self.cached_parts:
-                fresh = self.inner.combine({key: part.judge(todo) for key, part in self.cached_parts.items()})
-            elif self.base:
-                fresh = self.inner.judge_from_base(self.base.judge(todo))
+                fresh = self.inner.judge_from_parts({key: part.judge(todo) for key, part in self.cached_parts.items()})
             else:
                 fresh = self.inner.judge(todo)
             for i, verdict in zip(missing, fresh, strict=True):

@@ -106,13 +106,6 @@ class AnyOfJudge(Judge):
         for name, part in config.parts():
             JUDGES.get(name).preflight(part)
 
-    def load(self) -> None:
-        for judge in self.judges.values():
-            base = judge.base_judge()
-            if base is not None:
-                base.ensure_loaded()
-            judge.ensure_loaded()
-
     def settings(self) -> dict[str, Any]:
         return {
             "judge": "any_of",
@@ -128,9 +121,6 @@ class AnyOfJudge(Judge):
     def combine(self, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         count = len(next(iter(by_part.values())))
         return [{key: verdicts[i] for key, verdicts in by_part.items()} for i in range(count)]
-
-    def judge_batch(self, images: list[Any]) -> list[dict[str, Any]]:
-        return self.combine({key: judge.judge(images) for key, judge in self.judges.items()})
 
     @classmethod
     def supports(cls, concept: str) -> bool:

@@ -74,19 +74,11 @@ class Judge:
         """Extra details over the images that showed ``concept`` (e.g. how many per detector class)."""
         return {}
 
-    def base_judge(self) -> Judge | None:
-        """The judge whose verdicts this one's are computed from, or None. CLIP zero-shot and Q16 read the ``clip``
-        judge's image embedding: the engine caches that base verdict too, so another label set, template, threshold
-        or metric (clip_score) on the same images never embeds an image twice."""
-        return None
-
-    def from_base(self, base_verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """This judge's verdicts from its base judge's (only for a judge that has a :meth:`base_judge`)."""
-        raise NotImplementedError
-
     def parts(self) -> dict[str, Judge]:
-        """Judges whose verdicts this one's combine (``any_of``), by key; the engine caches each part's verdicts
-        under its own settings, so the same image is never judged twice by a part, alone or combined."""
+        """Judges whose verdicts this one's are computed from, by key: CLIP zero-shot and Q16 read the ``clip``
+        judge's image embedding, ``any_of`` combines Q16's and NudeNet's. The engine caches every part's verdicts
+        under the part's own settings, so another label set, threshold or combination (or clip_score) on the same
+        images never runs a part on an image twice."""
         return {}
 
     def combine(self, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -101,18 +93,17 @@ class Judge:
             self.load_seconds = time.perf_counter() - start
 
     def judge(self, images: list[Image]) -> list[dict[str, Any]]:
-        base = self.base_judge()
-        if base is not None:
-            return self.judge_from_base(base.judge(images))
+        parts = self.parts()
+        if parts:
+            return self.judge_from_parts({key: part.judge(images) for key, part in parts.items()})
         self.ensure_loaded()
-        verdicts = self.judge_batch(images)
-        if len(verdicts) != len(images):
-            raise RuntimeError(f"judge '{self.name}' returned {len(verdicts)} verdicts for {len(images)} images")
-        return verdicts
+        return self._checked(self.judge_batch(images), len(images))
 
-    def judge_from_base(self, base_verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def judge_from_parts(self, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         self.ensure_loaded()
-        verdicts = self.from_base(base_verdicts)
-        if len(verdicts) != len(base_verdicts):
-            raise RuntimeError(f"judge '{self.name}' returned {len(verdicts)} verdicts for {len(base_verdicts)} images")
+        return self._checked(self.combine(by_part), len(next(iter(by_part.values()))))
+
+    def _checked(self, verdicts: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+        if len(verdicts) != count:
+            raise RuntimeError(f"judge '{self.name}' returned {len(verdicts)} verdicts for {count} images")
         return verdicts

@@ -107,8 +107,8 @@ class CLIPZeroShotJudge(Judge):
     def preflight(cls, config: CLIPZeroShotConfig) -> None:
         CLIPJudge.preflight(config)
 
-    def base_judge(self) -> Judge:
-        return self.clip
+    def parts(self) -> dict[str, Judge]:
+        return {"clip": self.clip}  # the image embedding
 
     def templates(self) -> list[str]:
         return expand_templates(self.config.templates)
@@ -142,10 +142,10 @@ class CLIPZeroShotJudge(Judge):
             else f"shows the concept if p(concept) > {self.config.threshold}",
         }  # fmt: skip
 
-    def from_base(self, base_verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def combine(self, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         labels, scale = self.label_embeddings(), self.scale()
         out = []
-        for verdict in base_verdicts:
+        for verdict in by_part["clip"]:
             probs = zero_shot_probabilities(verdict["embedding"], labels, scale)
             out.append({"label": self.config.labels[int(np.argmax(probs))], "logit_scale": scale,
                         "probs": {label: float(p) for label, p in zip(self.config.labels, probs, strict=True)}})  # fmt: skip

@@ -128,8 +128,8 @@ class Q16Judge(Judge):
                               f"'{config.model}' embeds images in {size}; Q16's published prompts belong to "
                               f"openai/clip-vit-large-patch14 (768)")  # fmt: skip
 
-    def base_judge(self) -> Judge:
-        return self.clip
+    def parts(self) -> dict[str, Judge]:
+        return {"clip": self.clip}  # the image embedding
 
     def load(self) -> None:
         prompts = read_embeddings(self.config.embeddings or "")
@@ -147,9 +147,9 @@ class Q16Judge(Judge):
             "rule": f"inappropriate if softmax(100 * cos(image, prompts))[1] > {self.config.threshold}",
         }
 
-    def from_base(self, base_verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def combine(self, by_part: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         out = []
-        for verdict in base_verdicts:
+        for verdict in by_part["clip"]:
             embedding = verdict["embedding"]
             if embedding.shape[-1] != self._prompts.shape[1]:
                 raise RunError(f"Q16 embeddings '{self.config.embeddings}' have {self._prompts.shape[1]} dimensions but "
