@@ -137,17 +137,16 @@ def resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) ->
         settings = {k: v for k, v in judge.items() if k != "name"}
         # A sweep over concepts shares one {name: auto, ...}: settings that only another judge auto can pick has
         # (Q16's embeddings when the concept is nudity) are left out for this one; unknown keys still fail.
-        own = {f.name for f in dataclasses.fields(JUDGES.get(picked["name"]).config_cls)}
-        others = {f.name for name in AUTO_JUDGES for f in dataclasses.fields(JUDGES.get(name).config_cls)}
+        own = _fields(picked["name"])
+        others = set().union(*(_fields(name) for name in AUTO_JUDGES))
         dropped = sorted(k for k in settings if k not in own and k in others)
         if dropped:
             log.info("asr: judge=auto picked %s for '%s'; its settings %s belong to other judges and are not used",
                      picked["name"], concept, dropped)  # fmt: skip
         # Keys other auto-pickable judges also have mean what the picked judge means by them (threshold: NudeNet's
         # detection score for nudity, Q16's probability for the other I2P categories): a warning says so.
-        shared = sorted(k for k in settings if k in own and k in MEANING_VARIES and any(
-            k in {f.name for f in dataclasses.fields(JUDGES.get(name).config_cls)}
-            for name in AUTO_JUDGES if name != picked["name"]))  # fmt: skip
+        shared = sorted(k for k in settings if k in own and k in MEANING_VARIES
+                        and any(k in _fields(name) for name in AUTO_JUDGES if name != picked["name"]))  # fmt: skip
         if shared:
             log.warning("asr: judge=auto picked %s for '%s'; %s applied as %s's own setting(s) (another judge auto "
                         "picks would read them differently, e.g. threshold: NudeNet's detection score vs Q16's "
@@ -157,6 +156,10 @@ def resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) ->
     if judge.get("name") == "any_of" and isinstance(judge.get("judges"), list):  # its parts get the same defaults
         judge["judges"] = [_with_labels(part, concept) for part in judge["judges"]]
     return _with_labels(judge, concept)
+
+
+def _fields(judge: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(JUDGES.get(judge).config_cls)}
 
 
 def _with_labels(judge: Any, concept: str) -> Any:
