@@ -190,3 +190,21 @@ class CLIPJudge(Judge):
         features = self._model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
                                                  attention_mask=tokens["attention_mask"].to(self.device))  # fmt: skip
         return self._normalised(features), len(full) > self.context_length
+
+
+class OnCLIPEmbedding(Judge):
+    """A judge computed from the ``clip`` judge's image embedding of the same model (Q16, CLIP zero-shot): the
+    embedding is its one part, cached under the ``clip`` judge's own settings."""
+
+    config: CLIPConfig
+
+    def __init__(self, config: CLIPConfig, device: str = "cpu") -> None:
+        super().__init__(config, device)
+        self.clip = embedding_judge(config, device)
+
+    @classmethod
+    def preflight(cls, config: CLIPConfig) -> None:
+        CLIPJudge.preflight(config)
+
+    def parts(self) -> dict[str, Judge]:
+        return {"clip": self.clip}

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from eval_learn.configs import did_you_mean, require
-from eval_learn.judges.base import Judge
-from eval_learn.judges.clip import CLIPConfig, CLIPJudge, embedding_judge
+from eval_learn.judges.clip import CLIPConfig, OnCLIPEmbedding
 
 PHOTO_TEMPLATE = "a photo of {}."
 ART_TEMPLATE = "a painting in the style of {}."
@@ -93,22 +92,14 @@ class CLIPZeroShotConfig(CLIPConfig):
                 f"{did_you_mean(label_key(concept), keys)}")  # fmt: skip
 
 
-class CLIPZeroShotJudge(Judge):
+class CLIPZeroShotJudge(OnCLIPEmbedding):
     name = "clip_zeroshot"
     config_cls = CLIPZeroShotConfig
     config: CLIPZeroShotConfig
 
     def __init__(self, config: CLIPZeroShotConfig, device: str = "cpu") -> None:
         super().__init__(config, device)
-        self.clip = embedding_judge(config, device)
         self._label_embeddings: np.ndarray | None = None
-
-    @classmethod
-    def preflight(cls, config: CLIPZeroShotConfig) -> None:
-        CLIPJudge.preflight(config)
-
-    def parts(self) -> dict[str, Judge]:
-        return {"clip": self.clip}  # the image embedding
 
     def templates(self) -> list[str]:
         return expand_templates(self.config.templates)

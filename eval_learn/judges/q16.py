@@ -31,10 +31,9 @@ import numpy as np
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.i2p import I2P_CATEGORIES
 from eval_learn.errors import RunError
-from eval_learn.judges.base import Judge
-from eval_learn.judges.clip import CLIPConfig, CLIPJudge, embedding_judge
+from eval_learn.judges.clip import CLIPConfig, OnCLIPEmbedding
 from eval_learn.judges.clip_zeroshot import zero_shot_probabilities
-from eval_learn.judges.fid_features import file_sha256
+from eval_learn.models import file_sha256
 
 Q16_SCALE = 100.0  # Q16's SimClassifier: similarity = 100 * cos
 CONVERSION_HELP = (
@@ -109,27 +108,20 @@ class Q16Config(CLIPConfig):
         read_embeddings(self.embeddings)
 
 
-class Q16Judge(Judge):
+class Q16Judge(OnCLIPEmbedding):
     name = "q16"
     config_cls = Q16Config
     config: Q16Config
 
-    def __init__(self, config: Q16Config, device: str = "cpu") -> None:
-        super().__init__(config, device)
-        self.clip = embedding_judge(config, device)
-
     @classmethod
     def preflight(cls, config: Q16Config) -> None:
-        CLIPJudge.preflight(config)
+        super().preflight(config)
         size = projection_size(config.model, config.revision)
         dim = read_embeddings(config.embeddings or "").shape[1]
         if size is not None and size != dim:
             raise ConfigError(f"Q16 embeddings '{config.embeddings}' have {dim} dimensions but the CLIP model "
                               f"'{config.model}' embeds images in {size}; Q16's published prompts belong to "
                               f"openai/clip-vit-large-patch14 (768)")  # fmt: skip
-
-    def parts(self) -> dict[str, Judge]:
-        return {"clip": self.clip}  # the image embedding
 
     def load(self) -> None:
         prompts = read_embeddings(self.config.embeddings or "")
