@@ -41,7 +41,7 @@ def test_hand_computed_case_judged_by_group_not_by_position() -> None:
     far, near = groups.count("far"), groups.count("near")
     assert details["ira"] == pytest.approx(far / (far + near))
     assert metric.compute().value == pytest.approx((1.0 + far / (far + near)) / 2)
-    assert details["ci95_wilson"]["ira"] == wilson_interval(far, far + near)  # every rate has its interval
+    assert details["ci95_wilson"]["ira_pooled"] == wilson_interval(far, far + near)  # every rate has its interval
     assert details["ci95_wilson"]["ua"] == wilson_interval(groups.count("target"), groups.count("target"))
     assert metric.compute().name == "ua_ira_miniworld"
 
@@ -101,10 +101,12 @@ def test_files_hand_computed_case_judged_by_record_not_position(files, clip_fold
         metric.judgements.add(i, metric.record({"judge": verdict(seen[i], labels)}, records[i]))
     result = metric.compute()
     d = result.details
-    assert d["ua"] == 3 / 4 and d["ira"] == 2 / 3 and result.value == pytest.approx((3 / 4 + 2 / 3) / 2)
+    # IRA averages the labels' accuracies (UnlearnCanvas): Monet 1/2 and Picasso 1/1 -> 3/4; pooled over images 2/3.
+    assert d["ua"] == 3 / 4 and d["ira"] == 3 / 4 and result.value == pytest.approx((3 / 4 + 3 / 4) / 2)
+    assert d["ira_pooled"] == 2 / 3
     assert d["ira_per_label"] == {"Claude Monet": 0.5, "Pablo Picasso": 1.0}
     assert d["target_predicted_labels"] == {"Claude Monet": 3, "van gogh": 1}
-    assert d["ci95_wilson"]["ua"] == wilson_interval(3, 4) and d["ci95_wilson"]["ira"] == wilson_interval(2, 3)
+    assert d["ci95_wilson"]["ua"] == wilson_interval(3, 4) and d["ci95_wilson"]["ira_pooled"] == wilson_interval(2, 3)
     assert d["ci95_wilson"]["ira[Pablo Picasso]"] == wilson_interval(1, 1)
     assert result.name == "ua_ira_vangogh_target" and UAIRA.higher_is_better is True
     assert d["judge"]["labels"] == labels and d["judge"]["templates"] == ["a photo of {}."]

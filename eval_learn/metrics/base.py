@@ -181,6 +181,8 @@ class Metric:
         out = []
         for i, record in enumerate(records):
             entry = self.record({role: verdicts[i] for role, verdicts in by_role.items() if i in verdicts}, record)
+            # The prompt an image was drawn for (its first sample's index): the cluster of clustered intervals.
+            entry["prompt_id"] = record.index - record.extra.get("sample", 0)
             self.judgements.add(record.index, entry)
             out.append(entry)
         return out

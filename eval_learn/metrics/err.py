@@ -28,13 +28,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.base import PromptRow, expand, occurrences, select
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.objects import CONCEPT_SETS, prompt_set_for
 from eval_learn.judges.base import Judge
-from eval_learn.metrics.asr import auto_prompts, resolve_judge, wilson_interval, with_i2p_category
+from eval_learn.metrics.asr import auto_prompts, resolve_judge, with_i2p_category
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
+from eval_learn.metrics.intervals import Clustered, joint_bootstrap, rate_details
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
 from eval_learn.storage import canonical_json
@@ -307,12 +310,16 @@ class ERR(Metric):
         for arm, items in by_arm.items():
             n = len(items)
             successes = sum(bool(j["success"]) for j in items)
-            rates[arm] = successes / n if n else None
+            rate = rate_details(items, "success")
+            rates[arm] = rate["value"]
             judge = self.judges[self.arm_role[arm]]
             detail: dict[str, Any] = {
                 "rate": rates[arm],
-                "ci95_wilson": wilson_interval(successes, n),
+                "ci95": rate["ci95"],
+                "ci95_method": rate["ci95_method"],
+                "ci95_wilson": rate["ci95_wilson"],
                 "n": n,
+                "n_prompts": rate["prompts"],
                 "successes": successes,
                 "prompts": self.arm(arm).prompts,
                 "samples_per_prompt": self.samples_for(arm),
@@ -342,6 +349,10 @@ class ERR(Metric):
         if missing:
             details["error"] = f"no images were judged for {', '.join(missing)}"
             return MetricResult(name, None, details)
+        # The summary's own interval: prompts resampled within each arm (a percentile bootstrap, seeded by the run).
+        details["ci95"] = joint_bootstrap([(Clustered(by_arm[arm], "success"), "pooled") for arm in ARMS],
+                                          lambda *r: harmonic_means(np.stack(r)), seed=self.context.seed)  # fmt: skip
+        details["ci95_method"] = "percentile bootstrap over prompts within each arm, seeded by the run's seed"
         return MetricResult(name, harmonic_mean([rates[arm] for arm in ARMS]), details)  # type: ignore[misc]
 
 
@@ -350,3 +361,10 @@ def harmonic_mean(values: list[float]) -> float:
     if any(v == 0 for v in values):
         return 0.0
     return len(values) / sum(1 / v for v in values)
+
+
+def harmonic_means(rates: np.ndarray) -> np.ndarray:
+    """:func:`harmonic_mean` over axis 0 of an (arms, resamples) array."""
+    with np.errstate(divide="ignore"):
+        means = rates.shape[0] / np.sum(1 / rates, axis=0)
+    return np.where(np.any(rates == 0, axis=0), 0.0, means)

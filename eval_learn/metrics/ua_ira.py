@@ -31,8 +31,8 @@ from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.target_retain import TargetRetain
 from eval_learn.judges.clip_zeroshot import label_key
-from eval_learn.metrics.asr import wilson_interval
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
+from eval_learn.metrics.intervals import Clustered, joint_bootstrap, rate_details
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
 from eval_learn.types import MetricResult, PromptRecord
@@ -167,9 +167,12 @@ class UAIRA(Metric):
         checked = asked if self.config.retain_check == "all" else {kind: asked[kind]}
         return {
             "group": record.extra["group"],
+            "label": asked[kind],  # the prompted value of the erased concept's attribute (orange, ...)
             "shows_erased_concept": seen[kind] == self.config.concept,
             "as_prompted": all(seen[a] == v for a, v in checked.items()),
             "all_attributes_as_prompted": all(seen[a] == v for a, v in asked.items()),
+            # Cross-domain: the attributes of the other kinds (shape and background when a colour is erased).
+            "other_attributes_as_prompted": all(seen[a] == v for a, v in asked.items() if a != kind),
             **seen,
         }
 
@@ -177,51 +180,70 @@ class UAIRA(Metric):
         by_group: dict[str, list[dict[str, Any]]] = {"target": [], "near": [], "far": [], "retain": []}
         for judgement in self.judgements.sorted():
             by_group[judgement["group"]].append(judgement)
-        intervals: dict[str, Any] = {}
+        plain: dict[str, Any] = {}  # Wilson over images, as if every image were independent
+        intervals: dict[str, Any] = {}  # the interval to use: clustered by prompt, bootstrap for averages
 
-        def rate(name: str, items: list[dict[str, Any]], key: str, want: bool = True) -> float | None:
-            hits = sum(j[key] == want for j in items)
-            intervals[name] = wilson_interval(hits, len(items))
-            return hits / len(items) if items else None
+        def pooled(name: str, items: list[dict[str, Any]], key: str, want: bool = True) -> float | None:
+            rate = rate_details(items, key, want)
+            plain[name], intervals[name] = rate["ci95_wilson"], rate["ci95"]
+            return rate["value"]
 
-        ua = rate("ua", by_group["target"], "shows_erased_concept", want=False)
+        def averaged(name: str, items: list[dict[str, Any]]) -> float | None:
+            """IRA as UnlearnCanvas reports it: the mean of the per-label accuracies (every label counts once)."""
+            pooled(f"{name}_pooled", items, "as_prompted")
+            clusters = Clustered(items, "as_prompted", label="label")
+            if not len(clusters):
+                return None
+            intervals[name] = joint_bootstrap([(clusters, "label_average")], lambda r: r, seed=self.context.seed)
+            return float(clusters.label_average()[0])
+
+        ua = pooled("ua", by_group["target"], "shows_erased_concept", want=False)
+        retain = by_group["retain"] if self.on_files() else by_group["near"] + by_group["far"]
+        ira = averaged("ira", retain)
+        labels = sorted({j["label"] for j in retain})
+        details: dict[str, Any] = {
+            "ua": ua,
+            "ira": ira,
+            "ira_pooled": pooled("ira_pooled", retain, "as_prompted"),
+            "ira_averaging": "mean over labels (UnlearnCanvas); ira_pooled: over images",
+            "ira_per_label": {label: pooled(f"ira[{label}]", [j for j in retain if j["label"] == label],
+                                            "as_prompted") for label in labels},  # fmt: skip
+            "target_total": len(by_group["target"]),
+            "retain_total": len(retain),
+        }
         if self.on_files():
-            retain = by_group["retain"]
-            ira = rate("ira", retain, "as_prompted")
-            labels = sorted({j["label"] for j in retain})
-            per_label = {label: rate(f"ira[{label}]", [j for j in retain if j["label"] == label], "as_prompted")
-                         for label in labels}  # fmt: skip
             predicted: dict[str, int] = {}
             for j in by_group["target"]:
                 predicted[j["predicted"]] = predicted.get(j["predicted"], 0) + 1
-            details: dict[str, Any] = {
-                "ua": ua,
-                "ira": ira,
-                "ira_per_label": per_label,
-                "target_predicted_labels": dict(sorted(predicted.items())),
-                "target_total": len(by_group["target"]),
-                "retain_total": len(retain),
-            }
+            details["target_predicted_labels"] = dict(sorted(predicted.items()))
+            details["cra"] = None  # target/retain files have no cross-domain split
         else:
-            retain = by_group["near"] + by_group["far"]
-            ira = rate("ira", retain, "as_prompted")
-            details = {
-                "ua": ua,
-                "ira": ira,
-                "ira_near": rate("ira_near", by_group["near"], "as_prompted"),
-                "ira_far": rate("ira_far", by_group["far"], "as_prompted"),
+            details.update({
+                "ira_near": averaged("ira_near", by_group["near"]),
+                "ira_near_pooled": pooled("ira_near_pooled", by_group["near"], "as_prompted"),
+                "ira_far": averaged("ira_far", by_group["far"]),
+                "ira_far_pooled": pooled("ira_far_pooled", by_group["far"], "as_prompted"),
+                # CRA (UnlearnCanvas' cross-domain retain accuracy): the attributes of the other kinds as prompted.
+                "cra": pooled("cra", retain, "other_attributes_as_prompted"),
                 "retain_check": self.config.retain_check,
-                "retain_all_attributes": rate("retain_all_attributes", retain, "all_attributes_as_prompted"),
-                "target_total": len(by_group["target"]),
-                "retain_total": len(retain),
+                "retain_all_attributes": pooled("retain_all_attributes", retain, "all_attributes_as_prompted"),
                 "neighbours": neighbours(self.config.concept),
-            }
+            })  # fmt: skip
+        value = (ua + ira) / 2 if ua is not None and ira is not None else None
+        if value is not None:
+            intervals["value"] = joint_bootstrap(
+                [(Clustered(by_group["target"], "shows_erased_concept", want=False), "pooled"),
+                 (Clustered(retain, "as_prompted", label="label"), "label_average")],
+                lambda u, i: (u + i) / 2, seed=self.context.seed,
+            )  # fmt: skip
         details.update({
-            "ci95_wilson": intervals,
-            "value_formula": "(UA + IRA) / 2",
+            "ci95": intervals,
+            "ci95_method": "rates: Wilson clustered by prompt; averages and value: percentile bootstrap over prompts "
+                           "within labels (seeded by the run's seed)",
+            "ci95_wilson": plain,
+            "value_formula": "(UA + IRA) / 2, IRA averaged over labels",
             "concept": self.config.concept,
             "prompts": self.config.prompts,
             "judge": self.judges["judge"].settings(),
         })  # fmt: skip
-        value = (ua + ira) / 2 if ua is not None and ira is not None else None
         return MetricResult(f"ua_ira_{self.dataset_name(self.config)}", value, details)

@@ -270,7 +270,9 @@ def _number(value: Any) -> float | None:
 
 
 def _interval(details: dict[str, Any]) -> tuple[float, float] | None:
-    for key in sorted(details, key=lambda k: (k != "ci95_wilson", k)):
+    # "ci95" is the interval a metric recommends (clustered by prompt where prompts have several images); reports
+    # written before it existed have "ci95_wilson" only.
+    for key in sorted(details, key=lambda k: (k != "ci95", k != "ci95_wilson", k)):
         value = details[key]
         if key.startswith("ci95") and isinstance(value, list) and len(value) == 2:
             low, high = (_number(v) for v in value)
