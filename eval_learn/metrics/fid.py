@@ -242,7 +242,9 @@ class FIDConfig(MetricConfig):
             require(path.suffix == ".npz", f"reference '{path}' must be a folder of images or an .npz file")
             require(self.statistics_out is None, "statistics_out writes the statistics of a reference *folder*")
         if self.statistics_out is not None:
-            require(str(self.statistics_out).endswith(".npz"), f"statistics_out must end in .npz: {self.statistics_out}")
+            require(
+                str(self.statistics_out).endswith(".npz"), f"statistics_out must end in .npz: {self.statistics_out}"
+            )
         self.judge_config()
 
     def judge_config(self) -> FIDFeaturesConfig:
@@ -338,7 +340,9 @@ class FID(Metric):
             if mismatch:
                 raise RunError(f"reference statistics '{path}' were made with another feature network or resize: "
                                f"{mismatch}")  # fmt: skip
-            verified = "recorded in the file; matches this run's" if recorded else "not recorded in the file: unverified"
+            verified = (
+                "recorded in the file; matches this run's" if recorded else "not recorded in the file: unverified"
+            )
             return n, torch.from_numpy(mu), torch.from_numpy(sigma), {"kind": "statistics", "path": str(path),
                     "sha256": file_sha256(path), "feature_extractor": verified}  # fmt: skip
         judge = self._feature_judge()
