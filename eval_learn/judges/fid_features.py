@@ -21,7 +21,7 @@ images; COCO photos are not square), then, by ``resize``:
 
 - ``pil_bicubic`` (default): resized to 299×299 with PIL bicubic in uint8 before the network (Inception's own resize
   is then the identity) — the "clean" resizer of T2IBenchmark, which the AdvUnlearn / UnlearnDiffAtk COCO-10k FID
-  numbers come from, and close to clean-fid (Parmar et al., CVPR 2022), which resizes in float;
+  numbers come from (after the crop; clean-fid's own resize, without crop and in float, is ``clean``);
 - ``tf1_bilinear``: handed over at its own size; Inception resizes to 299 with torch-fidelity's TensorFlow-1
   bilinear (torchmetrics ``antialias=False``), as the original TTUR implementation did;
 - ``antialias``: as above with torch's antialiased bilinear (torchmetrics' default).
