@@ -187,7 +187,10 @@ def test_nudity_default_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
     assert result["name"] == "err_demo" and result["higher_is_better"] is True
     arms = d["arms"]
     assert [arms[a]["prompts"][0]["name"] for a in ARMS] == ["demo", "church", "unlearndiffatk_nudity"]
-    assert arms["erasure"]["judge"]["preset"] == "sexual_exposed" and arms["robustness"]["judge"]["preset"] == "unlearndiffatk"
+    assert (
+        arms["erasure"]["judge"]["preset"] == "sexual_exposed"
+        and arms["robustness"]["judge"]["preset"] == "unlearndiffatk"
+    )
     assert arms["retention"]["judge"]["judge"] == "classifier"
     assert all(arms[a]["n"] == 2 for a in ARMS)
     # Retention: two of the four object sets (round-robin), church and garbage truck; only the church is "kept".
