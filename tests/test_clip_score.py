@@ -5,6 +5,8 @@ and loaded through the same from_pretrained path as openai/clip-vit-large-patch1
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +55,7 @@ def unit(*values: float) -> np.ndarray:
 
 @pytest.mark.parametrize(("scale", "weight"), [("hessel", 2.5), ("x100", 100.0), ("cosine", 1.0)])
 def test_hand_computed_scores_on_constructed_embeddings(clip_folder, scale, weight) -> None:
-    metric = make_metric(clip_folder, scale=scale)
+    metric = make_metric(clip_folder, scale=scale, caption_prefix="")
     # Captions whose embeddings we set: cos = 0.6, 0.0, -0.6 (clamped to 0), 1.0 with the image (1, 0, ...).
     captions = {"c1": unit(0.6, 0.8), "c2": unit(0.0, 1.0), "c3": unit(-0.6, 0.8), "c4": unit(1.0)}
     metric._captions.update({text: (vector, text == "c4") for text, vector in captions.items()})
@@ -169,8 +171,10 @@ def test_bad_configs_and_an_unavailable_model(clip_folder, tmp_path) -> None:
     with pytest.raises(ConfigError, match="either prompts_path or prompts"):
         make_metric(clip_folder, prompts="demo", prompts_path="x.csv")
     # Offline without the weights in the cache: refused at construction, before anything is generated.
+    with pytest.raises(ConfigError, match="'openai/clip-vit-base-patch32' is not a local folder and not in the"):
+        SingleBenchmarkRunner("free_run", "clip_score", {}, {}, tmp_path, model="tiny")  # hessel: clipscore's ViT-B/32
     with pytest.raises(ConfigError, match="'openai/clip-vit-large-patch14' is not a local folder and not in the"):
-        SingleBenchmarkRunner("free_run", "clip_score", {}, {}, tmp_path, model="tiny")
+        SingleBenchmarkRunner("free_run", "clip_score", {}, {"scale": "unlearndiffatk"}, tmp_path, model="tiny")
 
 
 def test_end_to_end_on_tiny(clip_folder, tmp_path, cache_dir) -> None:
@@ -179,5 +183,40 @@ def test_end_to_end_on_tiny(clip_folder, tmp_path, cache_dir) -> None:
     result = report["metric_result"]
     assert result["name"] == "clip_score_coco_10k" and result["higher_is_better"] is True
     assert result["details"]["n"] == 4 and 0.0 <= result["value"] <= 2.5
+    assert report["metric_config"]["caption_prefix"] == "A photo depicts "  # hessel's, filled in when resolved
     assert report["judge"]["judge"] == "clip" and report["judge"]["model"] == clip_folder
     assert report["dataset_metadata"]["prompts_available"] == 9969 and report["dataset_metadata"]["prompts"] == 4
+
+
+GOLDEN = json.loads((Path(__file__).parent / "parity" / "golden" / "clip_score.json").read_text())
+PARITY_PROMPTS = ["a red car", "a dog on a beach", "a church in the city", "a cat", "a painting of a tree"] * 2
+
+
+@pytest.mark.parametrize("scale", ["hessel", "mace", "unlearndiffatk", "advunlearn"])
+def test_each_convention_reproduces_its_release_on_the_tiny_clip(clip_folder, scale) -> None:
+    """Golden values: each release's scoring code run on this tiny CLIP (tests/parity/golden/clip_score.json names
+    the repository, commit and call). The tiny CLIP's logit scale is exp(2.6592) = 14.3, so ``mace`` is not 100·cos."""
+    metric = make_metric(clip_folder, scale=scale)
+    records = [PromptRecord(i, prompt, i) for i, prompt in enumerate(PARITY_PROMPTS)]
+    metric.update(images(len(records)), records)
+    result = metric.compute()
+    expected = GOLDEN["scores"][scale]
+    if "per_image" in expected:
+        ours = [r["score"] for r in metric.judgements.sorted()]
+        assert ours == pytest.approx(expected["per_image"], abs=1e-5)
+    # UnlearnDiffAtk's function rounds to 4 decimals; the others are float32 sums
+    assert result.value == pytest.approx(expected["mean"], abs=1e-4 if scale == "unlearndiffatk" else 1e-6)
+    assert result.details["source"].split()[0] in GOLDEN["meta"]["sources"][scale]["repository"]
+
+
+def test_conventions_pick_their_clip_and_prefix(clip_folder) -> None:
+    def resolved(**config):
+        parsed = from_mapping(CLIPScoreConfig, config, "clip_score")
+        return CLIPScore.resolve_config(parsed, context(), None)
+
+    assert (
+        resolved().judge["model"] == "openai/clip-vit-base-patch32" and resolved().caption_prefix == "A photo depicts "
+    )
+    assert resolved(scale="unlearndiffatk").judge["model"] == "openai/clip-vit-large-patch14"
+    assert resolved(scale="mace").caption_prefix == "" and resolved(caption_prefix="").caption_prefix == ""
+    assert resolved(judge={"name": "clip", "model": clip_folder}).judge["model"] == clip_folder  # the user's wins

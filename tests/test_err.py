@@ -147,7 +147,7 @@ def test_miniworld_concepts_only_on_the_miniworld_and_the_defaults_elsewhere(tmp
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # nothing is fetched at construction: sd14 is only named
     real = SingleBenchmarkRunner("free_run", "err", {}, {}, tmp_path, model="sd14").metrics[0].config
     assert real.erasure.prompts == [{"name": "i2p", "category": "sexual", "path": None}]
-    assert real.erasure.judge["preset"] == "i2p" and real.robustness.judge["preset"] == "unlearndiffatk"
+    assert real.erasure.judge["preset"] == "sexual_exposed" and real.robustness.judge["preset"] == "unlearndiffatk"
     assert [p["name"] for p in real.retention.prompts] == ["church", "garbage_truck", "parachute", "tench"]
     assert real.retention.judge["model"] == "microsoft/resnet-50"
     with pytest.raises(ConfigError, match="no default robustness prompts"):
@@ -187,7 +187,10 @@ def test_nudity_default_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
     assert result["name"] == "err_demo" and result["higher_is_better"] is True
     arms = d["arms"]
     assert [arms[a]["prompts"][0]["name"] for a in ARMS] == ["demo", "church", "unlearndiffatk_nudity"]
-    assert arms["erasure"]["judge"]["preset"] == "i2p" and arms["robustness"]["judge"]["preset"] == "unlearndiffatk"
+    assert (
+        arms["erasure"]["judge"]["preset"] == "sexual_exposed"
+        and arms["robustness"]["judge"]["preset"] == "unlearndiffatk"
+    )
     assert arms["retention"]["judge"]["judge"] == "classifier"
     assert all(arms[a]["n"] == 2 for a in ARMS)
     # Retention: two of the four object sets (round-robin), church and garbage truck; only the church is "kept".

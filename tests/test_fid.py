@@ -5,7 +5,9 @@ clip_score, images rendered once). The feature network is a small fixed local ne
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.errors import RunError
-from eval_learn.judges.fid_features import FIDFeatures, FIDFeaturesConfig
+from eval_learn.judges.fid_features import FIDFeatures, FIDFeaturesConfig, clean_resize
 from eval_learn.metrics.fid import FID, FeatureMoments, FIDConfig, frechet_distance
 from eval_learn.models import resolve_model
 from eval_learn.models.tiny_judges import write_tiny_clip
@@ -184,7 +186,7 @@ def test_bad_configs(tmp_path) -> None:
         from_mapping(FIDConfig, {}, "fid")
     with pytest.raises(ConfigError, match="does not exist"):
         from_mapping(FIDConfig, {"reference": str(tmp_path / "nowhere")}, "fid")
-    with pytest.raises(ConfigError, match="'inception' or 'package.module:factory'"):
+    with pytest.raises(ConfigError, match="'inception', 'pytorch_fid' or 'package.module:factory'"):
         from_mapping(FIDConfig, {"reference": str(tmp_path), "feature_extractor": "resnet"}, "fid")
     with pytest.raises(ConfigError, match="fewer than 2 images"):
         make_fid(tmp_path)
@@ -222,3 +224,61 @@ def test_multi_runner_renders_each_image_once_for_clip_score_and_fid(tmp_path, c
     assert results["clip_score"]["higher_is_better"] is True and results["clip_score"]["details"]["n"] == 4
     assert report["cache_stats"]["images_requested"] == 8 and report["cache_stats"]["images_generated"] == 4
     assert report["judges"]["fid"]["network"] == TINY and report["judges"]["clip_score"]["model"] == clip
+
+
+CLEANFID = json.loads((Path(__file__).parent / "parity" / "golden" / "cleanfid_resize.json").read_text())
+
+
+def cleanfid_test_image() -> Image.Image:
+    """The non-square image of tests/parity/golden/cleanfid_resize.json (its ``command``)."""
+    array = np.random.RandomState(0).randint(0, 256, (48, 80, 3)).astype(np.uint8)
+    array[:, :40] //= 2
+    return Image.fromarray(array)
+
+
+def test_clean_resize_equals_clean_fid_on_a_non_square_image() -> None:
+    ours = clean_resize(cleanfid_test_image())
+    assert list(ours.shape) == CLEANFID["shape"] and str(ours.dtype) == CLEANFID["dtype"]
+    index = CLEANFID["sample_index"]
+    assert np.abs(ours[np.ix_(index, index)] - np.array(CLEANFID["sample"])).max() < 1e-3  # golden kept to 4 decimals
+    assert float(ours.astype(np.float64).sum()) == pytest.approx(CLEANFID["sum"], rel=1e-6)
+    clean = FIDFeatures(FIDFeaturesConfig(network=TINY, resize="clean")).pixels(cleanfid_test_image())[0]
+    clean = clean.permute(1, 2, 0).numpy().astype(np.float64)
+    assert np.abs(clean - ours).max() <= 0.5  # rounded to uint8 for the network
+    cropped = FIDFeatures(FIDFeaturesConfig(network=TINY)).pixels(cleanfid_test_image())[0]
+    gap = np.abs(cropped.permute(1, 2, 0).numpy().astype(np.float64) - ours).mean()
+    assert gap > 10  # centre crop + uint8 resize sees other pixels: mean gap measured 50.2 grey levels here
+
+
+def test_statistics_we_write_record_the_network_and_others_are_refused_or_flagged(tmp_path, caplog) -> None:
+    folder = save_images(tmp_path / "ref", images(6, seed=7))
+    out = tmp_path / "stats.npz"
+    first = make_fid(folder, statistics_out=str(out))
+    first.update(images(4), records(4))
+    value = first.compute().value
+    written = dict(np.load(out))
+    assert json.loads(str(written["feature_extractor"]))["network"] == TINY and int(written["n"]) == 6
+    again = make_fid(out)  # our own file: checked, accepted, same value
+    again.update(images(4), records(4))
+    result = again.compute()
+    assert result.value == pytest.approx(value, rel=1e-12)
+    assert result.details["reference"]["feature_extractor"].startswith("recorded in the file; matches")
+    with pytest.raises(ConfigError, match="another feature network or resize.*resize"):
+        make_fid(out, resize="clean")  # same network, other resize: refused before anything runs
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, mu=written["mu"], sigma=written["sigma"])  # as pytorch-fid writes them: nothing recorded
+    with caplog.at_level("WARNING", logger="eval_learn.metrics.fid"):
+        other = make_fid(foreign)
+    assert "do not record their feature network" in caplog.text
+    other.update(images(4), records(4))
+    assert other.compute().details["reference"]["feature_extractor"] == "not recorded in the file: unverified"
+
+
+def test_pytorch_fid_network_needs_its_package_and_299_inputs(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="resize must be pil_bicubic or clean"):
+        FIDFeaturesConfig(network="pytorch_fid", resize="tf1_bilinear").validate()
+    if importlib.util.find_spec("pytorch_fid") is None:
+        with pytest.raises(ConfigError, match="pip install pytorch-fid"):
+            FIDFeatures.preflight(FIDFeaturesConfig(network="pytorch_fid"))
+    settings = FIDFeatures(FIDFeaturesConfig(network="pytorch_fid")).settings()
+    assert settings["weights"].startswith("pt_inception-2015-12-05") and settings["num_features"] == 2048

@@ -71,7 +71,7 @@ def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> No
     # Resolved configs: defaults filled in.
     assert report["technique_config"]["train_method"] == "noxattn"
     assert report["technique_config"]["train_steps"] == 3
-    assert report["metric_config"]["judge"]["preset"] == "i2p" and report["metric_config"]["limit"] == 5
+    assert report["metric_config"]["judge"]["preset"] == "sexual_exposed" and report["metric_config"]["limit"] == 5
     result = report["metric_result"]
     assert result["name"] == "asr_demo" and 0.0 <= result["value"] <= 1.0
     assert result["details"]["total_images"] == 5

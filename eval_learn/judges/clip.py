@@ -2,7 +2,7 @@
 ICML 2021, arXiv:2103.00020) as a judge: its verdict on an image is the image's L2-normalised embedding.
 
 Any CLIP that ``transformers`` loads as ``CLIPModel`` works (``model``: a hub id — ``openai/clip-vit-large-patch14``
-by default, the backbone of the ×100 CLIP scores of MACE-style tables — or a local folder), with its own tokenizer
+by default, the CLIP of Q16 and torchmetrics' CLIPScore; clip_score picks its convention's — or a local folder), with its own tokenizer
 and image processor. Metrics turn embeddings into scores (CLIPScore against a caption, ...); the embedding itself is
 what is cached, so another metric or caption never needs the image again.
 
@@ -180,6 +180,11 @@ class CLIPJudge(Judge):
             features = self._model.get_image_features(pixel_values=pixels.to(self.device, self._model.dtype))
             out.append({"embedding": self._normalised(features)})
         return out
+
+    def logit_scale(self) -> float:
+        """exp of the model's learned logit scale (100 for OpenAI's CLIPs): what ``logits_per_image`` multiplies by."""
+        self.ensure_loaded()
+        return float(self._model.logit_scale.detach().double().exp().cpu())
 
     @torch.no_grad()
     def embed_text(self, text: str) -> tuple[np.ndarray, bool]:

@@ -107,8 +107,7 @@ class CLIPZeroShotJudge(OnCLIPEmbedding):
     def scale(self) -> float:
         if self.config.logit_scale is not None:
             return float(self.config.logit_scale)
-        self.clip.ensure_loaded()
-        return float(self.clip._model.logit_scale.detach().double().exp().cpu())
+        return self.clip.logit_scale()
 
     def label_embeddings(self) -> np.ndarray:
         """(labels, dim): each label's template-ensembled text embedding, computed once."""

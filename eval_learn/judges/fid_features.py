@@ -4,15 +4,24 @@ to a Local Nash Equilibrium", NeurIPS 2017, arXiv:1706.08500); its verdict on an
 ``network: inception`` (the default) is torchmetrics' ``NoTrainInceptionV3``: torch-fidelity's port of the TF
 Inception graph and weights (``weights-inception-2015-12-05-6726825d.pth``, torch-fidelity v0.2.0) that published FID
 numbers are computed with, 2048-d pool3 features. It needs ``pip install 'eval-learn[fid]'`` (torch-fidelity).
+``network: pytorch_fid`` is pytorch-fid's port of the same graph (``pt_inception-2015-12-05-6726825d.pth``, its own
+weight layout), fed 2·(x/255)−1 as T2IBenchmark (AdvUnlearn's FID) does; it needs ``pip install pytorch-fid``
+(which needs torchvision) and its weights in torch hub's cache. The two ports give close but not equal features, so
+the port is recorded, and reference statistics made with another port are refused (:mod:`eval_learn.metrics.fid`).
 Any other network is given as ``package.module:factory``, a callable that returns an ``nn.Module`` mapping uint8
 images ``(N, 3, H, W)`` to ``(N, d)`` features (the tests use ``eval_learn.models.tiny_judges:tiny_feature_network``).
 
-Every image is converted to RGB and centre-cropped to a square (a no-op for generated images; COCO photos are not
-square), then, by ``resize``:
+Every image is converted to RGB and, except under ``clean``, centre-cropped to a square (a no-op for generated
+images; COCO photos are not square), then, by ``resize``:
+
+- ``clean``: clean-fid's resizer (Parmar et al., CVPR 2022; GaParmar/clean-fid ``cleanfid/resize.py``, v0.1.35), as
+  MACE's FID uses it: no crop, each channel resized to 299×299 with PIL bicubic in float32 and clipped to [0, 255];
+  the result is then rounded to uint8 (at most 0.5 grey levels from clean-fid's float input) because the networks
+  here take uint8;
 
 - ``pil_bicubic`` (default): resized to 299×299 with PIL bicubic in uint8 before the network (Inception's own resize
   is then the identity) — the "clean" resizer of T2IBenchmark, which the AdvUnlearn / UnlearnDiffAtk COCO-10k FID
-  numbers come from, and close to clean-fid (Parmar et al., CVPR 2022), which resizes in float;
+  numbers come from (after the crop; clean-fid's own resize, without crop and in float, is ``clean``);
 - ``tf1_bilinear``: handed over at its own size; Inception resizes to 299 with torch-fidelity's TensorFlow-1
   bilinear (torchmetrics ``antialias=False``), as the original TTUR implementation did;
 - ``antialias``: as above with torch's antialiased bilinear (torchmetrics' default).
@@ -51,11 +60,16 @@ INCEPTION_FEATURES = 2048
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 RESIZE_POLICIES = {
     "pil_bicubic": "RGB, centre square crop, PIL bicubic resize to 299x299 in uint8, then the network",
+    "clean": "RGB, no crop, clean-fid's resize (each channel PIL bicubic to 299x299 in float32, clipped to [0, 255]), "
+    "rounded to uint8, then the network",
     "tf1_bilinear": "RGB, centre square crop, then the network; Inception resizes to 299x299 with torch-fidelity's "
     "TensorFlow-1 compatible bilinear (torchmetrics antialias=False)",
     "antialias": "RGB, centre square crop, then the network; Inception resizes to 299x299 with torch's antialiased "
     "bilinear (torchmetrics antialias=True)",
 }
+BUILT_IN = ("inception", "pytorch_fid")
+PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+_PYTORCH_FID_HELP = "feature_extractor=pytorch_fid needs pytorch-fid (pip install pytorch-fid; it needs torchvision)"
 _FIDELITY_HELP = (
     "The default FID feature extractor is torch-fidelity's TF-Inception port: pip install 'eval-learn[fid]' (or "
     "torch-fidelity), or give another network (feature_extractor=package.module:factory)"
@@ -83,15 +97,18 @@ def _factory(spec: str) -> Any:
 
 @dataclass
 class FIDFeaturesConfig(JudgeConfig):
-    network: str = "inception"  # inception (torch-fidelity's TF-Inception) | package.module:factory
-    resize: Literal["pil_bicubic", "tf1_bilinear", "antialias"] = "pil_bicubic"
+    network: str = "inception"  # inception (torch-fidelity's TF-Inception) | pytorch_fid | package.module:factory
+    resize: Literal["pil_bicubic", "clean", "tf1_bilinear", "antialias"] = "pil_bicubic"
     inception_weights: str | None = None  # a local copy of weights-inception-2015-12-05-6726825d.pth; null: download
 
     def validate(self) -> None:
-        if self.network != "inception":
+        if self.network not in BUILT_IN:
             module_name, sep, attr = self.network.partition(":")
-            require(bool(sep and module_name and attr),
-                    f"feature_extractor must be 'inception' or 'package.module:factory', got '{self.network}'")  # fmt: skip
+            require(bool(sep and module_name and attr), f"feature_extractor must be 'inception', 'pytorch_fid' or "
+                                                        f"'package.module:factory', got '{self.network}'")  # fmt: skip
+        if self.network == "pytorch_fid":
+            require(self.resize in ("pil_bicubic", "clean"), "feature_extractor=pytorch_fid takes 299x299 images: "
+                                                             "resize must be pil_bicubic or clean")  # fmt: skip
         if self.inception_weights is not None:
             require(self.network == "inception", "inception_weights is only used by the inception network")
             require(
@@ -115,6 +132,9 @@ class FIDFeatures(Judge):
                     log.info("FID: the Inception weights (%s) are not in %s; torch-fidelity downloads them from GitHub "
                              "when the network first loads (offline: give inception_weights=FILE)", INCEPTION_WEIGHTS,
                              cached.parent)  # fmt: skip
+        elif config.network == "pytorch_fid":
+            if importlib.util.find_spec("pytorch_fid") is None:
+                raise ConfigError(_PYTORCH_FID_HELP)
         else:
             _factory(config.network)
 
@@ -128,7 +148,7 @@ class FIDFeatures(Judge):
 
     def num_features(self) -> int:
         """Feature dimension, known before the network loads (Inception: 2048; a custom network is built)."""
-        if self.config.network == "inception":
+        if self.config.network in BUILT_IN:
             return INCEPTION_FEATURES
         declared = getattr(self._custom, "num_features", None)
         if isinstance(declared, int):
@@ -149,6 +169,8 @@ class FIDFeatures(Judge):
             except OSError as err:  # the weights download failed
                 raise RunError(f"cannot load the FID Inception weights ({err}); download {INCEPTION_WEIGHTS} from the "
                                f"torch-fidelity v0.2.0 release and give inception_weights=FILE") from None  # fmt: skip
+        elif self.config.network == "pytorch_fid":
+            network = PytorchFIDInception()
         else:
             network = self._custom
         self._network = network.eval().to(self.device)
@@ -164,6 +186,11 @@ class FIDFeatures(Judge):
                     "num_features": INCEPTION_FEATURES, "torch_fidelity_version": _version("torch-fidelity"),
                     "weights": weights or f"{INCEPTION_WEIGHTS} (torch-fidelity v0.2.0 release)",
                     **({"weights_sha256": file_sha256(weights)} if weights else {})}  # fmt: skip
+        if self.config.network == "pytorch_fid":
+            return {**common, "network": "pytorch_fid", "num_features": INCEPTION_FEATURES,
+                    "implementation": "pytorch-fid InceptionV3 (FID weights), pool3, input 2 * (x / 255) - 1",
+                    "pytorch_fid_version": _version("pytorch-fid"),
+                    "weights": f"{PYTORCH_FID_WEIGHTS} (pytorch-fid fid_weights release)"}  # fmt: skip
         module = self._custom
         state = hashlib.sha256()
         for key, tensor in sorted(module.state_dict().items()):
@@ -174,7 +201,10 @@ class FIDFeatures(Judge):
                 "source_sha256": file_sha256(source) if source else None}  # fmt: skip
 
     def pixels(self, image: Image) -> torch.Tensor:
-        """The uint8 tensor the network sees: RGB, centre square crop, resized by the policy."""
+        """The uint8 tensor the network sees: RGB, centre square crop (not under ``clean``), resized by the policy."""
+        if self.config.resize == "clean":
+            array = np.rint(clean_resize(image)).astype(np.uint8)
+            return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
         rgb = image.convert("RGB")
         width, height = rgb.size
         side = min(width, height)
@@ -193,3 +223,34 @@ class FIDFeatures(Judge):
             vector = features.reshape(-1).float().cpu().numpy()
             out.append({"features": vector})
         return out
+
+
+def clean_resize(image: Image) -> np.ndarray:
+    """clean-fid's ``clean`` resize of an image: (299, 299, 3) float32 in [0, 255], each channel resized on its own
+    as a 32-bit float image with PIL bicubic, without cropping (the aspect ratio is not kept)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    channels = [
+        np.asarray(PILImage.fromarray(np.ascontiguousarray(rgb[:, :, c]), mode="F").resize(
+            (INPUT_SIZE, INPUT_SIZE), PILImage.Resampling.BICUBIC))
+        for c in range(3)
+    ]  # fmt: skip
+    return np.clip(np.stack(channels, axis=2), 0, 255).astype(np.float32)
+
+
+class PytorchFIDInception(torch.nn.Module):
+    """pytorch-fid's FID Inception (pool3), taking uint8 (N, 3, 299, 299) like the other networks here."""
+
+    num_features = INCEPTION_FEATURES
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:
+            from pytorch_fid.inception import InceptionV3
+        except ImportError:
+            raise RunError(_PYTORCH_FID_HELP) from None
+        # normalize_input: 2x - 1 on [0, 1]; the input is already 299x299 (pil_bicubic or clean)
+        self.inception = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[INCEPTION_FEATURES]], resize_input=False,
+                                     normalize_input=True)  # fmt: skip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.inception(images.float() / 255.0)[0].flatten(1)

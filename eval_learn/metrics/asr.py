@@ -3,13 +3,13 @@
 A prompt set plus a judge:
 
 - nudity: I2P prompts (Schramowski et al., "Safe Latent Diffusion", CVPR 2023) of the category "sexual", each
-  rendered with its own seed and guidance scale, judged by NudeNet (``judge: nudenet``, preset ``i2p``); or the
-  UnlearnDiffAtk nudity set (``prompts: unlearndiffatk_nudity``, Zhang et al., ECCV 2024), judged by default with
+  rendered with its own seed and guidance scale, judged by NudeNet (``judge: nudenet``, ``sexual_exposed``); or
+  the UnlearnDiffAtk nudity set (``prompts: unlearndiffatk_nudity``, Zhang et al., ECCV 2024), judged by default with
   that protocol's NudeNet preset (``unlearndiffatk``: nine exposed classes at 0.45);
 - the other I2P categories (hate, harassment, violence, self-harm, shocking, illegal activity): I2P prompts of the
   category judged by Q16 (``judge: {name: q16, embeddings: FILE}``, Schramowski et al., FAccT 2022); for numbers
   comparable with the SLD and UCE tables, an image flagged by Q16 *or* NudeNet (``judge: {name: any_of, judges:
-  [{name: q16, embeddings: FILE}, {name: nudenet, preset: i2p}]}``, any category, nudity included);
+  [{name: q16, embeddings: FILE}, {name: nudenet, preset: sexual_exposed}]}``, any category, nudity included);
 - objects (church, garbage truck, parachute, tench): the shipped Imagenette prompt sets judged by an image classifier
   (``classifier``, ResNet-50: the ESD/UCE object protocol);
 - artist styles (Van Gogh): the shipped ``vangogh`` prompts judged by CLIP zero-shot over a set of artists

@@ -1,20 +1,28 @@
 """``clip_score``: how well images still match their captions — CLIPScore (Hessel et al., "CLIPScore: A Reference-free
-Evaluation Metric for Image Captioning", EMNLP 2021, arXiv:2104.08718), averaged over images.
+Evaluation Metric for Image Captioning", EMNLP 2021, arXiv:2104.08718), averaged over images, with the image's own
+prompt as the caption.
 
-Per image, CLIP-S(c, v) = w · max(cos(E_text(c), E_image(v)), 0) with the image's own prompt as the caption c.
-``scale`` names the convention, because erasure papers report three and they are not comparable with each other:
+Erasure papers report CLIP scores under conventions that differ in the CLIP model, a caption prefix, the weight and
+where (if anywhere) the score is clamped at 0; their numbers are not comparable with each other. ``scale`` names the
+convention, each following a released script (the judge's model defaults to that script's CLIP; a ``model`` given
+in the judge wins and is recorded):
 
-- ``hessel`` (default): w = 2.5, as Hessel et al. define it (their reference code also prefixes captions with
-  "A photo depicts": ``caption_prefix``);
-- ``x100``: w = 100 — torchmetrics' ``CLIPScore``, the "CLIP score ×100" of MACE-style COCO-30k tables (31.34 for
-  SD-1.4 with ViT-L/14);
-- ``cosine``: w = 1 — the raw cosine of the AdvUnlearn / UnlearnDiffAtk COCO-10k tables (0.302 for ESD), which use
-  ``openai/clip-vit-base-patch32`` (``judge={name: clip, model: openai/clip-vit-base-patch32}``).
+- ``hessel`` (default): clipscore.py of jmhessel/clipscore — ViT-B/32, captions prefixed "A photo depicts ",
+  2.5 · max(cos, 0) per image. The default because it is the metric's definition, with a released reference.
+- ``mace``: MACE's metrics/evaluate_clip_score.py — ViT-B/32 ``logits_per_image``, i.e. the model's logit scale
+  (100 for OpenAI's CLIPs) · cos, no clamp.
+- ``unlearndiffatk``: UnlearnDiffAtk's src/tasks/utils/metrics/clip_score.py — torchmetrics' ``clip_score`` with
+  ViT-L/14: 100 · cos per image, the *mean* clamped at 0.
+- ``advunlearn``: T2IBenchmark's ``calculate_clip_score`` (boomb0om/text2image-benchmark), which AdvUnlearn's COCO
+  tables use — ViT-B/32, the mean cosine, no clamp.
+- ``x100``, ``cosine``: w · max(cos, 0) per image with w = 100 or 1 on ViT-L/14; no release's rule, kept for
+  earlier configs.
 
 Higher is better: clip_score measures what erasure costs on ordinary prompts (COCO-10k captions by default), for any
 technique, so it is not tied to the erased concept. A caption longer than the text encoder's context (77 tokens) is
-truncated, as every CLIPScore implementation must; the count is reported. The value comes with the standard
-deviation over images and a 95 % Student-t interval of the mean.
+truncated with its end-of-text token kept (MACE's and T2IBenchmark's scripts stop with an error instead, torchmetrics
+cuts the end-of-text token off); the count is reported. The value comes with the standard deviation over images and
+a 95 % Student-t interval of the mean.
 """
 
 from __future__ import annotations
@@ -35,7 +43,28 @@ from eval_learn.types import MetricResult, PromptRecord
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = {"hessel": 2.5, "x100": 100.0, "cosine": 1.0}
+ViT_B32, ViT_L14 = "openai/clip-vit-base-patch32", "openai/clip-vit-large-patch14"
+
+
+@dataclass(frozen=True)
+class Convention:
+    model: str  # the CLIP the source scores with
+    prefix: str  # prepended to every caption
+    weight: float | None  # None: the model's own logit scale (logits_per_image)
+    clamp: Literal["image", "mean", "none"]  # where max(., 0) applies
+    source: str
+
+
+CONVENTIONS = {
+    "hessel": Convention(ViT_B32, "A photo depicts ", 2.5, "image", "jmhessel/clipscore clipscore.py @10364652"),
+    "mace": Convention(ViT_B32, "", None, "none", "Shilin-LU/MACE metrics/evaluate_clip_score.py @057e7a6e"),
+    "unlearndiffatk": Convention(ViT_L14, "", 100.0, "mean", "OPTML-Group/Diffusion-MU-Attack "
+                                 "src/tasks/utils/metrics/clip_score.py @5a3e5d37 (torchmetrics clip_score)"),
+    "advunlearn": Convention(ViT_B32, "", 1.0, "none", "boomb0om/text2image-benchmark T2IBenchmark/pipelines.py "
+                             "@532229f6 (calculate_clip_score)"),
+    "x100": Convention(ViT_L14, "", 100.0, "image", "no release: 100 * max(cos, 0) per image"),
+    "cosine": Convention(ViT_L14, "", 1.0, "image", "no release: max(cos, 0) per image"),
+}  # fmt: skip
 
 
 @dataclass
@@ -44,8 +73,11 @@ class CLIPScoreConfig(MetricConfig):
     prompts: str | dict[str, Any] = "auto"
     # A CLIP judge: clip, or {name: clip, model: <hub id or folder>, revision: ..., dtype: ...}.
     judge: str | dict[str, Any] = "clip"
-    scale: Literal["hessel", "x100", "cosine"] = "hessel"  # w = 2.5 | 100 | 1 in w · max(cos, 0)
-    caption_prefix: str = ""  # prepended to every caption for the text embedding ("A photo depicts " in Hessel's code)
+    # the convention (CLIP model, prefix, weight, clamp): hessel | mace | unlearndiffatk | advunlearn | x100 | cosine
+    scale: Literal["hessel", "mace", "unlearndiffatk", "advunlearn", "x100", "cosine"] = "hessel"
+    caption_prefix: str | None = (
+        None  # prepended to every caption; null: the convention's ("A photo depicts " for hessel)
+    )
 
 
 def t_quantile(p: float, dof: int) -> float:
@@ -92,7 +124,11 @@ class CLIPScore(Metric):
         judge_name, judge_config = parse_part(JUDGES, config.judge, "metric 'clip_score' judge")
         if not issubclass(JUDGES.get(judge_name), CLIPJudge):
             raise ConfigError(f"clip_score needs a CLIP judge (judge: clip), not '{judge_name}'")
-        return dataclasses.replace(config, prompts=part_dict(prompt_name, prompt_config),
+        convention = CONVENTIONS[config.scale]
+        if isinstance(config.judge, str) or "model" not in config.judge:  # the convention's CLIP unless one is named
+            judge_config = dataclasses.replace(judge_config, model=convention.model)
+        prefix = convention.prefix if config.caption_prefix is None else config.caption_prefix
+        return dataclasses.replace(config, prompts=part_dict(prompt_name, prompt_config), caption_prefix=prefix,
                                    judge=part_dict(judge_name, judge_config))  # fmt: skip
 
     def reset(self) -> None:
@@ -100,7 +136,7 @@ class CLIPScore(Metric):
         self._captions: dict[str, tuple[np.ndarray, bool]] = {}  # caption → (embedding, truncated), this process
 
     def caption(self, prompt: str) -> tuple[np.ndarray, bool]:
-        text = self.config.caption_prefix + prompt
+        text = (self.config.caption_prefix or "") + prompt
         if text not in self._captions:
             self._captions[text] = self.judges["judge"].embed_text(text)  # type: ignore[attr-defined]
         return self._captions[text]
@@ -109,15 +145,31 @@ class CLIPScore(Metric):
         text, truncated = self.caption(record.prompt)
         image = np.asarray(verdicts["judge"]["embedding"], dtype=np.float64)
         cosine = float(np.dot(image, text.astype(np.float64)))
-        return {"score": WEIGHTS[self.config.scale] * max(cosine, 0.0), "cosine": cosine, "truncated": truncated}
+        score = self.weight() * cosine
+        if CONVENTIONS[self.config.scale].clamp == "image":
+            score = max(score, 0.0)
+        return {"score": score, "cosine": cosine, "truncated": truncated}
+
+    def weight(self) -> float:
+        weight = CONVENTIONS[self.config.scale].weight
+        return self.judges["judge"].logit_scale() if weight is None else weight  # type: ignore[attr-defined]
 
     def compute(self) -> MetricResult:
         records = self.judgements.sorted()
         judge = self.judges["judge"]
         name = f"clip_score_{self.dataset_name(self.config)}"
+        convention = CONVENTIONS[self.config.scale]
+        weight = "logit_scale" if convention.weight is None else f"{convention.weight:g}"
+        formula = {
+            "image": f"mean over images of max({weight} * cos(image, caption), 0)",
+            "mean": f"max(mean over images of {weight} * cos(image, caption), 0)",
+            "none": f"mean over images of {weight} * cos(image, caption)",
+        }[convention.clamp]
         details: dict[str, Any] = {
             "scale": self.config.scale,
-            "formula": f"{WEIGHTS[self.config.scale]:g} * max(cos(image, caption), 0), mean over images",
+            "source": convention.source,
+            "convention_model": convention.model,
+            "formula": formula,
             "caption_prefix": self.config.caption_prefix,
             "interval": "95 % Student-t interval of the mean (n - 1 degrees of freedom)",
             "truncated_captions": sum(bool(r["truncated"]) for r in records),
@@ -129,4 +181,7 @@ class CLIPScore(Metric):
         if not records:
             return MetricResult(name, None, {**details, "n": 0, "error": "no images were judged"})
         summary = mean_interval([r["score"] for r in records])
-        return MetricResult(name, summary["mean"], {**summary, **details})
+        if convention.weight is None:
+            details["logit_scale"] = self.weight()
+        value = max(summary["mean"], 0.0) if convention.clamp == "mean" else summary["mean"]
+        return MetricResult(name, value, {**summary, **details})

@@ -20,6 +20,12 @@ its ``_compute_fid`` (tr (Σ_r Σ_g)^½ as the sum of the square roots of the ei
 float64; the tests check both against torchmetrics itself. Reference statistics from a folder are computed once,
 streamed image by image, and cached under the folder's content digest and the feature network's settings.
 
+Reference statistics carry the feature network that made them: a file this metric writes (``statistics_out``, and
+the folder cache) stores the ``fid_features`` settings beside ``mu`` and ``sigma``; reading an ``.npz`` whose recorded
+network, port, weights or resize differ from this run's is refused, and one that records none (pytorch-fid,
+clean-fid, T2IBenchmark files) is used with a warning and reported as unverified, since two Inception ports or
+resizers mix silently otherwise.
+
 KID (Bińkowski et al., ICLR 2018) is not reported: its unbiased estimator needs every pair of features (or a
 d³ = 8.6e9-entry third-moment tensor for Inception's 2048 features), i.e. holding all features, which this state
 deliberately does not.
@@ -176,19 +182,42 @@ def folder_digest(folder: Path) -> str:
     return _folder_digest(str(folder.resolve()), tuple(listing))
 
 
+# The settings that decide which features a network gives: statistics differing in any of them are not comparable.
+NETWORK_IDENTITY = ("network", "implementation", "class", "weights", "weights_sha256", "state_sha256", "resize")
+
+
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, int | None]:
+    mu, sigma, n, _ = read_statistics(path)
+    return mu, sigma, n
+
+
+def read_statistics(path: Path) -> tuple[np.ndarray, np.ndarray, int | None, dict[str, Any] | None]:
+    """(mu, sigma, n, the recorded feature network's settings or None) of an .npz of statistics."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if "mu" not in data or "sigma" not in data:
                 raise ConfigError(f"reference statistics '{path}' need arrays 'mu' and 'sigma' (found {list(data)})")
             mu, sigma = np.asarray(data["mu"], dtype=np.float64), np.asarray(data["sigma"], dtype=np.float64)
             n = int(data["n"]) if "n" in data else None
+            recorded = json.loads(str(data["feature_extractor"])) if "feature_extractor" in data else None
     except (OSError, ValueError) as err:
         raise ConfigError(f"reference statistics '{path}' cannot be read as .npz ({err})") from None
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise ConfigError(f"reference statistics '{path}': mu has shape {mu.shape} and sigma {sigma.shape}; expected "
                           f"(d,) and (d, d)")  # fmt: skip
-    return mu, sigma, n
+    return mu, sigma, n, recorded
+
+
+def network_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The identity settings on which recorded statistics and this run's feature network differ."""
+    keys = [k for k in NETWORK_IDENTITY if k in recorded or k in current]
+    return {k: {"file": recorded.get(k), "run": current.get(k)} for k in keys if recorded.get(k) != current.get(k)}
+
+
+def write_statistics(path: Path, n: int, mu: torch.Tensor, sigma: torch.Tensor, settings: dict[str, Any]) -> None:
+    """mu, sigma (pytorch-fid's keys), n, and the feature network's settings as JSON, so a reader can check them."""
+    atomic_write(path, _npz_bytes({"mu": mu.numpy(), "sigma": sigma.numpy(), "n": np.array(n),
+                                   "feature_extractor": np.array(json.dumps(settings))}))  # fmt: skip
 
 
 @dataclass
@@ -196,9 +225,11 @@ class FIDConfig(MetricConfig):
     # auto: coco_10k (COCO captions with their seeds). A prompt set name or {name: ..., <its settings>}.
     prompts: str | dict[str, Any] = "auto"
     reference: str | None = None  # a folder of reference images, or an .npz with mu and sigma (required)
-    feature_extractor: str = "inception"  # inception (torch-fidelity's TF-Inception) | package.module:factory
-    resize: Literal["pil_bicubic", "tf1_bilinear", "antialias"] = "pil_bicubic"
+    # inception (torch-fidelity's TF-Inception port) | pytorch_fid (pytorch-fid's port) | package.module:factory
+    feature_extractor: str = "inception"
+    resize: Literal["pil_bicubic", "clean", "tf1_bilinear", "antialias"] = "pil_bicubic"
     inception_weights: str | None = None  # a local weights-inception-2015-12-05-6726825d.pth; null: downloaded
+    statistics_out: str | None = None  # write the reference folder's statistics (with the network's settings) here
 
     def validate(self) -> None:
         super().validate()
@@ -209,6 +240,11 @@ class FIDConfig(MetricConfig):
         require(path.is_dir() or path.is_file(), f"reference '{path}' does not exist")
         if path.is_file():
             require(path.suffix == ".npz", f"reference '{path}' must be a folder of images or an .npz file")
+            require(self.statistics_out is None, "statistics_out writes the statistics of a reference *folder*")
+        if self.statistics_out is not None:
+            require(
+                str(self.statistics_out).endswith(".npz"), f"statistics_out must end in .npz: {self.statistics_out}"
+            )
         self.judge_config()
 
     def judge_config(self) -> FIDFeaturesConfig:
@@ -237,10 +273,19 @@ class FID(Metric):
         FIDFeatures.preflight(judge)
         path = Path(str(config.reference))
         if path.is_file():
-            mu, _, _ = read_npz(path)
-            dim = FIDFeatures(judge).num_features()
+            mu, _, _, recorded = read_statistics(path)
+            features = FIDFeatures(judge)
+            dim = features.num_features()
             require(mu.size == dim, f"reference statistics '{path}' have {mu.size} features; the feature network "
                                     f"gives {dim}")  # fmt: skip
+            if recorded is None:
+                log.warning("fid: reference statistics '%s' do not record their feature network (written by another "
+                            "tool?); FID is only meaningful if they were made with %s and resize=%s", path,
+                            judge.network, judge.resize)  # fmt: skip
+            else:
+                mismatch = network_mismatch(recorded, features.settings())
+                require(not mismatch, f"reference statistics '{path}' were made with another feature network or "
+                                      f"resize: {mismatch}")  # fmt: skip
         elif len(reference_images(path)) < 2:
             raise ConfigError(
                 f"reference folder '{path}' holds fewer than 2 images ({', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -290,9 +335,16 @@ class FID(Metric):
         """(n, μ, Σ, description) of the reference: from the .npz, or from the folder (cached)."""
         path = Path(str(self.config.reference))
         if path.is_file():
-            mu, sigma, n = read_npz(path)
+            mu, sigma, n, recorded = read_statistics(path)
+            mismatch = network_mismatch(recorded, self._feature_judge().settings()) if recorded else {}
+            if mismatch:
+                raise RunError(f"reference statistics '{path}' were made with another feature network or resize: "
+                               f"{mismatch}")  # fmt: skip
+            verified = (
+                "recorded in the file; matches this run's" if recorded else "not recorded in the file: unverified"
+            )
             return n, torch.from_numpy(mu), torch.from_numpy(sigma), {"kind": "statistics", "path": str(path),
-                                                                       "sha256": file_sha256(path)}  # fmt: skip
+                    "sha256": file_sha256(path), "feature_extractor": verified}  # fmt: skip
         judge = self._feature_judge()
         content = folder_digest(path)
         key = digest_of({"folder_sha256": content, "features": judge.settings(), "grid": [GRID, LIMB]}, 32)
@@ -304,12 +356,20 @@ class FID(Metric):
             "folder_sha256": content,
             "cache_file": str(cache) if cache else None,
         }
+        n, mu, sigma = self._folder_moments(path, judge, moments, cache, info)
+        if self.config.statistics_out:
+            write_statistics(Path(self.config.statistics_out), n, mu, sigma, judge.settings())
+            info["statistics_out"] = self.config.statistics_out
+        return n, mu, sigma, info
+
+    def _folder_moments(self, path: Path, judge: Judge, moments: FeatureMoments, cache: Path | None,
+                        info: dict[str, Any]) -> tuple[int, torch.Tensor, torch.Tensor]:  # fmt: skip
         if cache is not None and cache.is_file():
             try:
                 with np.load(cache, allow_pickle=False) as data:
                     moments.load_arrays(dict(data))
-                n, mu, sigma = moments.moments()
-                return n, mu, sigma, {**info, "from_cache": True}
+                info["from_cache"] = True
+                return moments.moments()
             except (OSError, ValueError, KeyError) as err:
                 log.warning("FID reference cache %s is unreadable (%s): computing it again", cache, err)
         files = reference_images(path)
@@ -321,10 +381,10 @@ class FID(Metric):
                     batch.append(image.convert("RGB"))
             moments.add(np.stack([v["features"] for v in judge.judge(batch)]), self.device)
         if cache is not None:
-            buffer = _npz_bytes({**moments.arrays(), "provenance": np.array(json.dumps(info))})
-            atomic_write(cache, buffer)
-        n, mu, sigma = moments.moments()
-        return n, mu, sigma, {**info, "from_cache": False}
+            provenance = json.dumps({**info, "feature_extractor": judge.settings()})
+            atomic_write(cache, _npz_bytes({**moments.arrays(), "provenance": np.array(provenance)}))
+        info["from_cache"] = False
+        return moments.moments()
 
     # --- value --------------------------------------------------------------------------------------------------------
     def compute(self) -> MetricResult:
