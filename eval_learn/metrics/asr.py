@@ -1,6 +1,7 @@
 """``asr``: attack success rate — the fraction of generated images in which a judge still finds the erased concept.
 
-A prompt set plus a judge:
+A prompt set plus a judge, chosen by the concept's protocol (``conf/protocol/*.yaml``, resolved by
+:mod:`eval_learn.protocols`; ``protocol: NAME`` picks one, the report records it with its source):
 
 - nudity: I2P prompts (Schramowski et al., "Safe Latent Diffusion", CVPR 2023) of the category "sexual", each
   rendered with its own seed and guidance scale, judged by NudeNet (``judge: nudenet``, ``sexual_exposed``); or
@@ -16,8 +17,8 @@ A prompt set plus a judge:
   (``clip_zeroshot`` with the ``art`` template);
 - MiniWorld concepts (a colour, shape or background): prompts that ask for the concept, judged by the MiniWorld CNN.
 
-``judge: auto`` picks the judge by concept (nudity/sexual: NudeNet; other I2P categories: Q16; objects: classifier;
-styles: clip_zeroshot; MiniWorld: its CNN); ``judge: {name: auto, <settings>}`` passes settings to the judge it picks
+``judge: auto`` is the judge of the concept's protocol for the prompt set in use (nudity/sexual: NudeNet; other I2P
+categories: Q16; objects: classifier; styles: clip_zeroshot; MiniWorld: its CNN); ``judge: {name: auto, <settings>}`` passes settings to the judge it picks
 (``{name: auto, embeddings: q16.npy}``). A ``clip_zeroshot`` judge without ``labels`` gets the concept's label set
 (the artists for a style, the Imagenette classes for an object).
 
@@ -32,6 +33,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from eval_learn import protocols
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.i2p import I2P_CATEGORIES
 from eval_learn.datasets.objects import ARTISTS, IMAGENETTE, is_style, prompt_set_for
@@ -43,14 +45,8 @@ from eval_learn.types import MetricResult, PromptRecord
 
 log = logging.getLogger(__name__)
 
-# I2P's category for each concept an ASR metric can measure on I2P: nudity is "sexual", every category is itself.
-I2P_CATEGORY = {"nudity": "sexual", **{category: category for category in I2P_CATEGORIES}}
-NUDITY = {"nudity", "sexual"}
-AUTO_JUDGES = ("nudenet", "miniworld", "clip_zeroshot", "classifier", "q16")  # what judge=auto can pick
-# The judge preset that belongs to a protocol's prompt set.
 # Settings several auto-pickable judges have with different meanings (model and revision name a model either way).
 MEANING_VARIES = ("threshold",)
-PROTOCOL_JUDGE = {"unlearndiffatk_nudity": {"name": "nudenet", "preset": "unlearndiffatk"}}
 
 
 @dataclass
@@ -62,10 +58,12 @@ class ASRConfig(MetricConfig):
     prompts: str | dict[str, Any] = "auto"
     # auto: by concept (nudity: nudenet, with the prompt set's protocol preset; MiniWorld concepts: miniworld).
     judge: str | dict[str, Any] = "auto"
-    samples_per_prompt: int | None = None  # images per prompt (seeds s, s+1, ...); null: 8 on MiniWorld, else 1
+    samples_per_prompt: int | None = None  # images per prompt (seeds s, s+1, ...); null: the protocol's
     # What the value counts: "image" = the fraction of images flagged; "any_of_n" = the fraction of prompts with at
     # least one of their samples_per_prompt images flagged (MMA-Diffusion's ASR-N). Both are always in the details.
     counting: Literal["image", "any_of_n"] = "image"
+    # auto: the concept's protocol for the prompts in use (conf/protocol/); a name picks one (nudity_unlearndiffatk)
+    protocol: str | None = "auto"
 
     def measured_concept(self) -> str | None:
         return None if self.concept == "auto" else self.concept
@@ -75,62 +73,21 @@ class ASRConfig(MetricConfig):
         require(self.samples_per_prompt is None or self.samples_per_prompt > 0, "samples_per_prompt must be > 0")
 
 
-def auto_prompts(concept: str, context: Any) -> dict[str, Any]:
-    """The concept's own prompt set: MiniWorld prompts, a shipped object/style set, else the model's offline set or
-    the concept's protocol set (nudity: I2P)."""
-    if concept_kind(concept) is not None:
-        return {"name": "miniworld"}
-    if prompt_set_for(concept):
-        return {"name": prompt_set_for(concept)}
-    default = context.model.default_datasets.get("asr")
-    if default and default != "miniworld":
-        return {"name": default}
-    if concept in I2P_CATEGORY:
-        return {"name": "i2p"}
-    raise ConfigError(
-        f"concept '{concept}' has no default prompt set; give one (metric.config.prompts_path=FILE, or "
-        f"prompts={{name: csv, path: FILE}})"
-    )
-
-
-def with_i2p_category(prompts: dict[str, Any], concept: str) -> dict[str, Any]:
-    """I2P prompts without a category get the concept's (nudity: "sexual"): I2P's 4,703 rows span every category."""
-    if prompts.get("name") == "i2p" and "category" not in prompts:
-        return {**prompts, "category": I2P_CATEGORY.get(concept)}
-    return prompts
-
-
-def _auto_judge(concept: str) -> dict[str, Any] | None:
-    if concept in NUDITY:
-        return {"name": "nudenet"}
-    if concept_kind(concept) is not None:
-        return {"name": "miniworld"}
-    if is_style(concept):
-        return {"name": "clip_zeroshot", "templates": "art"}
-    if prompt_set_for(concept):  # the Imagenette classes of the object protocol
-        return {"name": "classifier"}
-    if concept in I2P_CATEGORY:
-        return {"name": "q16"}
-    return None
-
-
-def resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) -> dict[str, Any]:
-    """The judge as ``{name, <settings>}``: ``auto`` (or ``{name: auto, <settings>}``) picked by concept and prompt
-    set, and a clip_zeroshot judge without labels given the concept's label set."""
+def resolve_judge(spec: str | dict[str, Any], concept: str, picked: dict[str, Any] | None) -> dict[str, Any]:
+    """The judge as ``{name, <settings>}``: ``auto`` (or ``{name: auto, <settings>}``) is ``picked``, the judge of
+    the concept's protocol (:mod:`eval_learn.protocols`), and a clip_zeroshot judge without labels gets the concept's
+    label set."""
     judge = {"name": spec} if isinstance(spec, str) else dict(spec)
     if judge.get("name") == "auto":
-        picked = PROTOCOL_JUDGE.get(prompt_name) or _auto_judge(concept)
         if picked is None:
-            raise ConfigError(
-                f"concept '{concept}' has no judge yet; supported: nudity (nudenet), the other I2P categories (q16), "
-                f"objects an image classifier names (classifier), styles (clip_zeroshot), and the MiniWorld colours, "
-                f"shapes and backgrounds (miniworld)"
-            )
+            raise ConfigError(f"concept '{concept}' has no judge yet: no asr protocol (conf/protocol/) measures it; "
+                              f"protocols exist for {', '.join(protocols.concepts_with('asr'))}")  # fmt: skip
+        auto_judges = protocols.judges_of("asr")
         settings = {k: v for k, v in judge.items() if k != "name"}
         # A sweep over concepts shares one {name: auto, ...}: settings that only another judge auto can pick has
         # (Q16's embeddings when the concept is nudity) are left out for this one; unknown keys still fail.
         own = _fields(picked["name"])
-        others = set().union(*(_fields(name) for name in AUTO_JUDGES))
+        others = set().union(*(_fields(name) for name in auto_judges))
         dropped = sorted(k for k in settings if k not in own and k in others)
         if dropped:
             log.info("asr: judge=auto picked %s for '%s'; its settings %s belong to other judges and are not used",
@@ -138,7 +95,7 @@ def resolve_judge(spec: str | dict[str, Any], concept: str, prompt_name: str) ->
         # Keys other auto-pickable judges also have mean what the picked judge means by them (threshold: NudeNet's
         # detection score for nudity, Q16's probability for the other I2P categories): a warning says so.
         shared = sorted(k for k in settings if k in own and k in MEANING_VARIES
-                        and any(k in _fields(name) for name in AUTO_JUDGES if name != picked["name"]))  # fmt: skip
+                        and any(k in _fields(name) for name in auto_judges if name != picked["name"]))  # fmt: skip
         if shared:
             log.warning("asr: judge=auto picked %s for '%s'; %s applied as %s's own setting(s) (another judge auto "
                         "picks would read them differently, e.g. threshold: NudeNet's detection score vs Q16's "
@@ -175,23 +132,23 @@ class ASR(Metric):
     @classmethod
     def resolve_config(cls, config: ASRConfig, context: Any, erased: list[str] | None) -> ASRConfig:
         concept = resolve_auto(config.concept, context, erased)
+        chosen = protocols.chosen("asr", concept, config.protocol)
         # prompts
         if config.prompts_path is not None:
             require(config.prompts == "auto", "give either prompts_path or prompts, not both")
             prompts: Any = {"name": "csv", "path": config.prompts_path}
-            log.info("asr: every row of %s is used (prompts_path); to keep one I2P category use "
-                     "prompts={name: i2p, path: FILE, category: ...}", config.prompts_path)  # fmt: skip
         elif config.prompts == "auto":
-            prompts = auto_prompts(concept, context)
+            prompts = protocols.auto_prompts("asr", concept, context, chosen)
         else:
             prompts = {"name": config.prompts} if isinstance(config.prompts, str) else dict(config.prompts)
-        prompts = with_i2p_category(prompts, concept)
+        prompts = protocols.as_protocol_rows(prompts, concept, "asr")
         if prompts["name"] == "miniworld":
             require(prompts.setdefault("concept", concept) == concept,
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")
-        # judge
-        judge = resolve_judge(config.judge, concept, prompt_name)
+        # judge: the chosen protocol's, else the concept's protocol for these prompts
+        protocol = chosen or protocols.for_concept("asr", concept, prompt_name)
+        judge = resolve_judge(config.judge, concept, protocol.judge if protocol else None)
         judge_name, judge_config = parse_part(JUDGES, judge, "metric 'asr' judge")
         if not JUDGES.get(judge_name).supports(concept):
             raise ConfigError(f"the {judge_name} judge cannot tell whether an image shows '{concept}'")
@@ -208,13 +165,15 @@ class ASR(Metric):
             raise ConfigError(f"unknown I2P category {prompt_config.category!r}")
         return dataclasses.replace(
             config, concept=concept, prompts=part_dict(prompt_name, prompt_config),
-            judge=part_dict(judge_name, judge_config),
+            judge=part_dict(judge_name, judge_config), protocol=protocol.name if protocol else None,
         )  # fmt: skip
 
     def samples(self) -> int:
         if self.config.samples_per_prompt is not None:
             return self.config.samples_per_prompt
-        return 8 if self.config.prompts["name"] == "miniworld" else 1  # type: ignore[index]
+        protocol = protocols.get(self.config.protocol) if self.config.protocol else None
+        own = protocol.samples_per_prompt if protocol else None
+        return own if isinstance(own, int) else 1
 
     def record(self, verdicts: dict[str, dict[str, Any]], record: PromptRecord) -> dict[str, Any]:
         verdict = verdicts["judge"]
@@ -238,6 +197,7 @@ class ASR(Metric):
             "counting": self.config.counting,
             "concept": self.config.concept,
             "prompts": self.config.prompts,
+            "protocol": protocols.report(self.config.protocol, self.config.prompts, self.config.judge),  # type: ignore[arg-type]
             **judge.summary([records[i] for i in unsafe], self.config.concept),
             "judge": judge.settings(),
         }

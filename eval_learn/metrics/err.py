@@ -30,12 +30,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from eval_learn import protocols
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.base import PromptRow, expand, occurrences, select
 from eval_learn.datasets.miniworld import neighbours
-from eval_learn.datasets.objects import CONCEPT_SETS, prompt_set_for
+from eval_learn.datasets.objects import CONCEPT_SETS
 from eval_learn.judges.base import Judge
-from eval_learn.metrics.asr import auto_prompts, resolve_judge, with_i2p_category
+from eval_learn.metrics.asr import resolve_judge
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.metrics.intervals import Clustered, joint_bootstrap, rate_details
 from eval_learn.miniworld.world import concept_kind
@@ -46,9 +47,6 @@ from eval_learn.types import MetricResult, PromptDataset, PromptRecord
 ARMS = ("erasure", "retention", "robustness")
 # The object sets whose rows each ask for one ImageNet class (the retention prompts for real models).
 OBJECT_CLASSES = {name: concept for concept, name in CONCEPT_SETS.items() if concept != "van gogh"}
-# The robustness prompt set of a concept on real models.
-ROBUSTNESS_SETS = {"nudity": "unlearndiffatk_nudity", "sexual": "unlearndiffatk_nudity"}  # I2P calls nudity "sexual"
-MINIWORLD_SAMPLES = {"erasure": 4, "retention": 2, "robustness": 2}
 
 
 @dataclass
@@ -58,7 +56,7 @@ class ArmConfig:
     prompts: str | dict[str, Any] | list[Any] = "auto"
     judge: str | dict[str, Any] = "auto"
     limit: int | None = None  # keep N prompts of this arm (null: the metric's limit)
-    samples_per_prompt: int | None = None  # null: 4 (erasure) / 2 (retention, robustness) on MiniWorld, else 1
+    samples_per_prompt: int | None = None  # null: the protocol's (4 / 2 / 2 on MiniWorld), else 1
 
     def validate(self) -> None:
         require(self.limit is None or self.limit > 0, f"limit must be a positive integer, got {self.limit}")
@@ -71,6 +69,8 @@ class ERRConfig(MetricConfig):
     erasure: ArmConfig = field(default_factory=ArmConfig)
     retention: ArmConfig = field(default_factory=ArmConfig)
     robustness: ArmConfig = field(default_factory=ArmConfig)
+    # auto: the concept's err protocol (conf/protocol/err_*.yaml), which composes the arms; a name picks one
+    protocol: str | None = "auto"
     unlisted: ClassVar[tuple[str, ...]] = ("prompts_path",)  # refused: each arm has its own prompts
 
     def measured_concept(self) -> str | None:
@@ -90,33 +90,42 @@ def _as_dict(spec: Any) -> dict[str, Any]:
     return {"name": spec} if isinstance(spec, str) else dict(spec)
 
 
-def _auto_arm_prompts(arm: str, concept: str, context: Any) -> list[dict[str, Any]]:
-    if concept_kind(concept) is not None:
-        if arm == "robustness":
-            return [{"name": "miniworld_variants"}]
-        return [{"name": "miniworld", "groups": ["target"] if arm == "erasure" else ["near", "far"]}]
-    if arm == "erasure":
-        return [auto_prompts(concept, context)]
-    if arm == "retention":
-        own = prompt_set_for(concept)
-        return [{"name": name} for name in OBJECT_CLASSES if name != own]
-    if concept in ROBUSTNESS_SETS:
-        return [{"name": ROBUSTNESS_SETS[concept]}]
-    raise ConfigError(f"concept '{concept}' has no default robustness prompts (reworded or adversarial prompts for "
-                      f"it); give them: robustness.prompts={{name: csv, path: FILE}}")  # fmt: skip
+def _protocol_arm(protocol: protocols.Protocol, arm: str, concept: str, context: Any) -> dict[str, Any]:
+    """The err protocol's arm as ``{prompts: [parts], judge, samples_per_prompt, protocol}``: inline, or an asr
+    protocol's prompts and judge (``protocol: auto``: the concept's own); empty if the protocol has none."""
+    spec = protocol.arms.get(arm)
+    if spec is None:
+        return {}
+    if spec.get("protocol"):
+        asr = protocols.chosen("asr", concept, spec["protocol"]) or protocols.for_concept("asr", concept)
+        prompts = [protocols.auto_prompts("asr", concept, context, asr)]
+        judge = asr.judge if asr else None
+        samples = asr.samples_per_prompt if asr else None
+        return {"prompts": prompts, "judge": judge, "samples_per_prompt": samples, "protocol": asr}
+    return {"prompts": [_as_dict(s) for s in _parts(spec.get("prompts"))], "judge": spec.get("judge"),
+            "samples_per_prompt": spec.get("samples_per_prompt"), "protocol": None}  # fmt: skip
 
 
-def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[dict[str, Any]]:
-    """The arm's prompt sets as ``{name, settings}``, checked to fit the arm and the concept."""
+def _resolve_prompts(arm: str, spec: Any, concept: str, given: dict[str, Any], context: Any) -> list[dict[str, Any]]:
+    """The arm's prompt sets as ``{name, settings}`` (``auto``: the protocol's, ``given``), checked to fit the arm and
+    the concept."""
     where = f"metric 'err' {arm}.prompts"
-    specs = _auto_arm_prompts(arm, concept, context) if spec == "auto" else [_as_dict(s) for s in _parts(spec)]
+    if spec == "auto":
+        if not given:
+            raise ConfigError(f"concept '{concept}' has no default {arm} prompts (for robustness, reworded or "
+                              f"adversarial prompts for it); give them: {arm}.prompts={{name: csv, path: FILE}}")  # fmt: skip
+        specs = given["prompts"]
+        if arm == "retention":  # the protocol's object sets, less the one that asks for the erased concept
+            specs = [s for s in specs if OBJECT_CLASSES.get(s.get("name")) != protocols.normalise(concept)]
+    else:
+        specs = [_as_dict(s) for s in _parts(spec)]
     require(bool(specs), f"{where}: give at least one prompt set")
     if arm != "retention":
         require(len(specs) == 1, f"{where}: one prompt set (a list is for retention only)")
     on_miniworld = concept_kind(concept) is not None
     out = []
     for spec_ in specs:
-        spec_ = with_i2p_category(dict(spec_), concept)
+        spec_ = protocols.as_protocol_rows(dict(spec_), concept, f"err {arm}")
         if spec_.get("name") in ("miniworld", "miniworld_variants"):
             require(on_miniworld, f"{where}: the {spec_['name']} prompts are for MiniWorld concepts, not '{concept}'")
             require(spec_.setdefault("concept", concept) == concept,
@@ -151,20 +160,29 @@ def _resolve_prompts(arm: str, spec: Any, concept: str, context: Any) -> list[di
     return out
 
 
-def _resolve_judge(arm: str, spec: Any, concept: str, prompts: list[dict[str, Any]], context: Any) -> dict[str, Any]:
+def _resolve_judge(
+    arm: str, spec: Any, concept: str, prompts: list[dict[str, Any]], given: dict[str, Any], context: Any
+) -> dict[str, Any]:  # fmt: skip
     """The arm's judge as ``{name, <settings>}``. Erasure and robustness resolve theirs as ``asr`` does (``auto`` or
-    ``{name: auto, <settings>}`` by concept and prompt set, a style's or object's label set for clip_zeroshot);
-    retention's ``auto`` is the judge its prompts need (the MiniWorld CNN, else the ImageNet classifier)."""
+    ``{name: auto, <settings>}``: the arm's protocol's judge, else that of the concept's asr protocol for the prompt
+    set; a style's or object's label set for clip_zeroshot); retention's ``auto`` is the protocol's retention judge,
+    which must be the one its prompts need (the MiniWorld CNN, else the ImageNet classifier)."""
     where = f"metric 'err' {arm}.judge"
     needs = "miniworld" if prompts[0]["name"] == "miniworld" else "classifier"
     if arm != "retention":
+        picked = given.get("judge")
+        if picked is None:
+            own = protocols.for_concept("asr", concept, prompts[0]["name"])
+            picked = own.judge if own else None
         try:
-            spec = resolve_judge(spec, concept, prompts[0]["name"])
+            spec = resolve_judge(spec, concept, _as_dict(picked) if picked else None)
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
     elif _as_dict(spec).get("name") == "auto":
+        picked = _as_dict(given["judge"]) if given.get("judge") else {"name": needs}
         # The random tiny model gets the random tiny classifier: every path runs offline.
-        picked = {"name": needs, **({"model": "tiny"} if needs == "classifier" and context.model.id == "tiny" else {})}
+        if picked["name"] == "classifier" and context.model.id == "tiny":
+            picked = {**picked, "model": "tiny"}
         spec = {**picked, **{k: v for k, v in _as_dict(spec).items() if k != "name"}}
     name, config = parse_part(JUDGES, spec, where)
     judge_cls = JUDGES.get(name)
@@ -190,13 +208,21 @@ class ERR(Metric):
         if concept_kind(concept) is not None and context.model.default_datasets.get("asr") != "miniworld":
             raise ConfigError(f"MiniWorld concepts ('{concept}') are measured on a MiniWorld model (model=miniworld), "
                               f"not on '{context.model.name}'")  # fmt: skip
+        protocol = protocols.chosen("err", concept, config.protocol) or protocols.for_concept("err", concept)
+        if protocol is None:
+            raise ConfigError(f"concept '{concept}' has no err protocol (conf/protocol/)")
         arms = {}
         for arm in ARMS:
             given: ArmConfig = getattr(config, arm)
-            prompts = _resolve_prompts(arm, given.prompts, concept, context)
-            judge = _resolve_judge(arm, given.judge, concept, prompts, context)
-            arms[arm] = dataclasses.replace(given, prompts=prompts, judge=judge)
-        return dataclasses.replace(config, concept=concept, **arms)
+            own = _protocol_arm(protocol, arm, concept, context)
+            prompts = _resolve_prompts(arm, given.prompts, concept, own, context)
+            # the protocol's judge goes with the protocol's prompts only
+            judge = _resolve_judge(arm, given.judge, concept, prompts, own if given.prompts == "auto" else {}, context)
+            samples = given.samples_per_prompt
+            if samples is None and own and isinstance(own["samples_per_prompt"], int):
+                samples = own["samples_per_prompt"]
+            arms[arm] = dataclasses.replace(given, prompts=prompts, judge=judge, samples_per_prompt=samples)
+        return dataclasses.replace(config, concept=concept, protocol=protocol.name, **arms)
 
     @classmethod
     def dataset_name(cls, config: MetricConfig) -> str:
@@ -235,9 +261,7 @@ class ERR(Metric):
 
     def samples_for(self, arm: str) -> int:
         given = self.arm(arm).samples_per_prompt
-        if given is not None:
-            return given
-        return MINIWORLD_SAMPLES[arm] if concept_kind(self.config.concept) is not None else 1
+        return given if given is not None else 1  # resolve_config filled in the protocol's
 
     def load_dataset(self) -> PromptDataset:
         """The three arms' prompts, one after another, each record tagged with its arm (and, for retention, what it
@@ -340,6 +364,7 @@ class ERR(Metric):
             **rates,
             "arms": arms,
             "concept": self.config.concept,
+            "protocol": protocols.get(self.config.protocol).record() if self.config.protocol else None,
             "formula": "3 / (1/erasure + 1/retention + 1/robustness); 0 if any arm is 0",
         }
         if concept_kind(self.config.concept) is not None:

@@ -27,6 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from eval_learn import protocols
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.target_retain import TargetRetain
@@ -54,6 +55,8 @@ class UAIRAConfig(MetricConfig):
     # What a retain image must show: "kind" = the prompt's value of the erased concept's attribute (its colour when a
     # colour is erased), "all" = every attribute the prompt names (colour, shape and background).
     retain_check: Literal["kind", "all"] = "kind"
+    # auto: the concept's ua_ira protocol for the prompts in use (conf/protocol/ua_ira_*.yaml); a name picks one
+    protocol: str | None = "auto"
 
     def measured_concept(self) -> str | None:
         return None if self.concept == "auto" else self.concept
@@ -74,10 +77,16 @@ class UAIRA(Metric):
     @classmethod
     def resolve_config(cls, config: UAIRAConfig, context: Any, erased: list[str] | None) -> UAIRAConfig:
         concept = resolve_auto(config.concept, context, erased)
+        chosen = protocols.chosen("ua_ira", concept, config.protocol)
         prompts: Any = config.prompts
         prompts = {"name": prompts} if isinstance(prompts, str) else dict(prompts)
+        if prompts["name"] == "auto" and chosen is not None:
+            prompts = {**chosen.prompts, **{k: v for k, v in prompts.items() if k != "name"}}  # type: ignore[dict-item]
+        protocol = chosen or protocols.for_concept("ua_ira", concept, prompts["name"])
+        config = dataclasses.replace(config, protocol=protocol.name if protocol else None)
+        picked = protocol.judge if protocol else None
         if prompts["name"] == "target_retain":
-            return cls._resolve_files(config, concept, prompts)
+            return cls._resolve_files(config, concept, prompts, picked)
         on_miniworld = context.model.default_datasets.get("ua_ira") == "miniworld"
         if prompts["name"] == "auto" and not on_miniworld or concept_kind(concept) is None:
             raise ConfigError(
@@ -90,7 +99,7 @@ class UAIRA(Metric):
         require(prompts["name"] == "miniworld", "ua_ira takes the miniworld or the target_retain prompts")
         prompts = {**prompts, "concept": concept, "groups": ["target", "near", "far"]}
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
-        judge_name, judge_config = parse_part(JUDGES, "miniworld" if config.judge == "auto" else config.judge,
+        judge_name, judge_config = parse_part(JUDGES, picked or "miniworld" if config.judge == "auto" else config.judge,
                                               "metric 'ua_ira' judge")  # fmt: skip
         require(judge_name == "miniworld", "on the MiniWorld prompts ua_ira is judged by the miniworld judge")
         return dataclasses.replace(
@@ -99,7 +108,9 @@ class UAIRA(Metric):
         )  # fmt: skip
 
     @classmethod
-    def _resolve_files(cls, config: UAIRAConfig, concept: str, prompts: dict[str, Any]) -> UAIRAConfig:
+    def _resolve_files(
+        cls, config: UAIRAConfig, concept: str, prompts: dict[str, Any], picked: dict[str, Any] | None
+    ) -> UAIRAConfig:
         """Target/retain files judged by CLIP zero-shot: every retain label and the concept must be nameable."""
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
         prompt_set = TargetRetain(prompt_config)
@@ -122,7 +133,7 @@ class UAIRA(Metric):
             raise ConfigError(
                 f"ua_ira: retain prompts in {prompt_config.retain} ask for the erased concept '{concept}'"
             )
-        judge: Any = "clip_zeroshot" if config.judge == "auto" else config.judge
+        judge: Any = (picked or "clip_zeroshot") if config.judge == "auto" else config.judge
         judge = {"name": judge} if isinstance(judge, str) else dict(judge)
         require(judge["name"] == "clip_zeroshot", "on prompt files ua_ira is judged by CLIP zero-shot "
                 "(judge: clip_zeroshot or {name: clip_zeroshot, model: ..., labels: [...]})")  # fmt: skip
@@ -244,6 +255,7 @@ class UAIRA(Metric):
             "value_formula": "(UA + IRA) / 2, IRA averaged over labels",
             "concept": self.config.concept,
             "prompts": self.config.prompts,
+            "protocol": protocols.report(self.config.protocol, self.config.prompts, self.config.judge),  # type: ignore[arg-type]
             "judge": self.judges["judge"].settings(),
         })  # fmt: skip
         return MetricResult(f"ua_ira_{self.dataset_name(self.config)}", value, details)
