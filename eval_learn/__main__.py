@@ -6,7 +6,7 @@ python -m eval_learn -m technique=free_run,esd metric=asr   # a sweep, one folde
 python -m eval_learn technique=esd 'metrics=[asr,ua_ira]'   # one technique, several metrics
 python -m eval_learn path/to/run.yaml|run.json [overrides]  # a seed-format or saved (.hydra) config
 eval-learn summarize DIR                                    # the leaderboard of every run under DIR
-eval-learn list [KIND]                                      # every technique, metric, judge, prompt set, model
+eval-learn list [KIND]                                      # every technique, metric, judge, prompt set, model, protocol
 
 Every mistake in the input ends with one message on stderr and exit code 2, before any model loads: every job of a
 sweep is composed and validated first. A run that cannot produce a trustworthy number stops with a message and exit
@@ -33,6 +33,7 @@ import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from eval_learn import protocols  # noqa: E402
 from eval_learn.app import build_runner  # noqa: E402
 from eval_learn.catalog import KINDS, catalog, config_options, render, searchpath_overrides  # noqa: E402
 from eval_learn.configs import did_you_mean  # noqa: E402
@@ -311,8 +312,8 @@ def subcommand(name: str, args: list[str]) -> int:
         parser.add_argument("dirs", type=Path, nargs="+", help="folders holding the shard jobs (searched recursively)")
         parser.add_argument("--out", type=Path, default=None, help="where merged reports go (default: DIR/merged)")
     else:
-        parser.description = "Every technique, metric, judge, prompt set and model config, with config fields."
-        parser.add_argument("kind", nargs="?", choices=[*KINDS, "models"], help="one kind only")
+        parser.description = "Every technique, metric, judge, prompt set, model config and protocol, with fields."
+        parser.add_argument("kind", nargs="?", choices=[*KINDS, "models", "protocols"], help="one kind only")
         parser.add_argument("--searchpath", default=None, help="more config folders, as hydra.searchpath=[...] takes")
     try:
         options = parser.parse_args([a.replace("hydra.searchpath=", "--searchpath=", 1) for a in args])
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         if run_file is None and not any(arg.startswith(CONFIG_MODE_FLAGS[:4]) for arg in argv):
             argv = single_metric_overrides(argv)
         overrides = _parse_overrides(argv)
+        protocols.COMMAND_LINE[:] = protocols.folders(_override_texts(argv))  # protocol/ folders given on it
         if overrides is not None and not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
             _check_group_choices(argv, overrides)
             _check_override_keys(argv, overrides)

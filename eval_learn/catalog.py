@@ -1,9 +1,10 @@
-"""What can be run: every technique, metric, judge, prompt set and model config, built in or from a plugin package
-(``eval-learn list``), and the config options on Hydra's search path.
+"""What can be run: every technique, metric, judge, prompt set, model config and protocol, built in or from a plugin
+package (``eval-learn list``), and the config options on Hydra's search path.
 
 A plugin package adds a part in two places, both found here: the class, through an entry point in the group of its
 kind (``eval_learn.techniques``, ``eval_learn.metrics``, ``eval_learn.judges``, ``eval_learn.prompt_sets``), and for a
-technique or metric its YAML (``technique/<name>.yaml``; ``metric/<name>.yaml`` and ``metrics/<name>.yaml``), in a
+technique or metric its YAML (``technique/<name>.yaml``; ``metric/<name>.yaml`` and ``metrics/<name>.yaml``; a
+protocol is a YAML only, ``protocol/<name>.yaml``), in a
 config folder that a Hydra search-path plugin (a module under the ``hydra_plugins`` namespace package) or
 ``hydra.searchpath=[...]`` on the command line puts on Hydra's search path.
 """
@@ -124,7 +125,30 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
         models.append({"name": name, "origin": origin, **({"error": data["error"]} if "error" in data else
                                                           {"fields": [(k, "", v) for k, v in data.items()]})})  # fmt: skip
     result["models"] = models
+    result["protocols"] = protocol_entries(overrides)
     return result
+
+
+def protocol_entries(overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every protocol YAML on the search path (``protocol/<name>.yaml``), with what it names."""
+    from eval_learn import protocols
+    from eval_learn.errors import ConfigError
+
+    try:
+        found = protocols.load(protocols.folders(overrides))
+    except ConfigError as err:  # a broken protocol file is listed, not fatal
+        return [{"name": "(protocols)", "origin": "search path", "error": str(err)}]
+    entries = []
+    for name, p in found.items():
+        fields: list[tuple[str, str, Any]] = [("metric", "", p.metric),
+                                              ("concepts", "", [*p.concepts, *(f"kind:{k}" for k in p.concept_kinds)]),
+                                              ("default", "", p.default)]  # fmt: skip
+        fields += [(key, "", value) for key, value in (("prompts", p.prompts), ("judge", p.judge),
+                   ("samples_per_prompt", p.samples_per_prompt), ("stand_in", p.stand_in)) if value is not None]  # fmt: skip
+        fields += [(f"arms.{arm}", "", spec) for arm, spec in p.arms.items()]
+        fields += [("counting", "", p.counting), ("source", "", p.source)]
+        entries.append({"name": name, "origin": p.origin, "fields": fields})
+    return entries
 
 
 def _value(value: Any) -> str:
@@ -133,7 +157,10 @@ def _value(value: Any) -> str:
 
 def render(data: dict[str, list[dict[str, Any]]]) -> str:
     """The catalog as text, one block per kind, one line per config field."""
-    how = {kind: selector for kind, (_, _, selector) in KINDS.items()} | {"models": "model=NAME"}
+    how = {kind: selector for kind, (_, _, selector) in KINDS.items()} | {
+        "models": "model=NAME",
+        "protocols": "metric.config.protocol=NAME",
+    }
     lines: list[str] = []
     for kind, entries in data.items():
         lines.append(f"{kind.replace('_', ' ')} ({how[kind]})")

@@ -160,14 +160,29 @@ def parse(name: str, data: Any, origin: str = "built-in") -> Protocol:
     )  # fmt: skip
 
 
+COMMAND_LINE: list[str] = []  # hydra.searchpath folders of the command line, set before its jobs are validated
+
+
+def folders(overrides: Sequence[str]) -> list[str]:
+    """The folders of ``hydra.searchpath=[a,b]`` overrides."""
+    out = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "hydra.searchpath":
+            out += [f.strip().strip("'\"") for f in value.strip().strip("[]").split(",") if f.strip()]
+    return out
+
+
 def _searchpath() -> list[str]:
-    """Extra config folders of the running Hydra app (``hydra.searchpath=[...]``), if there is one."""
+    """Extra config folders: the running Hydra app's (``hydra.searchpath=[...]``), else the command line's."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().searchpath) if HydraConfig.initialized() else []
+        if HydraConfig.initialized():
+            return list(HydraConfig.get().searchpath)
     except Exception:  # noqa: BLE001 - outside a Hydra run there is none
-        return []
+        pass
+    return list(COMMAND_LINE)
 
 
 def load(searchpath: Sequence[str] = ()) -> dict[str, Protocol]:

@@ -84,6 +84,15 @@ def plugin(tmp_path_factory) -> Path:
         default_datasets:
           asr: demo
         """)  # fmt: skip
+    write(root / "el_demo_plugin" / "conf" / "protocol" / "plugin_nudity_demo.yaml", """
+        name: plugin_nudity_demo
+        metric: asr
+        concepts: [nudity]
+        prompts: {name: demo}
+        judge: {name: nudenet, preset: unlearndiffatk}
+        counting: per_image
+        source: {paper: a plugin's protocol}
+        """)  # fmt: skip
     write(root / "hydra_plugins" / "el_demo_plugin_searchpath" / "__init__.py", SEARCH_PATH)
     dist = root / "el_demo_plugin-0.1.dist-info"
     write(dist / "METADATA", "Metadata-Version: 2.1\nName: el-demo-plugin\nVersion: 0.1\n")
@@ -101,7 +110,9 @@ def test_list_shows_built_ins_and_the_plugin(plugin: Path, tmp_path: Path) -> No
     out = proc.stdout
     blocks = dict(b.split("\n", 1) for b in out.strip().split("\n\n"))
     heads = {k.split(" (")[0]: v for k, v in blocks.items()}
-    assert set(heads) == {"techniques", "metrics", "judges", "prompt sets", "models"}
+    assert set(heads) == {"techniques", "metrics", "judges", "prompt sets", "models", "protocols"}
+    assert "nudity_i2p               built-in" in heads["protocols"]
+    assert "plugin_nudity_demo       search path" in heads["protocols"]
     assert "esd " in heads["techniques"] and 'train_method: TrainMethod = "noxattn"' in heads["techniques"]
     assert "negative_word            plugin el-demo-plugin 0.1  el_demo_plugin.technique:NegativeWord" in out
     assert 'word: str = "nudity"' in heads["techniques"] and "not selectable" not in out
@@ -115,11 +126,15 @@ def test_list_shows_built_ins_and_the_plugin(plugin: Path, tmp_path: Path) -> No
 def test_a_run_with_the_plugin_technique(plugin: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_cli("model=tiny", "technique=negative_word", "technique.config.word=nudity", "metric=asr",
-                   "metric.config.limit=1", f"hydra.run.dir={out}", cwd=tmp_path, env=with_plugin(plugin))  # fmt: skip
+                   "metric.config.limit=1", "metric.config.protocol=plugin_nudity_demo", f"hydra.run.dir={out}",
+                   cwd=tmp_path, env=with_plugin(plugin))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (report,) = out.glob("*/report.json")
     data = json.loads(report.read_text())
     assert data["technique_name"] == "negative_word" and data["technique_config"]["word"] == "nudity"
+    protocol = data["metric_result"]["details"]["protocol"]  # the plugin's protocol picked the judge preset
+    assert protocol["name"] == "plugin_nudity_demo" and protocol["origin"].startswith("search path")
+    assert data["judge"]["preset"] == "unlearndiffatk" and protocol["differences"] == []
     assert data["generation"]["sampling"] == {"plugin_negative_word": "nudity"}
     (image,) = json.loads((report.parent / "metadata.json").read_text())["images"]
     assert image["sampling"] == {"plugin_negative_word": "nudity"}  # the plugin's class made the image

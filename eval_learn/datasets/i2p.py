@@ -24,8 +24,9 @@ I2P_REPO = "AIML-TUDA/i2p"
 I2P_FILE = "i2p_benchmark.csv"
 I2P_CATEGORIES = ("sexual", "violence", "hate", "harassment", "self-harm", "shocking", "illegal activity")
 _OFFLINE_HELP = (
-    "Offline, give a local copy in I2P's format (prompts={name: i2p, path: FILE} or metric.config.prompts_path=FILE), "
-    "or use a shipped set (prompts=unlearndiffatk_nudity, or prompts=demo on model=tiny)."
+    "Offline, give a local copy in I2P's format (prompts={name: i2p, path: FILE} or metric.config.prompts_path=FILE: "
+    "either keeps the concept's category, as the hub copy does; category: null keeps every row), or use a shipped set "
+    "(prompts=unlearndiffatk_nudity, or prompts=demo on model=tiny)."
 )
 
 

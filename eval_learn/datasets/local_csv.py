@@ -2,7 +2,9 @@
 
 Any CSV with a ``prompt`` column works; seeds, guidance scales and categories are read where the file has them
 (:mod:`eval_learn.datasets.tables`), and ``category`` filters only a file that has a ``categories`` column (a file
-without one gets a clear message at construction, not a failure after the model has loaded).
+without one gets a clear message at construction, not a failure after the model has loaded). For a concept measured on
+I2P (``asr``, ``err``), a file in I2P's format given without a category keeps the concept's category, as the hub copy
+does (:func:`eval_learn.protocols.as_protocol_rows`); ``category: null`` keeps every row.
 """
 
 from __future__ import annotations

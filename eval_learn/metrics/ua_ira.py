@@ -63,7 +63,10 @@ class UAIRAConfig(MetricConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.prompts_path is None, "ua_ira takes two prompt files, not one: prompts={name: target_retain, target: FILE, retain: FILE}")
+        require(
+            self.prompts_path is None,
+            "ua_ira takes two prompt files, not one: prompts={name: target_retain, target: FILE, retain: FILE}",
+        )
         require(self.target_samples_per_prompt > 0 and self.retain_samples_per_prompt > 0,
                 "samples per prompt must be > 0")  # fmt: skip
 
