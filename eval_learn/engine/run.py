@@ -232,6 +232,7 @@ class Engine:
         by_name = {e.name: e for e in evaluations}
         self.generation = technique.generation_settings()
         plan = make_plan({e.name: e.dataset.records for e in evaluations}, self.generation)
+        technique.check_plan(plan.requests)
         self.planned = len(plan.requests)
         users = plan.users()
         mode = self.mode(technique)
@@ -290,7 +291,9 @@ class Engine:
         self.generated.update(missing)
         return batch
 
-    def _store_new(self, technique: Technique, requests: list[GenerationRequest], keys: list[str], batch: Batch) -> None:
+    def _store_new(
+        self, technique: Technique, requests: list[GenerationRequest], keys: list[str], batch: Batch
+    ) -> None:
         """Encode the batch's new images (PNG with provenance text chunks and pixel digest) and store them."""
         try:
             fingerprint = canonical_json(technique.fingerprint())
@@ -420,12 +423,16 @@ class Engine:
             "batch_size": settings.batch_size,
             "device": technique.device,
             "dtype": str(context.dtype).removeprefix("torch."),
-            "generation": {**technique.generation_settings(), **self.mode(technique).describe(),
-                           "batch_invariant": self.mode(technique).name != "batched",
-                           "sampling": technique.sampling_settings()},  # fmt: skip
+            "generation": {
+                **technique.generation_settings(),
+                **self.mode(technique).describe(),
+                "batch_invariant": self.mode(technique).name != "batched",
+                "sampling": technique.sampling_settings(),
+            },  # fmt: skip
             "run_settings": asdict(settings),
             **({"shard": asdict(settings.shard)} if settings.shard.count > 1 else {}),
             "technique_info": technique.info,
+            "images_origin": technique.images_origin(),
             "timings": timings,
             "peak_memory": peak_memory(technique.device),
             "environment": environment(),

@@ -73,6 +73,8 @@ def render(technique: Technique, requests: list[GenerationRequest], mode: Genera
     images: list[np.ndarray | None] = [None] * len(requests)
     if not requests:
         return []
+    if technique.supplies_images:  # images made elsewhere (technique=external): read, never rendered
+        return technique.supplied_images(requests)
     pipe = technique.pipeline()
     for positions in _calls(requests, mode):
         rows = [requests[i] for i in positions]

@@ -85,7 +85,8 @@ class BaseRunner:
         return spec
 
     def check_model(self) -> None:
-        ensure_available(self.context.model)
+        if not self.technique_cls.supplies_images:  # images made elsewhere need no base model
+            ensure_available(self.context.model)
 
     def _execute(self, run_id: str, timestamp: float) -> dict[str, Any]:
         from eval_learn.engine.run import Engine
