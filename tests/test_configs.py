@@ -45,6 +45,10 @@ def test_every_combination_composes_and_validates(technique: str, metric: str, m
         with pytest.raises(ValueError, match="anchor_concept is required"):
             build_runner(data)
         data["technique"]["config"]["anchor_concept"] = "a photo"
+    if technique == "external":  # images made elsewhere: only the user can name their folder
+        with pytest.raises(ValueError, match="needs technique.config.images=DIR"):
+            build_runner(data)
+        return
     if metric == "ua_ira" and model != "miniworld":
         with pytest.raises(ValueError, match="ua_ira measures MiniWorld concepts"):
             build_runner(data)
