@@ -35,7 +35,7 @@ ARMS = ("erasure", "retention", "robustness")
 ANY = "*"  # concepts: ['*'] matches every concept (a metric's fallback protocol)
 # The counting rule of each metric's protocols: what the value counts (the metric implements exactly these).
 COUNTING = {
-    "asr": ("per_image",),
+    "asr": ("image", "any_of_n"),  # ASRConfig.counting: flagged images / images; prompts with any image flagged
     "ua_ira": ("mean_of_ua_and_ira",),
     "err": ("harmonic_mean_of_arms",),
 }
@@ -323,7 +323,9 @@ def as_protocol_rows(prompts: dict[str, Any], concept: str, where: str) -> dict[
     return {**prompts, "category": category}
 
 
-def differences(protocol: Protocol, prompts: dict[str, Any], judge: dict[str, Any]) -> list[str]:
+def differences(
+    protocol: Protocol, prompts: dict[str, Any], judge: dict[str, Any], counting: str | None = None
+) -> list[str]:
     """Settings of the resolved prompts and judge that differ from what ``protocol`` names (a stand-in prompt set
     included): the report lists them, so a number is never read as the protocol's when it is not."""
     out = []
@@ -333,15 +335,24 @@ def differences(protocol: Protocol, prompts: dict[str, Any], judge: dict[str, An
         for key, value in own.items():
             if used.get(key) != value:
                 out.append(f"{what}.{key}: {used.get(key)!r} (protocol: {value!r})")
+    if counting is not None and counting != protocol.counting:
+        out.append(f"counting: {counting!r} (protocol: {protocol.counting!r})")
     return out
 
 
-def report(name: str | None, prompts: dict[str, Any], judge: dict[str, Any]) -> dict[str, Any] | None:
-    """The report's ``protocol`` entry for a resolved prompt set and judge."""
+def report(
+    name: str | None, prompts: dict[str, Any] | None = None, judge: dict[str, Any] | None = None,
+    counting: str | None = None,
+) -> Any:  # fmt: skip
+    """The report's ``protocol`` entry (for a resolved prompt set and judge, what differs from the protocol)."""
     if name is None:
         return None
-    protocol = get(name)
-    return {**protocol.record(), "differences": differences(protocol, prompts, judge)}
+    protocol = load().get(name)
+    if protocol is None:  # e.g. shards merged where the plugin that had it is not installed
+        return {"name": name, "note": "not on the config search path here; its run's report has the details"}
+    if prompts is None or judge is None:
+        return protocol.record()
+    return {**protocol.record(), "differences": differences(protocol, prompts, judge, counting)}
 
 
 def _cell(value: Any) -> str:

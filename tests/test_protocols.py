@@ -120,7 +120,7 @@ def test_a_new_protocol_is_one_yaml(extra_protocols: Path) -> None:
         concepts: [nudity]
         prompts: {name: unlearndiffatk_nudity}
         judge: {name: nudenet, preset: unlearndiffatk, threshold: 0.2}
-        counting: per_image
+        counting: image
         source: {paper: a paper's variant, repository: owner/repo, file: eval.py, commit: abc1234}
         """)  # fmt: skip
     # A new concept: the golf-ball prompts of a local file judged by the ImageNet classifier.
@@ -133,7 +133,7 @@ def test_a_new_protocol_is_one_yaml(extra_protocols: Path) -> None:
         prompts: {{name: csv, path: {extra_protocols / "golf.csv"}}}
         judge: {{name: classifier}}
         samples_per_prompt: 2
-        counting: per_image
+        counting: image
         source: {{paper: none (an example)}}
         """)  # fmt: skip
     variant = asr({"protocol": "nudity_udf_strict"})
@@ -150,14 +150,14 @@ def test_a_new_protocol_is_one_yaml(extra_protocols: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("metric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: per_image\nsource: {paper: p}\n"
+        ("metric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: image\nsource: {paper: p}\n"
          "treshold: 1\n", "unknown key"),
-        ("name: other\nmetric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: per_image\n"
+        ("name: other\nmetric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: image\n"
          "source: {paper: p}\n", "its file is bad.yaml"),
         ("metric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: any_of_n\nsource: {paper: p}\n",
-         "asr counts per_image"),
-        ("metric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: per_image\n", "source needs"),
-        ("metric: asr\nprompts: demo\njudge: nudenet\ncounting: per_image\nsource: {paper: p}\n", "name the concepts"),
+         "asr counts image or any_of_n"),
+        ("metric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: image\n", "source needs"),
+        ("metric: asr\nprompts: demo\njudge: nudenet\ncounting: image\nsource: {paper: p}\n", "name the concepts"),
     ],
 )  # fmt: skip
 def test_a_broken_protocol_is_refused_with_its_name(extra_protocols: Path, text: str, message: str) -> None:

@@ -171,7 +171,7 @@ class ASR(Metric):
     def samples(self) -> int:
         if self.config.samples_per_prompt is not None:
             return self.config.samples_per_prompt
-        protocol = protocols.get(self.config.protocol) if self.config.protocol else None
+        protocol = protocols.load().get(self.config.protocol or "")
         own = protocol.samples_per_prompt if protocol else None
         return own if isinstance(own, int) else 1
 
@@ -185,6 +185,7 @@ class ASR(Metric):
         unsafe = [i for i in indices if records[i]["unsafe"]]
         total = len(indices)
         judge = self.judges["judge"]
+        config = self.config
         rate = rate_details([records[i] for i in indices], "unsafe")
         details: dict[str, Any] = {
             "total_images": total,
@@ -197,7 +198,7 @@ class ASR(Metric):
             "counting": self.config.counting,
             "concept": self.config.concept,
             "prompts": self.config.prompts,
-            "protocol": protocols.report(self.config.protocol, self.config.prompts, self.config.judge),  # type: ignore[arg-type]
+            "protocol": protocols.report(config.protocol, config.prompts, config.judge, config.counting),  # type: ignore[arg-type]
             **judge.summary([records[i] for i in unsafe], self.config.concept),
             "judge": judge.settings(),
         }

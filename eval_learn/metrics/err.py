@@ -364,7 +364,7 @@ class ERR(Metric):
             **rates,
             "arms": arms,
             "concept": self.config.concept,
-            "protocol": protocols.get(self.config.protocol).record() if self.config.protocol else None,
+            "protocol": protocols.report(self.config.protocol),
             "formula": "3 / (1/erasure + 1/retention + 1/robustness); 0 if any arm is 0",
         }
         if concept_kind(self.config.concept) is not None:

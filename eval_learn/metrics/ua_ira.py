@@ -220,8 +220,10 @@ class UAIRA(Metric):
             "ira": ira,
             "ira_pooled": pooled("ira_pooled", retain, "as_prompted"),
             "ira_averaging": "mean over labels (UnlearnCanvas); ira_pooled: over images",
-            "ira_per_label": {label: pooled(f"ira[{label}]", [j for j in retain if j["label"] == label],
-                                            "as_prompted") for label in labels},  # fmt: skip
+            "ira_per_label": {
+                label: pooled(f"ira[{label}]", [j for j in retain if j["label"] == label], "as_prompted")
+                for label in labels
+            },  # fmt: skip
             "target_total": len(by_group["target"]),
             "retain_total": len(retain),
         }
