@@ -98,6 +98,10 @@ def test_err_arms_come_from_its_protocol() -> None:
 def test_ua_ira_records_its_protocol() -> None:
     mini = UAIRA.resolve_config(from_mapping(UAIRAConfig, {}, "ua_ira"), context("miniworld"), ["red"])
     assert (mini.protocol, mini.judge["name"]) == ("ua_ira_miniworld", "miniworld")
+    assert (mini.target_samples_per_prompt, mini.retain_samples_per_prompt) == (4, 2)  # the protocol's
+    given = UAIRA.resolve_config(from_mapping(UAIRAConfig, {"target_samples_per_prompt": 3}, "ua_ira"),
+                                 context("miniworld"), ["red"])  # fmt: skip
+    assert (given.target_samples_per_prompt, given.retain_samples_per_prompt) == (3, 2)
 
 
 def write_protocol(folder: Path, name: str, text: str) -> None:
@@ -154,7 +158,7 @@ def test_a_new_protocol_is_one_yaml(extra_protocols: Path) -> None:
          "treshold: 1\n", "unknown key"),
         ("name: other\nmetric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: image\n"
          "source: {paper: p}\n", "its file is bad.yaml"),
-        ("metric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: any_of_n\nsource: {paper: p}\n",
+        ("metric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: per_prompt\nsource: {paper: p}\n",
          "asr counts image or any_of_n"),
         ("metric: asr\nconcepts: [x]\nprompts: demo\njudge: nudenet\ncounting: image\n", "source needs"),
         ("metric: asr\nprompts: demo\njudge: nudenet\ncounting: image\nsource: {paper: p}\n", "name the concepts"),

@@ -39,6 +39,7 @@ from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
 from eval_learn.types import MetricResult, PromptRecord
 
 ATTRIBUTES = ("colour", "shape", "background")
+DEFAULT_SAMPLES = {"target": 4, "retain": 2}  # images per prompt where no protocol names them
 
 
 @dataclass
@@ -50,8 +51,8 @@ class UAIRAConfig(MetricConfig):
     prompts: str | dict[str, Any] = "auto"
     # auto: the MiniWorld judge; with target_retain, clip_zeroshot over the concept and the retain labels
     judge: str | dict[str, Any] = "auto"
-    target_samples_per_prompt: int = 4
-    retain_samples_per_prompt: int = 2  # per retain prompt (near and far on the MiniWorld)
+    target_samples_per_prompt: int | None = None  # null: the protocol's (4)
+    retain_samples_per_prompt: int | None = None  # per retain prompt (near, far on the MiniWorld); null: protocol (2)
     # What a retain image must show: "kind" = the prompt's value of the erased concept's attribute (its colour when a
     # colour is erased), "all" = every attribute the prompt names (colour, shape and background).
     retain_check: Literal["kind", "all"] = "kind"
@@ -67,7 +68,7 @@ class UAIRAConfig(MetricConfig):
             self.prompts_path is None,
             "ua_ira takes two prompt files, not one: prompts={name: target_retain, target: FILE, retain: FILE}",
         )
-        require(self.target_samples_per_prompt > 0 and self.retain_samples_per_prompt > 0,
+        require(all(n is None or n > 0 for n in (self.target_samples_per_prompt, self.retain_samples_per_prompt)),
                 "samples per prompt must be > 0")  # fmt: skip
 
 
@@ -86,7 +87,12 @@ class UAIRA(Metric):
         if prompts["name"] == "auto" and chosen is not None:
             prompts = {**chosen.prompts, **{k: v for k, v in prompts.items() if k != "name"}}  # type: ignore[dict-item]
         protocol = chosen or protocols.for_concept("ua_ira", concept, prompts["name"])
-        config = dataclasses.replace(config, protocol=protocol.name if protocol else None)
+        own = protocol.samples_per_prompt if protocol and isinstance(protocol.samples_per_prompt, dict) else {}
+        config = dataclasses.replace(
+            config, protocol=protocol.name if protocol else None,
+            target_samples_per_prompt=config.target_samples_per_prompt or own.get("target", DEFAULT_SAMPLES["target"]),
+            retain_samples_per_prompt=config.retain_samples_per_prompt or own.get("retain", DEFAULT_SAMPLES["retain"]),
+        )  # fmt: skip
         picked = protocol.judge if protocol else None
         if prompts["name"] == "target_retain":
             return cls._resolve_files(config, concept, prompts, picked)
@@ -160,8 +166,9 @@ class UAIRA(Metric):
         return self.config.prompts["name"] == "target_retain"  # type: ignore[index]
 
     def samples(self) -> dict[str, int]:
-        retain = self.config.retain_samples_per_prompt
-        return {"target": self.config.target_samples_per_prompt, "near": retain, "far": retain, "retain": retain}
+        retain = self.config.retain_samples_per_prompt or DEFAULT_SAMPLES["retain"]
+        target = self.config.target_samples_per_prompt or DEFAULT_SAMPLES["target"]
+        return {"target": target, "near": retain, "far": retain, "retain": retain}
 
     def record(self, verdicts: dict[str, dict[str, Any]], record: PromptRecord) -> dict[str, Any]:
         seen = verdicts["judge"]
