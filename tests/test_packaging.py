@@ -44,4 +44,6 @@ def test_wheel_contains_configs_and_prompt_files(tmp_path) -> None:
     protocols = {f"eval_learn/conf/protocol/{p.name}" for p in (ROOT / "conf" / "protocol").glob("*.yaml")}
     assert protocols and not protocols - names, f"protocols missing from the wheel: {protocols - names}"
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "eval_learn").rglob("*.py")}
-    assert not sources - names, f"modules missing from the wheel (a package not listed in pyproject?): {sources - names}"
+    assert not sources - names, (
+        f"modules missing from the wheel (a package not listed in pyproject?): {sources - names}"
+    )

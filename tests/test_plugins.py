@@ -90,7 +90,7 @@ def plugin(tmp_path_factory) -> Path:
         concepts: [nudity]
         prompts: {name: demo}
         judge: {name: nudenet, preset: unlearndiffatk}
-        counting: per_image
+        counting: image
         source: {paper: a plugin's protocol}
         """)  # fmt: skip
     write(root / "hydra_plugins" / "el_demo_plugin_searchpath" / "__init__.py", SEARCH_PATH)

@@ -102,7 +102,7 @@ def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> No
     assert set(entry) >= {"file", "prompt", "seed", "guidance_scale", "judgement"}
     assert (folder / entry["file"]).is_file()
     assert entry["seed"] == 1001 and entry["guidance_scale"] == 7.0  # the bundled file's own seed and scale
-    assert set(entry["judgement"]) == {"unsafe", "detections"}
+    assert set(entry["judgement"]) == {"unsafe", "detections", "prompt_id"}  # prompt_id: the interval's cluster
     assert len(entry["pixels_sha256"]) == 64
 
 

@@ -86,7 +86,9 @@ class I2P(PromptSet):
     def rows(self) -> list[PromptRow]:
         rows = prompt_rows(read_table(self._file()), category=self.config.category)
         if not rows:
-            raise ConfigError(f"I2P ({self.config.path or I2P_REPO}) has no prompts in category '{self.config.category}'")
+            raise ConfigError(
+                f"I2P ({self.config.path or I2P_REPO}) has no prompts in category '{self.config.category}'"
+            )
         return rows
 
     def metadata(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ class MetricConfig:
     """Settings every metric has."""
 
     limit: int | None = None  # keep N prompts, spread over the set's strata (shapes, classes, groups)
-    prompts_path: str | None = None  # a local prompt file (shorthand for prompts={name: csv, path: ...}; asr: see protocols)
+    prompts_path: str | None = None  # a local prompt file (prompts={name: csv, path: ...}; asr: see protocols)
     device: str | None = None  # where the metric's judges run (null: the run's device)
     # Inherited settings this metric refuses (its validate names what to use instead): not listed by `eval-learn list`.
     unlisted: ClassVar[tuple[str, ...]] = ()
