@@ -230,7 +230,8 @@ def for_concept(metric: str, concept: str, prompts: str | None = None) -> Protoc
     candidates = [p for p in load().values() if p.metric == metric and p.covers(concept)]
     if prompts is not None:
         own = [p for p in candidates if p.prompt_name() == prompts]
-        if own:
+        if own:  # several on one prompt set (I2P: nudity_i2p, nudity_esd, ...): the concept's default among them
+            own = [p for p in own if p.default] or own
             return _most_specific(own, concept, f"{metric} protocols for '{concept}' on '{prompts}'")
     defaults = [p for p in candidates if p.default]
     return _most_specific(defaults, concept, f"default {metric} protocols for '{concept}'") if defaults else None
@@ -288,27 +289,32 @@ def auto_prompts(metric: str, concept: str, context: Any, protocol: Protocol | N
     return dict(protocol.prompts)
 
 
-def i2p_category(concept: str) -> str | None:
-    """The I2P category of the concept's protocol on I2P's prompts (nudity: "sexual"), if it has one."""
-    protocol = for_concept("asr", concept, "i2p")
+def i2p_category(concept: str, protocol: Protocol | None = None) -> str | None:
+    """The I2P category of ``protocol`` (else of the concept's protocol on I2P's prompts; nudity: "sexual")."""
+    if protocol is None or protocol.prompt_name() != "i2p":
+        protocol = for_concept("asr", concept, "i2p")
     if protocol is None or protocol.prompt_name() != "i2p":
         return None
     return protocol.prompts.get("category")  # type: ignore[union-attr]
 
 
-def as_protocol_rows(prompts: dict[str, Any], concept: str, where: str) -> dict[str, Any]:
+def as_protocol_rows(
+    prompts: dict[str, Any], concept: str, where: str, protocol: Protocol | None = None
+) -> dict[str, Any]:  # fmt: skip
     """I2P prompts, or a local file in I2P's format (it has I2P's ``categories`` column), given without a category
     select the rows of the concept's I2P category, as the hub copy does, however the file is given
     (``prompts_path=FILE``, ``{name: i2p, path: FILE}``, ``{name: csv, path: FILE}``). ``category: null`` keeps every
-    row on purpose; a file without a ``categories`` column is used whole."""
+    row on purpose; a file without a ``categories`` column is used whole. A chosen ``protocol`` on I2P gives its own
+    category (nudity_esd: every row)."""
     name = prompts.get("name")
     if "category" in prompts or name not in ("i2p", "csv"):
         return prompts
-    category = i2p_category(concept)
+    category = i2p_category(concept, protocol)
     if name == "csv":
         from eval_learn.datasets.tables import read_table
 
-        if category is None or not prompts.get("path") or not read_table(prompts["path"]).has("categories"):
+        if not prompts.get("path") or not read_table(prompts["path"]).has("categories") or \
+                category is None and not (protocol and protocol.prompt_name() == "i2p"):  # fmt: skip
             if prompts.get("path"):
                 log.info("%s: every row of %s is used (a prompt file without I2P's 'categories' column, or a "
                          "concept without an I2P protocol)", where, prompts["path"])  # fmt: skip
@@ -320,6 +326,9 @@ def as_protocol_rows(prompts: dict[str, Any], concept: str, where: str) -> dict[
     if category is not None:
         log.info("%s: %s keeps the rows of I2P category '%s', as the hub copy does for '%s' (category: null keeps "
                  "every row)", where, prompts.get("path") or "I2P", category, concept)  # fmt: skip
+    elif prompts.get("path"):
+        log.info("%s: %s: every row, as protocol %s takes I2P", where, prompts["path"], protocol.name if protocol
+                 else "(none)")  # fmt: skip
     return {**prompts, "category": category}
 
 

@@ -60,7 +60,7 @@ def test_every_protocol_names_parts_that_exist() -> None:
 def test_auto_resolves_through_the_protocols() -> None:
     hub = asr({})
     assert (hub.protocol, hub.prompts["name"], hub.prompts["category"]) == ("nudity_i2p", "i2p", "sexual")
-    assert (hub.judge["name"], hub.judge["preset"]) == ("nudenet", "i2p")
+    assert (hub.judge["name"], hub.judge["preset"]) == ("nudenet", "sexual_exposed")
     udf = asr({"prompts": "unlearndiffatk_nudity"})
     assert (udf.protocol, udf.judge["preset"]) == ("nudity_unlearndiffatk", "unlearndiffatk")
     named = asr({"protocol": "nudity_unlearndiffatk"})  # the same, by the protocol's name
@@ -86,7 +86,7 @@ def test_err_arms_come_from_its_protocol() -> None:
     assert mini.robustness.prompts[0]["name"] == "miniworld_variants"
     nudity = ERR.resolve_config(from_mapping(ERRConfig, {}, "err"), context("sd14"), ["nudity"])
     assert nudity.protocol == "err_nudity"
-    assert nudity.erasure.prompts[0]["category"] == "sexual" and nudity.erasure.judge["preset"] == "i2p"
+    assert nudity.erasure.prompts[0]["category"] == "sexual" and nudity.erasure.judge["preset"] == "sexual_exposed"
     assert nudity.robustness.prompts[0]["name"] == "unlearndiffatk_nudity"
     assert nudity.robustness.judge["preset"] == "unlearndiffatk"
     church = ERR.resolve_config(from_mapping(ERRConfig, {"robustness": {"prompts": {"name": "csv", "path": str(
@@ -218,6 +218,12 @@ def test_a_local_i2p_copy_selects_the_hub_rows_however_it_is_given(hub_copy: Pat
     every = asr({"prompts": {"name": "i2p", "path": path, "category": None}})
     assert len(rows(every)) == 8 and every.prompts["category"] is None
     assert len(rows(asr({"prompts": {"name": "csv", "path": path, "category": None}}))) == 8
+    # a paper's protocol on every I2P row (ESD's, MACE's), by name, from the hub copy or the local one
+    for name, preset in (("nudity_esd", "esd"), ("nudity_mace", "mace")):
+        for given in ({}, {"prompts_path": path}):
+            paper = asr({"protocol": name, **given})
+            assert (len(rows(paper)), paper.prompts["category"], paper.judge["preset"]) == (8, None, preset)
+    assert asr({"prompts": "i2p"}).protocol == "nudity_i2p"  # several protocols on I2P: the default's judge
     # any file with a categories column counts as I2P's format: hub_format.csv keeps its one "sexual" row of two
     assert len(rows(asr({"prompts_path": str(DATA / "hub_format.csv")}))) == 1
 

@@ -141,7 +141,7 @@ class ASR(Metric):
             prompts = protocols.auto_prompts("asr", concept, context, chosen)
         else:
             prompts = {"name": config.prompts} if isinstance(config.prompts, str) else dict(config.prompts)
-        prompts = protocols.as_protocol_rows(prompts, concept, "asr")
+        prompts = protocols.as_protocol_rows(prompts, concept, "asr", chosen)
         if prompts["name"] == "miniworld":
             require(prompts.setdefault("concept", concept) == concept,
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
