@@ -367,7 +367,7 @@ def report(
 def _cell(value: Any) -> str:
     if isinstance(value, dict):
         name = value.get("name", "")
-        rest = ", ".join(f"{k}={v}" for k, v in value.items() if k != "name")
+        rest = ", ".join(f"{k}={'null' if v is None else v}" for k, v in value.items() if k != "name")
         return f"{name} ({rest})" if rest else str(name)
     if isinstance(value, list):
         return ", ".join(_cell(v) for v in value)
