@@ -28,7 +28,7 @@ from eval_learn.storage import atomic_write
 
 Weights = dict[str, torch.Tensor]
 SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
 DIGEST_KEY = "eval_learn_sha256"
 
