@@ -36,7 +36,9 @@ def test_train_method_selects_exactly_its_parameters(tiny_pipe) -> None:
     assert set(select_parameters(unet, "full")) == everything
     # train-esd.py's rule (loop compvis): every parameter but cross-attention, time embedding and output layers.
     compvis = set(select_parameters(unet, "noxattn", "compvis"))
-    frozen = {n for n in everything if ".attn2." in n or n.split(".")[0] in ("time_embedding", "conv_norm_out", "conv_out")}
+    frozen = {
+        n for n in everything if ".attn2." in n or n.split(".")[0] in ("time_embedding", "conv_norm_out", "conv_out")
+    }
     assert compvis == everything - frozen and any(".norm" in n for n in compvis)
     assert {"time_embedding.linear_1.weight", "conv_out.weight"} <= noxattn - compvis
     for method in ("xattn", "selfattn", "full"):

@@ -84,7 +84,9 @@ class ESDConfig(WeightsConfig):
         super().validate()
         require(bool(self.erase_concept.strip()), "erase_concept must be non-empty")
         require(self.train_steps >= 0, "train_steps must be >= 0")
-        require(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate must be a finite number > 0")
+        require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate must be a finite number > 0"
+        )
         require(math.isfinite(self.negative_guidance), "negative_guidance must be a finite number")
         require(math.isfinite(self.sample_guidance) and self.sample_guidance >= 0,
                 "sample_guidance must be a finite number >= 0")  # fmt: skip
@@ -109,7 +111,9 @@ def select_parameters(
     if train_method == "full":
         return dict(unet.named_parameters())
     if train_method == "noxattn" and loop == "compvis":
-        return {n: p for n, p in unet.named_parameters() if "attn2" not in n and not n.startswith(COMPVIS_FROZEN_PREFIXES)}
+        return {
+            n: p for n, p in unet.named_parameters() if "attn2" not in n and not n.startswith(COMPVIS_FROZEN_PREFIXES)
+        }
     selected: dict[str, torch.nn.Parameter] = {}
     for module_name, module in unet.named_modules():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
