@@ -223,6 +223,6 @@ def test_safree_lowers_red_on_the_miniworld_against_free_run(miniworld_asr) -> N
     assert base["details"]["concept"] == erased["details"]["concept"] == "red"
     assert base["details"]["total_images"] == erased["details"]["total_images"] == 64
     assert base["value"] >= 0.85  # the base model draws red when asked (measured 1.00, n = 64)
-    # The preset (SVF off) measured 0.109 (7 of 64; Wilson 95 % [0.05, 0.21]); the bar sits about five standard errors
-    # above it, far below free_run. Most of the effect needs the keywords as negative prompt (without: 1.00).
+    # The preset (SVF off, LRA on) measured 0.094 (6 of 64; Wilson 95 % [0.04, 0.19]); the bar sits about five standard
+    # errors above it, far below free_run. Most of the effect needs the keywords as negative prompt (without: 1.00).
     assert erased["value"] <= 0.30

@@ -26,8 +26,9 @@ What follows the authors' releases (github.com/nupurkmr9/concept-ablation; the r
 - The gradient through the cross-attention key and value of the first text position (the start token, the same for
   every prompt) is blocked, as the releases' attention processors do, so training changes what the concept's tokens
   do and not the start token's global effect.
-- The instance loss is the release's: per image, squared errors summed over channels and averaged over the latent
-  pixels inside a one-pixel border (its image mask), then averaged over images; the prior loss is a plain mean.
+- The instance loss is the releases': per image, squared errors summed over channels and averaged over the latent
+  pixels — for nudity (the diffusers code) only those inside a one-pixel border, its image mask; the CompVis code
+  (style, object) counts every pixel —, then averaged over images; the prior loss is a plain mean.
   ``templates`` uses a plain mean over every latent pixel (on a 32-pixel model the border is most of the latent).
   AdamW, gradient clipping and horizontal flips as released; random-resize augmentation is off in every recipe here.
 
@@ -353,8 +354,10 @@ class CATrainer:
         anchor = self.target(batch.x_t[:b], batch.t[:b], batch.anchor_prompts).float()
         if self.config.concept_type == "templates":  # ours, for small models: a plain mean over every latent pixel
             loss = torch.mean((prediction[:b] - anchor) ** 2)
-        else:  # the release's: inside the border mask, channels summed, pixels averaged
+        else:  # the releases': channels summed, pixels averaged (nudity, the diffusers code: inside a border mask)
             mask = border_mask(*prediction.shape[-2:], prediction.device)
+            if self.config.concept_type != "nudity":  # the CompVis code (style, object) without augmentation: no border
+                mask = torch.ones_like(mask)
             loss = (((prediction[:b] - anchor) ** 2 * mask).sum(dim=(1, 2, 3)) / mask.sum()).mean()
         if batch.prior_prompts:
             loss = loss + self.config.prior_loss_weight * torch.mean((prediction[b:] - batch.noise[b:].float()) ** 2)
