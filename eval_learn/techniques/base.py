@@ -69,7 +69,7 @@ class WeightsConfig(TechniqueConfig):
     """Settings of a technique that trains or edits weights."""
 
     save_path: str | None = None  # also write the weights here (.safetensors, or .pt/.pth/.bin as a torch state dict)
-    load_path: str | None = None  # use these weights and skip training (.safetensors, .pt, .pth, .bin)
+    load_path: str | None = None  # use these weights and skip training (.safetensors, .pt, .pth, .bin, .ckpt)
     use_cache: bool = True  # reuse weights built with the same settings and base model
 
     def validate(self) -> None:
