@@ -55,7 +55,7 @@ def test_a_recipe_composes_over_its_default_and_validates(option: str) -> None:
     assert data["technique"]["name"] == name and data["technique"]["recipe"] == recipe
     # What Hydra composes and what the Python API reads are the same config.
     assert data["technique"]["config"] == find_recipe(option).config
-    runner = build_runner(data)
+    runner = build_runner(compose_run([f"technique={option}", "model=tiny", "metric=asr"]))  # as the CLI runs it
     assert runner.technique_name == name and runner.recipe.record()["option"] == option
 
 
