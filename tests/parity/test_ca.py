@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from eval_learn.configs import from_mapping
+from eval_learn.recipes import find_recipe
 from eval_learn.techniques.ca import CABatch, CAConfig, CATrainer, block_start_token_gradient
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -24,8 +25,13 @@ LOSS_RTOL = 1e-5
 GRAD_ATOL = 1e-6
 
 
+def default_recipe() -> CAConfig:
+    """conf/technique/ca.yaml, as a run composes it."""
+    return from_mapping(CAConfig, find_recipe("ca").config, "ca")
+
+
 def one_step(tiny_pipe, block: bool) -> tuple[float, dict[str, torch.Tensor], CATrainer]:
-    trainer = CATrainer(tiny_pipe, from_mapping(CAConfig, {}, "ca"), "cpu", 64, 64)  # the default: nudity recipe
+    trainer = CATrainer(tiny_pipe, default_recipe(), "cpu", 64, 64)
     batch = CABatch(TENSORS["x_t"], TENSORS["t"], TENSORS["noise"], META["target_prompts"], META["anchor_prompts"],
                     META["prior_prompts"])  # fmt: skip
     trainer.unet.train()
@@ -67,5 +73,26 @@ def test_the_recipe_learning_rate_is_the_releases_scale_lr() -> None:
     """--scale_lr: lr x gradient accumulation x batch per GPU x GPUs, x 2 with prior preservation. The golden run
     (batch 2, one process) recorded 1.6e-5 from 4e-6; the recipe's 2-GPU batch of 4 per GPU gives 6.4e-5."""
     assert META["learning_rate_after_scale_lr"] == pytest.approx(4e-6 * 1 * 2 * 1 * 2)
-    config = from_mapping(CAConfig, {}, "ca")
+    config = default_recipe()
     assert config.learning_rate == pytest.approx(4e-6 * 1 * 4 * 2 * 2) and config.batch_size == 4 * 2
+
+
+def test_the_default_recipe_is_the_readme_nudity_command() -> None:
+    """diffusers/README.md "Ablating Nudity": --caption_target "nudity, nsfw" --concept_type nudity --max_train_steps
+    400 --parameter_group attn --with_prior_preservation --hflip --noaug; num_class_images 1000 and prior_loss_weight 1
+    by default; anchor images as train.py samples them (DPM-Solver, 25 steps, guidance 6, the target as negative)."""
+    c = default_recipe()
+    assert (c.erase_concept, c.target_caption, c.concept_type, c.anchor_captions) == (
+        "nudity",
+        "nudity, nsfw",
+        "nudity",
+        "people",
+    )
+    assert (c.train_method, c.train_steps, c.prior_preservation, c.prior_loss_weight) == ("attn", 400, True, 1.0)
+    assert (c.num_anchor_images, c.anchor_scheduler, c.anchor_steps, c.anchor_guidance_scale) == (
+        1000,
+        "dpm_solver_multistep",
+        25,
+        6.0,
+    )
+    assert c.anchor_negative_prompt and c.hflip and (c.weight_decay, c.max_grad_norm) == (0.01, 1.0)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from eval_learn.configs import from_mapping
 from eval_learn.models import resolve_model
+from eval_learn.recipes import find_recipe
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.safree import SAFREE, SAFREEConfig
 
@@ -27,15 +28,15 @@ LATENT_ATOL = 2e-3
 
 def recipe(category: str) -> dict:
     """The YAML recipe the release's category corresponds to (conf/technique/safree.yaml, safree/artists.yaml)."""
-    if category == "nudity":
-        return {"erase_concept": "nudity"}
-    return {"erase_concept": "Van Gogh", "svf_sigmoid_k": 3.5, "svf_sigmoid_center": 5.5}
+    return find_recipe("safree" if category == "nudity" else "safree/artists").config
 
 
 @pytest.mark.parametrize("case", META["cases"], ids=[c["name"] for c in META["cases"]])
 def test_safree_matches_its_release(case: dict) -> None:
     config = from_mapping(SAFREEConfig, recipe(case["category"]), "safree")
     assert config.keywords() == case["space"]
+    assert (config.alpha, config.upperbound_timestep, config.enable_lra) == (META["alpha"], META["up_t"], False)
+    assert (config.scheduler, config.sampling_dtype) == ("dpm_solver_multistep", "float32")
     technique = SAFREE(config, RunContext(resolve_model("tiny"), "cpu", torch.float32, 0, None))
     pipe = technique.pipeline()
     with torch.inference_mode():
