@@ -40,11 +40,6 @@ def test_every_combination_composes_and_validates(technique: str, metric: str, m
     assert set(data) >= {"technique", "metric", "model", "seed", "output_dir"}
     # The whole chain up to the runner validates without loading anything (no network: sd14 is not touched).
     # ua_ira measures MiniWorld concepts only: elsewhere it must be refused with a clear message.
-    if technique == "ca" and not data["technique"]["config"].get("anchor_concept"):
-        # CA has no default anchor (only the MiniWorld preset names one): a run without one is refused up front.
-        with pytest.raises(ValueError, match="anchor_concept is required"):
-            build_runner(data)
-        data["technique"]["config"]["anchor_concept"] = "a photo"
     if technique == "external":  # images made elsewhere: only the user can name their folder
         with pytest.raises(ValueError, match="needs technique.config.images=DIR"):
             build_runner(data)

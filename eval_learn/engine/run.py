@@ -433,6 +433,7 @@ class Engine:
             **({"shard": asdict(settings.shard)} if settings.shard.count > 1 else {}),
             "technique_info": technique.info,
             "images_origin": technique.images_origin(),
+            "technique_recipe": self.runner.recipe.record() if self.runner.recipe is not None else None,
             "timings": timings,
             "peak_memory": peak_memory(technique.device),
             "environment": environment(),

@@ -69,7 +69,7 @@ class WeightsConfig(TechniqueConfig):
     """Settings of a technique that trains or edits weights."""
 
     save_path: str | None = None  # also write the weights here (.safetensors, or .pt/.pth/.bin as a torch state dict)
-    load_path: str | None = None  # use these weights and skip training (.safetensors, .pt, .pth, .bin)
+    load_path: str | None = None  # use these weights and skip training (.safetensors, .pt, .pth, .bin, .ckpt)
     use_cache: bool = True  # reuse weights built with the same settings and base model
 
     def validate(self) -> None:
@@ -146,6 +146,10 @@ class Technique:
         """Appended to a non-finite-weights error: which setting most likely caused it."""
         return ""
 
+    def read_weights(self, path: Path) -> weight_files.Weights:
+        """``load_path``'s tensors; a technique whose authors released weights in their own layout reads it here."""
+        return weight_files.read(path, require_digest=False)
+
     # --- weights --------------------------------------------------------------------------------------------------
     @property
     def makes_weights(self) -> bool:
@@ -171,7 +175,7 @@ class Technique:
         cfg: Any = self.config
         if cfg.load_path:
             try:
-                weights = weight_files.read(Path(cfg.load_path), require_digest=False)
+                weights = self.read_weights(Path(cfg.load_path))
             except weight_files.DamagedWeights as err:
                 raise ConfigError(f"technique '{self.name}' load_path: {err}") from None
             self.info.update(trained=False, weights_loaded_from=cfg.load_path)
@@ -262,8 +266,8 @@ class Technique:
 
     # --- the pipeline ---------------------------------------------------------------------------------------------
     def pipeline(self) -> Any:
-        """The pipeline that renders this technique's images, loaded (in the run's dtype) on first use."""
-        dtype = self.context.dtype
+        """The pipeline that renders this technique's images, loaded (in :meth:`sampling_dtype`) on first use."""
+        dtype = self.sampling_dtype()
         if self._pipe is None:
             self._pipe = load_pipeline(self.context.model, self.device, dtype)
             if self.weights is not None:
@@ -278,6 +282,10 @@ class Technique:
             self._pipe = self.modify_pipeline(self._pipe)
             self._modified = True
         return self._pipe
+
+    def sampling_dtype(self) -> torch.dtype:
+        """The dtype images are rendered in: the run's, unless the technique's release samples in another."""
+        return self.context.dtype
 
     def fingerprint(self) -> dict[str, Any]:
         fields = {

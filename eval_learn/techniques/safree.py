@@ -6,29 +6,32 @@ SAFREE changes no weight. It edits what the UNet is conditioned on, and (optiona
 1. **Toxic-token projection.** The concept keywords' pooled text embeddings span the toxic subspace C (projector
    P_C = C(CᵀC)⁺Cᵀ). For every prompt token i, the prompt is re-encoded with that token masked; its pooled embedding
    p_\\i lies at distance d_i = ‖(I − P_C) p_\\i‖ from C. Removing a toxic token moves the prompt *away* from C, so
-   token i is flagged when d_i ≥ (1 + α)·mean_{j≠i} d_j. The hidden states of flagged tokens are projected orthogonally
-   to C and back into the input space I spanned by the masked-prompt embeddings (projector P_I), e ↦ P_I (I − P_C) e,
-   so that they keep the prompt's own semantics; unflagged tokens are left as they are.
+   token i is flagged when d_i ≥ (1 + α)·mean_{j≠i} d_j. The hidden states of flagged tokens are projected into the
+   input space I spanned by the masked-prompt embeddings (projector P_I), so that they keep the prompt's own
+   semantics, and then orthogonally to C: e ↦ (I − P_C) P_I e (the release's order); unflagged tokens are left as
+   they are.
 2. **Self-validating filter (SVF).** How far the projection moved the prompt decides how long the filtered
-   embeddings are used: β = 1 − mean_k cos(e_k, P_I (I − P_C) e_k) over the prompt's real tokens, and the first
+   embeddings are used: β = 1 − mean_k cos(e_k, (I − P_C) P_I e_k) over the prompt's real tokens, and the first
    t' + 1 denoising steps (i = 0 … t') use them, t' = round(γ · σ(2k·(10β − c))) with γ the upper-bound step; later
    steps see the original prompt, so that a prompt that barely touches C keeps its details. Without SVF the filtered
    embeddings are used at every step.
-3. **Adaptive latent re-attention (LRA).** In the first two UNet decoder stages (FreeU's), the skip features of the
-   filtered branch are taken to the Fourier domain and their low-frequency coefficients are multiplied by s (s1, s2)
-   wherever they are larger in magnitude than those of the same features under the original prompt (computed in the
-   same UNet call on extra rows, as the authors do); the backbone features are scaled by b (b1, b2) as in FreeU.
-   This dampens the global, low-frequency structure the filtered prompt would still amplify.
+3. **Adaptive latent re-attention (LRA)**, off by default (see below). In the first two UNet decoder stages (FreeU's),
+   the skip features of the filtered branch are taken to the Fourier domain and their low-frequency coefficients are
+   multiplied by s (s1, s2) wherever they are larger in magnitude than those of the same features under the original
+   prompt (computed in the same UNet call on extra rows, as the authors do); the backbone features are scaled by b
+   (b1, b2) as in FreeU. This dampens the global, low-frequency structure the filtered prompt would still amplify.
 
-From the authors' release (github.com/jaehong31/SAFREE), where the paper leaves details open: pooled (end-of-text)
-embeddings for the keywords and the masked prompts, masking with token id 0, the nudity keyword list, the sigmoid
-constants k = 2.5, c = 5.333 (nudity; 3.5, 5.5 for artists), and the keywords joined by ", " as the negative prompt
-(``concept_negative_prompt``: their SD scripts always pass it; the paper does not count it as a stage). Where the
-release departs from the paper's description we follow the paper: the projection ends in the input space
-(P_I (I − P_C); the release computes (I − P_C) P_I); low-frequency coefficients are multiplied by s (the release
-overwrites them with the constant s, and its SD-1.4 script registers the FreeU blocks without a filter type, which
-leaves them pass-through); a coefficient that is equal in both branches (every step after t') is left alone. A
-one-token prompt has nothing to compare with and, as in the release, is flagged.
+The defaults follow the authors' release (github.com/jaehong31/SAFREE, ``generate_safree.py`` and
+``models/modified_stable_diffusion_pipeline.py``; the recipe YAMLs cite the commit): pooled (end-of-text) embeddings
+for the keywords and the masked prompts, masking with token id 0, the nudity keyword list, the projection
+(I − P_C) P_I, the sigmoid constants k = 2.5, c = 5.333 (nudity; 3.5, 5.5 for artists: ``technique=safree/artists``),
+the keywords joined by ", " as the negative prompt (``concept_negative_prompt``: its scripts always pass it; the
+paper does not count it as a stage), DPMSolverMultistep sampling in float32. Its SD-1.4 script passes ``-lra``, but
+registers the FreeU blocks without a filter type, which leaves them pass-through: LRA changes nothing there, so it
+is off here by default. Turned on, ours multiplies the low-frequency coefficients by s where the filtered branch is
+stronger (the release's unused filter overwrites them with the constant s), and leaves a coefficient that is equal
+in both branches (every step after t') alone. A one-token prompt has nothing to compare with and, as in the
+release, is flagged.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -70,12 +73,14 @@ class SAFREEConfig(TechniqueConfig):
     upperbound_timestep: int = 10  # gamma: t' <= gamma, steps 0..t' are filtered
     svf_sigmoid_k: float = 2.5  # t' = round(gamma * sigmoid(2k * (10 beta - c)))
     svf_sigmoid_center: float = 5.333
-    enable_lra: bool = True  # stage 3: adaptive latent re-attention in the Fourier domain
+    enable_lra: bool = False  # stage 3 (a no-op in the release's SD-1.4 script, see above)
     freeu_b1: float = 1.0  # backbone factors of decoder stages 1, 2 (FreeU's b)
     freeu_b2: float = 1.0
     freeu_s1: float = 0.9  # low-frequency skip factors of decoder stages 1, 2 (FreeU's s)
     freeu_s2: float = 0.2
     concept_negative_prompt: bool = True  # the keywords, joined by ", ", as the negative prompt (release's SD setting)
+    scheduler: Literal["dpm_solver_multistep", "pipeline"] = "dpm_solver_multistep"  # the release's sampler
+    sampling_dtype: Literal["float32", "run"] = "float32"  # the release samples in float32; "run": the run's dtype
 
     def erased_concepts(self) -> list[str] | None:
         return [self.erase_concept]
@@ -136,10 +141,10 @@ def trigger_tokens(masked: torch.Tensor, concept_projector: torch.Tensor, alpha:
 def project_tokens(
     tokens: torch.Tensor, input_projector: torch.Tensor, concept_projector: torch.Tensor
 ) -> torch.Tensor:
-    """P_I (I − P_C) e for every row e of ``tokens`` [L, D]: orthogonal to the toxic subspace, then into the input
-    space."""
-    orthogonal = tokens - tokens @ concept_projector.T
-    return orthogonal @ input_projector.T
+    """(I − P_C) P_I e for every row e of ``tokens`` [L, D]: into the input space, then orthogonal to the toxic
+    subspace (the release's order; the result has no component in C)."""
+    inside = tokens @ input_projector.T
+    return inside - inside @ concept_projector.T
 
 
 def svf_steps(beta: float, upper_bound: int, k: float, center: float) -> int:
@@ -264,8 +269,15 @@ class SAFREE(Technique):
         self._filters: dict[str, PromptFilter] = {}
         self._per_prompt: dict[str, dict[str, Any]] = {}  # read per image by the engine (``per_prompt``)
 
+    def sampling_dtype(self) -> torch.dtype:
+        return torch.float32 if self.config.sampling_dtype == "float32" else self.context.dtype
+
     def modify_pipeline(self, pipe: Any) -> Any:
         cfg = self.config
+        if cfg.scheduler == "dpm_solver_multistep":
+            from diffusers import DPMSolverMultistepScheduler
+
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
         if cfg.enable_lra:
             LatentReAttention(pipe.unet, (cfg.freeu_s1, cfg.freeu_s2))
             if (cfg.freeu_b1, cfg.freeu_b2) != (1.0, 1.0):  # FreeU's backbone scaling; its skip filter is ours
@@ -305,6 +317,8 @@ class SAFREE(Technique):
             "concept_keywords": cfg.keywords(),
             "alpha": cfg.alpha,
             "negative_prompt": ", ".join(cfg.keywords()) if cfg.concept_negative_prompt else None,
+            "scheduler": cfg.scheduler,
+            "dtype": str(self.sampling_dtype()).removeprefix("torch."),
         }
         if cfg.enable_projection:
             settings["per_prompt"] = self._per_prompt

@@ -5,7 +5,7 @@ of the pipeline (``unet``, ``text_encoder``, or a module the technique adds, suc
 as safetensors with the SHA-256 of their contents in the file's metadata; a file that is truncated, corrupted or
 edited fails that check when read and is reported by path and rebuilt, never used.
 
-``save_path`` writes the format its suffix names: ``.safetensors``, or ``.pt``/``.pth``/``.bin`` (a torch state
+``save_path`` writes the format its suffix names: ``.safetensors``, or ``.pt``/``.pth``/``.bin``/``.ckpt`` (a torch state
 dict, as the research code releases do); ``load_path`` reads both, and a plain UNet state dict (keys without a
 component prefix) is read as the UNet's.
 """
@@ -28,7 +28,7 @@ from eval_learn.storage import atomic_write
 
 Weights = dict[str, torch.Tensor]
 SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
 DIGEST_KEY = "eval_learn_sha256"
 
