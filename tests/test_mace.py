@@ -130,15 +130,18 @@ def test_attention_energy_counts_only_masked_pixels_and_concept_tokens() -> None
     positions[0, [1, 5]] = True
     positions[1, [2]] = True
     expected = 0.0
-    for probs in maps:
+    for probs in maps:  # the release's loss: per layer, the unsquared Frobenius norm of everything selected
         p = probs.reshape(batch, heads, side, side, tokens)
-        expected += p[0, :, :2, :, [1, 5]].pow(2).sum() + p[1, :, :, 2:, [2]].pow(2).sum()
+        expected += (p[0, :, :2, :, [1, 5]].pow(2).sum() + p[1, :, :, 2:, [2]].pow(2).sum()).sqrt()
     assert torch.allclose(attention_energy(maps, masks, positions), expected)
     assert attention_energy(maps, torch.zeros_like(masks), positions) == 0
-    # A mask at image resolution is area-averaged to each layer's resolution and thresholded at one half.
+    # The loss is not the squared norm: doubling the maps doubles it.
+    assert torch.allclose(attention_energy([2 * m for m in maps], masks, positions), 2 * expected)
+    # A mask at image resolution is resized to each layer's resolution by nearest neighbour (the release's
+    # F.interpolate(mode="nearest")) and thresholded at one half.
     fine = torch.zeros(1, 32, 32)
     fine[0, :16, :12] = 1
-    assert _resize_mask(fine, 16).reshape(4, 4).tolist() == [[1, 0.0, 0, 0]] * 2 + [[0.0] * 4] * 2  # 12/16 > 0.5
+    assert _resize_mask(fine, 16).reshape(4, 4).tolist() == [[1, 1, 0, 0]] * 2 + [[0] * 4] * 2  # pixels 0 and 8
     assert _resize_mask(fine, 64).reshape(8, 8)[:4, :3].all() and _resize_mask(fine, 64).sum() == 12
 
 
@@ -151,8 +154,8 @@ def test_masks_come_from_the_folder(tiny_pipe, tmp_path) -> None:
         mask[: 16 * (i + 1), :] = 255  # a test-made mask: the top quarter, then the top half
         Image.fromarray(mask).save(folder / f"im{i}_mask.png")
     t = trainer(tiny_pipe, mask_source="folder", image_folder=str(tmp_path / "images"))
-    pixels, masks, templates = t.images(0, "red")
-    assert pixels.shape == (2, 3, 64, 64) and masks is not None and templates == [0, 1]
+    pixels, masks, prompts = t.images(0, "red")
+    assert pixels.shape == (2, 3, 64, 64) and masks is not None and prompts == ["a photo of the red"] * 2
     assert masks[0, :16].all() and not masks[0, 16:].any() and masks[1, :32].all() and not masks[1, 32:].any()
     with AttentionProbe(tiny_pipe.unet) as probe:
         data = t.prepare_data(probe)
