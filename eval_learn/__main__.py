@@ -2,6 +2,7 @@
 
 python -m eval_learn                                        # MiniWorld: ESD erases "red"; asr + ua_ira
 python -m eval_learn model=tiny technique=esd metric=asr    # metric=X: the single runner on X
+python -m eval_learn technique=esd/esd_sd                   # another of the technique's recipes (its release's)
 python -m eval_learn -m technique=free_run,esd metric=asr   # a sweep, one folder per job
 python -m eval_learn technique=esd 'metrics=[asr,ua_ira]'   # one technique, several metrics
 python -m eval_learn path/to/run.yaml|run.json [overrides]  # a seed-format or saved (.hydra) config
@@ -188,6 +189,9 @@ def _check_group_choices(argv: list[str], overrides: list[Any]) -> None:
             continue
         options = config_options(group, _override_texts(argv))
         for choice in _values(override):
+            if group == "technique" and "/" in choice and choice.partition("/")[0] in options:
+                _check_recipe(choice, _override_texts(argv))
+                continue
             if choice not in options and choice != "null" and not choice.startswith("$"):
                 hint = LAUNCHER_HINT if group == LAUNCHER else ""
                 raise ConfigError(f"unknown {group} '{choice}'.{did_you_mean(choice, options)} "
@@ -195,6 +199,16 @@ def _check_group_choices(argv: list[str], overrides: list[Any]) -> None:
             if group == LAUNCHER and choice == "slurm" and importlib.util.find_spec(SUBMITIT) is None:
                 raise ConfigError("hydra/launcher=slurm needs the Submitit launcher plugin: "
                                   "pip install hydra-submitit-launcher (or 'eval-learn[cluster]')")  # fmt: skip
+
+
+def _check_recipe(choice: str, texts: list[str]) -> None:
+    """``technique=<name>/<recipe>``: the recipe must be one of the technique's (``conf/technique/<name>/``)."""
+    name, _, recipe = choice.partition("/")
+    recipes = config_options(f"technique/{name}", texts)
+    if recipe not in recipes:
+        available = [name, *(f"{name}/{r}" for r in recipes)]
+        raise ConfigError(f"unknown technique recipe '{choice}'.{did_you_mean(choice, available)} "
+                          f"Recipes of {name}: {', '.join(available)}")  # fmt: skip
 
 
 def _check_override_keys(argv: list[str], overrides: list[Any]) -> None:

@@ -1,6 +1,7 @@
 """From a composed run config (Hydra's, a seed-format YAML/JSON file, or a saved ``.hydra/config.yaml``) to a runner.
 
-The run config has the seed page's shape: ``technique: {name, config}`` and either ``metric: {name, config}``
+The run config has the seed page's shape: ``technique: {name, config}`` (and the recipe's ``recipe``,
+``follows``, ``differs``: eval_learn.recipes) and either ``metric: {name, config}``
 (single runner) or ``metrics`` (multi runner: a list of ``{name, config}``, or a mapping of them as the ``metrics``
 config group composes it), plus ``output_dir``, ``model`` and the run settings of
 :class:`eval_learn.settings.RunSettings`. Anything else is a typo and fails here, before any model loads.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eval_learn.configs import ConfigError, from_mapping
+from eval_learn.recipes import RECIPE_KEYS, read_info
 from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
 from eval_learn.settings import RunConfigSchema, RunSettings
 
@@ -22,6 +24,22 @@ from eval_learn.settings import RunConfigSchema, RunSettings
 class NamedConfig:
     name: str
     config: dict[str, Any] | None = None
+
+
+@dataclass
+class TechniqueEntry(NamedConfig):
+    """The run config's technique: its config plus the recipe it is (eval_learn.recipes)."""
+
+    recipe: str | None = None
+    follows: Any = None
+    differs: Any = None
+
+    def validate(self) -> None:
+        read_info({k: getattr(self, k) for k in RECIPE_KEYS if getattr(self, k) is not None}, "technique")
+
+    def option(self) -> str:
+        """The technique as the runners take it: ``name`` or ``name/recipe``."""
+        return f"{self.name}/{self.recipe}" if self.recipe else self.name
 
 
 def _metric_list(metrics: Any) -> list[NamedConfig]:
@@ -36,7 +54,7 @@ def build_runner(data: Mapping[str, Any]) -> SingleBenchmarkRunner | MultiBenchm
     cfg = from_mapping(RunConfigSchema, data, "run config")
     if cfg.technique is None:
         raise ConfigError("the run config needs 'technique: {name, config}'")
-    technique = from_mapping(NamedConfig, cfg.technique, "technique")
+    technique = from_mapping(TechniqueEntry, cfg.technique, "technique")
     settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunSettings) if f.name != "seed"}
     common: dict[str, Any] = {"output_dir": cfg.output_dir, "seed": cfg.seed, "model": cfg.model, **settings}
     if cfg.metric is not None and cfg.metrics is not None:
@@ -47,7 +65,7 @@ def build_runner(data: Mapping[str, Any]) -> SingleBenchmarkRunner | MultiBenchm
     if cfg.metrics is not None:
         metrics = _metric_list(cfg.metrics)
         return MultiBenchmarkRunner(
-            technique.name,
+            technique.option(),
             [m.name for m in metrics],
             technique.config,
             {m.name: m.config or {} for m in metrics},
@@ -56,4 +74,4 @@ def build_runner(data: Mapping[str, Any]) -> SingleBenchmarkRunner | MultiBenchm
     if cfg.metric is None:
         raise ConfigError("the run config needs 'metric' (single runner) or 'metrics' (multi runner)")
     metric = from_mapping(NamedConfig, cfg.metric, "metric")
-    return SingleBenchmarkRunner(technique.name, metric.name, technique.config, metric.config, **common)
+    return SingleBenchmarkRunner(technique.option(), metric.name, technique.config, metric.config, **common)

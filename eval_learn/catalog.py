@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
+from eval_learn.errors import ConfigError
 from eval_learn.models import CONF_DIR
+from eval_learn.recipes import find_recipe
 from eval_learn.registry import JUDGES, METRICS, PROMPT_SETS, TECHNIQUES, Registry
 
 # (heading, registry, config group that selects it, how it is selected)
 KINDS: dict[str, tuple[Registry[Any], str | None, str]] = {
-    "techniques": (TECHNIQUES, "technique", "technique=NAME"),
+    "techniques": (TECHNIQUES, "technique", "technique=NAME, or technique=NAME/RECIPE"),
     "metrics": (METRICS, "metric", "metric=NAME, or metrics=[NAME,...]"),
     "judges": (JUDGES, None, "metric.config.judge=NAME"),
     "prompt_sets": (PROMPT_SETS, None, "metric.config.prompts=NAME"),
@@ -94,6 +96,21 @@ def config_fields(config_cls: Any) -> list[tuple[str, str, Any]]:
     return out
 
 
+def technique_recipes(name: str, overrides: Sequence[str] = ()) -> list[str]:
+    """The options that select a technique's recipes: ``name`` (the default, with its recipe's name and the release
+    it follows) and ``name/<recipe>`` for each other recipe on the search path."""
+    try:
+        default = find_recipe(name)
+    except ConfigError as err:  # a broken YAML is listed with its error
+        return [f"{name} ({err})"]
+    head = name
+    if default is not None and default.info.recipe:
+        follows = default.info.follows
+        head += f" (default: {default.info.recipe}" + (f", follows {follows.repo}@{follows.commit[:7]})" if follows
+                                                         else ")")  # fmt: skip
+    return [head, *(f"{name}/{r}" for r in config_options(f"technique/{name}", overrides))]
+
+
 def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """Every part by kind: name, origin, class, config fields, whether its YAML is on the search path."""
     result: dict[str, list[dict[str, Any]]] = {}
@@ -112,6 +129,8 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
                          fields=config_fields(cls.config_cls))  # fmt: skip
             if yaml_names is not None:
                 entry["yaml"] = name in yaml_names
+            if kind == "techniques" and entry.get("yaml"):
+                entry["recipes"] = technique_recipes(name, overrides)
             entries.append(entry)
         if yaml_names is not None:  # a YAML without a class: selectable, but it will fail
             for name in sorted(yaml_names - set(registry.names())):
@@ -146,6 +165,8 @@ def render(data: dict[str, list[dict[str, Any]]]) -> str:
             lines.append(head)
             if entry.get("error"):
                 lines.append(f"      ! {entry['error']}")
+            if entry.get("recipes"):
+                lines.append(f"      recipes: {', '.join(entry['recipes'])}")
             for field, kind_name, default in entry.get("fields", []):
                 typed = f"{field}: {kind_name}" if kind_name else field
                 lines.append(f"      {typed} = {_value(default)}")

@@ -30,6 +30,7 @@ REPORT_KEYS = {
     "dtype",
     "generation",
     "technique_info",
+    "technique_recipe",
     "timings",
     "peak_memory",
     "environment",
@@ -77,6 +78,7 @@ def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> No
     assert result["details"]["total_images"] == 5
     assert report["judge"]["judge"] == "nudenet" and report["judge"]["threshold"] == 0.6
     assert report["technique_info"]["trained"] is True
+    assert report["technique_recipe"]["option"] == "esd" and report["technique_recipe"]["follows"]["file"]
     assert set(report["timings"]) >= {
         "metric_setup_s",
         "dataset_load_s",

@@ -426,6 +426,7 @@ class Engine:
             "run_settings": asdict(settings),
             **({"shard": asdict(settings.shard)} if settings.shard.count > 1 else {}),
             "technique_info": technique.info,
+            "technique_recipe": self.runner.recipe.record() if self.runner.recipe is not None else None,
             "timings": timings,
             "peak_memory": peak_memory(technique.device),
             "environment": environment(),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from eval_learn.configs import ConfigError, from_mapping, require
 from eval_learn.errors import RunError
@@ -29,6 +30,10 @@ MINIWORLD_DIR = Path(__file__).resolve().parents[1] / "assets" / "miniworld"
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 if not CONF_DIR.is_dir():  # source checkout / editable install: conf/ sits beside the package
     CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# conf/config.yaml keys the per-model presets by the technique, not the option: technique=esd/esd_sd on model=tiny
+# still takes conf/preset/tiny_esd.yaml (eval_learn.recipes). Registered here, beside CONF_DIR, which every
+# composition of conf/ imports.
+OmegaConf.register_new_resolver("technique_name", lambda option: str(option).partition("/")[0], replace=True)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.metrics.base import Metric
 from eval_learn.models import ensure_available, resolve_model, technique_preset
+from eval_learn.recipes import find_recipe, split_option
 from eval_learn.registry import METRICS, TECHNIQUES, check_compatible
 from eval_learn.runtime import RunContext, resolve_device, resolve_dtype
 from eval_learn.settings import RunSettings, check_writable
@@ -57,12 +58,16 @@ class BaseRunner:
         if output_dir is None or not str(output_dir).strip():
             raise ConfigError("output_dir must name a folder (it is empty)")
         check_writable(Path(output_dir), "output_dir")
-        self.technique_name = TECHNIQUES.canonical(technique_name)
+        name, recipe = split_option(technique_name)
+        self.technique_name = TECHNIQUES.canonical(name)
         self.technique_cls: type[Technique] = TECHNIQUES.get(self.technique_name)
+        # "esd/esd_sd": that recipe's config under the per-model preset (keyed by the technique) and the caller's.
+        self.recipe = find_recipe(f"{self.technique_name}/{recipe}" if recipe else self.technique_name)
+        recipe_config = self.recipe.config if self.recipe is not None and recipe else {}
         model_spec = resolve_model(dict(model) if isinstance(model, Mapping) else model)
         self.technique_config = from_mapping(
             self.technique_cls.config_cls,
-            {**technique_preset(model_spec, self.technique_name), **(technique_config or {})},
+            {**recipe_config, **technique_preset(model_spec, self.technique_name), **(technique_config or {})},
             f"technique '{technique_name}' config",
         )
         device = resolve_device(self.settings.device)
