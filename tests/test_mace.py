@@ -12,7 +12,7 @@ from PIL import Image
 
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.miniworld.world import Scene, render, render_with_mask
-from eval_learn.models import resolve_model
+from eval_learn.models import load_pipeline, resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.mace import (
@@ -335,3 +335,60 @@ def test_miniworld_mace_erases_red_against_free_run_with_the_same_seeds(miniworl
     # that a numerics change on another CPU that costs a few images still passes. Stages 1 and 3 alone (no LoRA
     # training) measured 0.33 and would fail it: the bar needs stage 2 to work. See conf/preset/miniworld_mace.yaml.
     assert mace["value"] <= base["value"] - 0.75
+
+
+# --- the release's recipe and formats ------------------------------------------------------------------------------
+def test_the_default_is_the_release_explicit_content_recipe() -> None:
+    """configs/explicit_content/erase_explicit_content.yaml of Shilin-LU/MACE@057e7a6 (see conf/technique/mace.yaml)."""
+    cfg = MACEConfig()
+    assert cfg.erased_concepts() == ["nudity", "naked", "erotic", "sexual"]
+    assert cfg.mappings() == ["a person wearing clothes"] * 4
+    assert (cfg.lora_rank, cfg.train_steps, cfg.learning_rate, cfg.batch_size, cfg.lamb) == (1, 120, 1e-5, 1, 0.0)
+    assert cfg.include_end_tokens and not cfg.importance_sampling
+    # 7e-7 on a cache summed over 616,767 captions: stage 1 scales it twice, stage 3 once (weights of our mean)
+    assert cfg.preserve_scale == pytest.approx(7e-7**2 * 616_767, rel=1e-2)
+    assert cfg.fuse_preserve_scale == pytest.approx(7e-7 * 616_767, rel=1e-2)
+    assert (cfg.num_images, cfg.image_steps, cfg.image_guidance_scale) == (8, 30, 7.5)
+    assert cfg.image_prompts() == ["a photo of the {}"] and cfg.image_scheduler == "dpm_solver"
+    templates = cfg.templates()
+    assert len(templates) == len(set(templates)) == 30 and all("{}" in t for t in templates)
+    style = MACEConfig(concept_type="style")
+    assert len(set(style.templates())) == 30 and style.image_prompts() == ["a photo in the style of {}"]
+
+
+def test_training_images_come_from_dpm_solver_like_the_release(tiny_pipe) -> None:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pixels, masks, prompts = trainer(tiny_pipe, num_images=2, image_steps=4).images(0, "red")
+    assert masks is None and prompts == ["a photo of the red"] * 2
+    dpm = StableDiffusionPipeline(**{**tiny_pipe.components,
+                                     "scheduler": DPMSolverMultistepScheduler.from_config(tiny_pipe.scheduler.config)})  # fmt: skip
+    expected = dpm(prompt=prompts, num_inference_steps=4, guidance_scale=7.5, height=64, width=64, output_type="pt",
+                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images  # fmt: skip
+    assert torch.allclose(pixels, expected.float(), atol=1e-6)
+    own, _, _ = trainer(tiny_pipe, num_images=2, image_steps=4, image_scheduler="pipeline").images(0, "red")
+    assert not torch.allclose(own, pixels, atol=1e-3)  # the model's own scheduler (DDIM) gives other images
+    assert type(tiny_pipe.scheduler).__name__ == "DDIMScheduler"  # the base pipeline is left as it was
+
+
+def test_load_path_reads_the_pipeline_folder_mace_saves(tiny_pipe, tmp_path, cache_dir) -> None:
+    """The release saves its result with StableDiffusionPipeline.save_pretrained (final_save_path); load_path takes
+    that folder, its unet/ folder, or the weights file in it."""
+    name, layer = next((n, m) for n, m in cross_attention_projections(tiny_pipe.unet).items() if n.endswith("to_k"))
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # an edit we can recognise
+    tiny_pipe.save_pretrained(tmp_path / "LoRA_fusion_model")
+    saved = layer.weight.detach().clone()
+    fresh = dict(load_pipeline(resolve_model("tiny"), "cpu", torch.float32).unet.named_modules())
+    assert torch.equal(fresh[name].weight * -2.0, saved)  # the run's base model is not the edited one
+    for where in ("LoRA_fusion_model", "LoRA_fusion_model/unet",
+                  "LoRA_fusion_model/unet/diffusion_pytorch_model.safetensors"):  # fmt: skip
+        cfg = mace_config(load_path=str(tmp_path / where))
+        assert cfg.load_path == str(tmp_path / "LoRA_fusion_model/unet/diffusion_pytorch_model.safetensors")
+        technique = MACE(cfg, context(cache_dir))
+        technique.prepare()
+        assert technique.info["trained"] is False
+        assert torch.equal(dict(technique.pipeline().unet.named_modules())[name].weight, saved)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="without unet/diffusion_pytorch_model"):
+        mace_config(load_path=str(tmp_path / "empty"))

@@ -55,6 +55,12 @@ def test_a_recipe_composes_over_its_default_and_validates(option: str) -> None:
     assert data["technique"]["name"] == name and data["technique"]["recipe"] == recipe
     # What Hydra composes and what the Python API reads are the same config.
     assert data["technique"]["config"] == find_recipe(option).config
+    if option.startswith("mace/"):  # no ASR judge for its celebrities, artists or objects: the config alone
+        from eval_learn.configs import from_mapping
+        from eval_learn.registry import TECHNIQUES
+
+        from_mapping(TECHNIQUES.get(name).config_cls, data["technique"]["config"], name)
+        return
     runner = build_runner(data)
     assert runner.technique_name == name and runner.recipe.record()["option"] == option
 

@@ -107,7 +107,6 @@ MASK_TIMESTEPS = (200, 400, 600)  # where the attention masks are read (of the s
 CFIS_RANGE, CFIS_TEMPERATURE = (200.0, 400.0), 0.05  # the paper's concept-focal importance sampling
 
 
-
 def _one_slot(template: str) -> bool:
     try:
         return template.count("{}") == 1 and template.format("\x00").count("\x00") == 1
@@ -753,7 +752,7 @@ class MACETrainer:
                 deltas = {n: [t.to(self.device) for t in ts] for n, ts in saved["deltas"].items()}
                 losses = saved["losses"]
                 generator.set_state(saved["generator"])
-            for d in data[len(losses):]:
+            for d in data[len(losses) :]:
                 losses[d.concept] = self.train_lora(probe, d, generator)
                 for layer, (k, v) in probe.loras.items():
                     deltas[f"{layer}.to_k"].append(k.delta())
