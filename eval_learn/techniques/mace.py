@@ -20,7 +20,9 @@ MACE rewrites each of these matrices W in three stages, for any number of concep
    the cross-attentions is trained so that the concept's tokens (and, as the release's ``use_pooler``, the
    end-of-text tokens) no longer attract attention where the concept is in the image:
 
-       L = Σ_layers ‖A_{t,l}[concept tokens] ⊙ M‖²_F        (attention probabilities inside the mask M)
+       L = Σ_layers ‖A_{t,l}[concept tokens] ⊙ M‖_F        (attention probabilities inside the mask M)
+
+   — unsquared, per layer, as the release computes it (the paper writes the square)
 
    on noised latents of images of the concept at timesteps drawn uniformly or by the paper's concept-focal
    importance sampling ξ(t) ∝ σ(0.05(t − 200)) − σ(0.05(t − 400)). Only the LoRA parameters are trained.
@@ -36,18 +38,22 @@ The masks (``mask_source``) replace the paper's Grounded-SAM, which cannot run o
 the base UNet's own cross-attention maps of the concept tokens on each training image, averaged over layers, heads
 and three timesteps and thresholded at ``mask_threshold`` of their maximum; ``full`` uses the whole image;
 ``folder`` reads ``<name>_mask.png`` next to each image in ``image_folder``; ``miniworld`` renders the training
-images with the MiniWorld renderer and uses its exact object masks. Training images are otherwise made by the base
-pipeline (image i of concept j from the seed ``train_seed + j·num_images + i``, prompt template i mod T), or read
-from ``image_folder/<concept>/``. The preserved embeddings e^p are, by default, the first ``preserve_coco`` COCO
-captions shipped with the package (the paper uses all of MS-COCO); ``preserve_scale`` and ``fuse_preserve_scale``
-weight their *mean* (per prompt, its token rows summed), so that their values do not depend on how many captions are
-used (the release's 7e-7 summed over ~617k COCO-2014 captions is ≈ 0.43 here).
+images with the MiniWorld renderer and uses its exact object masks; masks are resized to each layer by nearest
+neighbour, as the release does. Training images are otherwise made by the base pipeline as the release makes them
+(``image_prompt``, "a photo of the {c}", with DPM-Solver; image i of concept j from the seed
+``train_seed + j·num_images + i``), or read from ``image_folder/<concept>/``. The preserved embeddings e^p are, by
+default, the first ``preserve_coco`` COCO captions shipped with the package (the release: all 616,767 COCO-2014
+captions); ``preserve_scale`` and ``fuse_preserve_scale`` weight their *mean* (per prompt, its token rows summed), so
+that their values do not depend on how many captions are used. The release's stage 1 multiplies its summed cache by
+``train_preserve_scale`` twice and its stage 3 by ``fuse_preserve_scale`` once, so its s₁, s₃ are s₁²·616,767 and
+s₃·616,767 here (conf/technique/mace.yaml; tests/parity/test_mace.py checks both against the release's code).
 
-Not reproduced: Grounded-SAM masks; the release's LLM-written prompts (``use_gpt``); its prior-preservation image
-loss (off in all its configs) and its domain-specific preservation caches. The release normalises training images
-with ImageNet statistics before the VAE and uses the unsquared norm in Eq. 3; here images are in the VAE's [-1, 1]
-and the loss is the paper's squared Frobenius norm. The fused matrices (only they) are the technique's weights, cached
-by the base class under a key of the fields that shape them and the base model.
+Not reproduced: Grounded-SAM masks; the release's prompt templates (its licence forbids redistribution: ours are 30
+of the same kinds); its LLM-written prompts (``use_gpt``); its prior-preservation image loss (off in all its configs)
+and its domain-specific preservation caches (downloadable only). The release normalises training images with
+ImageNet statistics before the VAE; here they are in the VAE's [-1, 1]. The fused matrices (only they) are the
+technique's weights, cached by the base class under a key of the fields that shape them and the base model;
+``load_path`` also takes the pipeline folder the release saves (its ``final_save_path``).
 """
 
 from __future__ import annotations
@@ -790,7 +796,7 @@ class MACE(Technique):
     name = "mace"
     config_cls = MACEConfig
     config: MACEConfig
-    algorithm_version = 1
+    algorithm_version = 2  # 2: the release's unsquared loss, nearest-resized masks, DPM-Solver training images
     weight_fields = WEIGHT_FIELDS
 
     def weights_key(self) -> str:
