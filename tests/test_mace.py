@@ -200,7 +200,7 @@ def test_stage2_loss_falls_and_only_lora_parameters_change(tiny_pipe) -> None:
         losses = t.train_lora(probe, data, g)
         end = mean_loss()
         loras = [lora for pair in probe.loras.values() for lora in pair]
-    assert len(losses) == 30 and end < 0.7 * start, (start, end)  # measured: 83.3 -> 29.3 (0.35 x)
+    assert len(losses) == 30 and end < 0.7 * start, (start, end)  # measured: 17.7 -> 7.2 (0.40 x)
     # Every LoRA moved but the value LoRA of the cross-attention that runs last: no attention map comes after it.
     assert len(loras) == 8 and sum(lora.delta().abs().sum() > 0 for lora in loras) == 7
     assert all(lora.delta().shape[1] == 32 and torch.linalg.matrix_rank(lora.delta()) <= 1 for lora in loras)
@@ -329,10 +329,11 @@ def test_miniworld_mace_erases_red_against_free_run_with_the_same_seeds(miniworl
     assert base["details"]["total_images"] == mace["details"]["total_images"] == 64
     assert base["value"] >= 0.85  # the base model draws red when asked (measured 1.00, n=64)
     assert miniworld_asr["mace"]["technique_info"]["trained"] is True
-    # Measured with the MiniWorld preset (attention masks, lr 1e-3, 120 steps): 1.00 -> 0.094 (6 of 64; Wilson 95 %
-    # [0.04, 0.19]), one thread; the fixture (free_run and MACE, 128 images) took 16 s on a quiet machine. The
-    # bar asks for a drop of at least 0.75 (to <= 0.25 from 1.00), above the measured value's Wilson upper bound, so
-    # that a numerics change on another CPU that costs a few images still passes. Stages 1 and 3 alone (no LoRA
+    # Measured with the MiniWorld preset (attention masks, the release's unsquared loss, lr 1e-3, 120 steps, end
+    # tokens not suppressed): 1.00 -> 0.00 (0 of 64; Wilson 95 % [0.00, 0.06]), one thread, 90 s for the test on a
+    # busy machine (before the release's loss: 0.094). The bar asks for a drop of at least 0.75 (to <= 0.25 from
+    # 1.00), so that a numerics change on another CPU that costs a few images still passes; the preset with the end
+    # tokens suppressed measured 0.63 and would fail it. Stages 1 and 3 alone (no LoRA
     # training) measured 0.33 and would fail it: the bar needs stage 2 to work. See conf/preset/miniworld_mace.yaml.
     assert mace["value"] <= base["value"] - 0.75
 
