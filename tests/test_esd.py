@@ -25,7 +25,7 @@ def test_train_method_selects_exactly_its_parameters(tiny_pipe) -> None:
     unet = tiny_pipe.unet
     everything = {n for n, _ in unet.named_parameters()}
     xattn, selfattn = set(select_parameters(unet, "xattn")), set(select_parameters(unet, "selfattn"))
-    noxattn = set(select_parameters(unet, "noxattn"))
+    noxattn = set(select_parameters(unet, "noxattn"))  # esd_sd.py's rule (loop diffusers)
     assert xattn == {n for n in everything if ".attn2." in n}
     assert {"to_q", "to_k", "to_v", "to_out"} <= {n.split(".attn2.")[1].split(".")[0] for n in xattn}
     assert selfattn == {n for n in everything if ".attn1." in n and ".norm" not in n}
@@ -34,6 +34,15 @@ def test_train_method_selects_exactly_its_parameters(tiny_pipe) -> None:
     assert any(".resnets." in n for n in noxattn)
     assert not any(".norm" in n for n in noxattn)  # ESD-u trains linear and conv layers, not normalisation
     assert set(select_parameters(unet, "full")) == everything
+    # train-esd.py's rule (loop compvis): every parameter but cross-attention, time embedding and output layers.
+    compvis = set(select_parameters(unet, "noxattn", "compvis"))
+    frozen = {
+        n for n in everything if ".attn2." in n or n.split(".")[0] in ("time_embedding", "conv_norm_out", "conv_out")
+    }
+    assert compvis == everything - frozen and any(".norm" in n for n in compvis)
+    assert {"time_embedding.linear_1.weight", "conv_out.weight"} <= noxattn - compvis
+    for method in ("xattn", "selfattn", "full"):
+        assert set(select_parameters(unet, method, "compvis")) == set(select_parameters(unet, method))
 
 
 @pytest.mark.parametrize("erase_from", [None, "photo"])
@@ -46,8 +55,8 @@ def test_target_matches_negative_guidance_formula(tiny_pipe, erase_from) -> None
         e_null = frozen(x_t, t, encoder_hidden_states=trainer._encode("")).sample
         e_red = frozen(x_t, t, encoder_hidden_states=trainer._encode("red")).sample
         e_photo = frozen(x_t, t, encoder_hidden_states=trainer._encode("photo")).sample
-    base = e_null if erase_from is None else e_photo  # the paper's eq. 3; the release's erase_from variant
-    expected = base - 1.5 * (e_red - e_null)
+    # The paper's eq. 3; with erase_from esd_sd.py's target, whose negative guidance is eta + 1.
+    expected = e_null - 1.5 * (e_red - e_null) if erase_from is None else e_photo - 2.5 * (e_red - e_null)
     assert torch.allclose(trainer.target(x_t, t), expected, atol=1e-6)
     # The model being edited is conditioned on the concept (or on c_from when erasing from a broader concept).
     assert torch.equal(trainer.emb_from, trainer._encode(erase_from or "red"))

@@ -7,14 +7,20 @@ copy θ* would predict:
     ε_θ(x_t, c, t)  →  ε_θ*(x_t, t) − η · [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)]
 
 with η = ``negative_guidance`` and ε(x_t, t) the prediction for the empty prompt (the paper's equation 3). With
-``erase_from`` (the authors' diffusers release: erase c from a broader concept c_from, e.g. a hat from cowboys) the
-model is trained on c_from and the base term is ε_θ*(x_t, c_from, t). The release writes the base term as
-ε_θ*(x_t, c, t) when there is no c_from and defaults to η = 2, which is exactly the paper's target with η = 1; η here
-always means the paper's η. As in the paper, x_t is not noised data
-but a partial sample: the model being edited denoises random noise with DDIM (``sample_steps`` steps, guidance
-``sample_guidance``, conditioned on the concept) and stops at a random step t. ``train_method`` picks the parameters
-that may change: ``xattn`` (ESD-x: cross-attention only, for styles and objects), ``noxattn`` (ESD-u: every linear and
-convolution layer except cross-attention, for global concepts such as nudity), ``selfattn`` and ``full``.
+``erase_from`` (the diffusers release: erase c from a broader concept c_from, e.g. a hat from cowboys) the model is
+trained on c_from and the target is ε_θ*(x_t, c_from, t) − (η+1)·[ε_θ*(x_t, c, t) − ε_θ*(x_t, t)], the release's
+formula with its negative guidance η + 1 (its default 2 is the paper's η = 1). As in the paper, x_t is not noised
+data but a partial sample: DDIM (``sample_steps`` steps, guidance ``sample_guidance``, conditioned on the concept)
+denoises random noise and stops at a random step.
+
+``loop`` chooses between the authors' two releases (github.com/rohitgandikota/erasing): ``compvis`` follows
+``train-scripts/train-esd.py`` (commit b8aeab6), the CompVis-codebase script that produced the paper's checkpoints:
+x_t is sampled by the model being trained, the timestep is drawn at random inside the DDIM step's bucket of training
+timesteps, and ``noxattn`` trains every UNet parameter except cross-attention, time embedding and output layers,
+normalisation layers included. ``diffusers`` follows ``esd_sd.py``: x_t is sampled by the frozen original, the
+timestep is the scheduler's, and ``noxattn`` trains the Linear and Conv2d layers outside cross-attention.
+``train_method`` picks the parameters that may change: ``xattn`` (ESD-x: cross-attention only, for styles and
+objects), ``noxattn`` (ESD-u, for global concepts such as nudity), ``selfattn`` and ``full``.
 
 Trained weights (only the trained tensors) are cached by the technique base class under a key of the training config
 and the base model, so a rerun does not retrain; ``save_path`` writes them elsewhere too and ``load_path`` skips
@@ -41,7 +47,9 @@ from eval_learn.techniques.weights import Weights
 log = logging.getLogger(__name__)
 
 TrainMethod = Literal["noxattn", "xattn", "selfattn", "full"]
+Loop = Literal["compvis", "diffusers"]
 TRAINING_KEYS = (
+    "loop",
     "batch_size",
     "erase_concept",
     "erase_from",
@@ -61,8 +69,9 @@ class ESDConfig(WeightsConfig):
     erase_from: str | None = None
     train_method: TrainMethod = "noxattn"
     negative_guidance: float = 1.0  # the paper's η
-    train_steps: int = 200
-    learning_rate: float = 5e-5
+    loop: Loop = "compvis"  # whose training loop: the CompVis train-esd.py (the paper's) or the diffusers esd_sd.py
+    train_steps: int = 1000
+    learning_rate: float = 1e-5
     sample_steps: int = 50
     sample_guidance: float = 3.0
     train_seed: int = 0
@@ -75,7 +84,9 @@ class ESDConfig(WeightsConfig):
         super().validate()
         require(bool(self.erase_concept.strip()), "erase_concept must be non-empty")
         require(self.train_steps >= 0, "train_steps must be >= 0")
-        require(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate must be a finite number > 0")
+        require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate must be a finite number > 0"
+        )
         require(math.isfinite(self.negative_guidance), "negative_guidance must be a finite number")
         require(math.isfinite(self.sample_guidance) and self.sample_guidance >= 0,
                 "sample_guidance must be a finite number >= 0")  # fmt: skip
@@ -84,10 +95,25 @@ class ESDConfig(WeightsConfig):
         require(0 <= self.train_seed < 2**63, "train_seed must be in [0, 2**63)")
 
 
-def select_parameters(unet: torch.nn.Module, train_method: TrainMethod) -> dict[str, torch.nn.Parameter]:
-    """The UNet parameters ESD may change, by name. Attention blocks are ``attn1`` (self) and ``attn2`` (cross)."""
+# CompVis ``noxattn`` leaves out cross-attention, the time embedding and the output layers ("out." in CompVis names:
+# the final GroupNorm and convolution); everything else trains, the normalisation layers included.
+COMPVIS_FROZEN_PREFIXES = ("time_embedding.", "conv_norm_out.", "conv_out.")
+
+
+def select_parameters(
+    unet: torch.nn.Module, train_method: TrainMethod, loop: Loop = "diffusers"
+) -> dict[str, torch.nn.Parameter]:
+    """The UNet parameters ESD may change, by name. Attention blocks are ``attn1`` (self) and ``attn2`` (cross).
+
+    The two releases differ only for ``noxattn``: the CompVis code selects parameters by name (every parameter but
+    cross-attention, time embedding and output layers), the diffusers code selects Linear and Conv2d modules
+    outside cross-attention (so it trains the time embedding and output convolution but no normalisation layer)."""
     if train_method == "full":
         return dict(unet.named_parameters())
+    if train_method == "noxattn" and loop == "compvis":
+        return {
+            n: p for n, p in unet.named_parameters() if "attn2" not in n and not n.startswith(COMPVIS_FROZEN_PREFIXES)
+        }
     selected: dict[str, torch.nn.Parameter] = {}
     for module_name, module in unet.named_modules():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -124,7 +150,7 @@ class ESDTrainer:
 
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         self.scheduler.set_timesteps(config.sample_steps, device=device)
-        self.params = select_parameters(self.unet, config.train_method)
+        self.params = select_parameters(self.unet, config.train_method, config.loop)
         self.unet.requires_grad_(False)
         for p in self.params.values():
             p.requires_grad_(True)
@@ -144,22 +170,49 @@ class ESDTrainer:
         )
         return self.pipe.text_encoder(tok.input_ids.to(self.device))[0]
 
+    def _draw(self, high: int, low: int = 0) -> int:
+        return int(torch.randint(low, high, (1,), generator=self.generator))
+
+    def schedule(self, k: int) -> tuple[torch.Tensor, int, int]:
+        """For the drawn DDIM index ``k`` in [0, S): the DDIM timesteps that turn noise into x_t, and the range
+        [lo, hi) its training timestep is drawn from.
+
+        compvis (train-esd.py with the release's DDIMSampler): the sampler drops the highest of the S timesteps
+        (``t_start=-1``), starting from noise at the next one, and stops after the step whose index counted from
+        the end is k - 1 (k = 0: it never stops), so x_t has had S - 1 - max(k - 1, 0) steps; the timestep is drawn
+        uniformly in [round(k/S·T), round((k+1)/S·T)) of the T training steps. diffusers (esd_sd.py): the first k
+        steps, and the timestep is the scheduler's k-th."""
+        steps, timesteps = self.config.sample_steps, self.scheduler.timesteps
+        if self.config.loop == "compvis":
+            train_steps = self.scheduler.config.num_train_timesteps
+            run = timesteps[1:][: steps - 1 - max(k - 1, 0)]
+            return run, round(k / steps * train_steps), round((k + 1) / steps * train_steps)
+        t = int(timesteps[k])
+        return timesteps[:k], t, t + 1
+
     @torch.no_grad()
     def sample_xt(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Partially denoise fresh noise with the model being edited, stopping at a random DDIM step."""
-        stop = int(torch.randint(0, self.config.sample_steps, (1,), generator=self.generator))
+        """Partially denoise fresh noise with DDIM (η 0, guidance ``sample_guidance``, conditioned on the concept),
+        stopping at a random step (:meth:`schedule`). The CompVis release samples with the model being trained, the
+        diffusers release with the frozen original."""
+        k = self._draw(self.config.sample_steps)
+        run, low, high = self.schedule(k)
         latents = torch.randn(self.latent_shape, generator=self.generator).to(self.device)
         latents = latents * self.scheduler.init_noise_sigma
         cond = torch.cat([_batch(self.emb_null, x_t_batch := len(latents)), _batch(self.emb_from, x_t_batch)])
-        for t in self.scheduler.timesteps[:stop]:
+        sampler = self.unet if self.config.loop == "compvis" else self.frozen
+        for t in run:
             model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
-            uncond, text = self.unet(model_in, t, encoder_hidden_states=cond).sample.chunk(2)
+            uncond, text = sampler(model_in, t, encoder_hidden_states=cond).sample.chunk(2)
             noise = uncond + self.config.sample_guidance * (text - uncond)
             latents = self.scheduler.step(noise, t, latents).prev_sample
-        return latents, self.scheduler.timesteps[stop]
+        t = self._draw(high, low) if self.config.loop == "compvis" else low
+        return latents, torch.tensor(t, device=self.device)
 
     def target(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε*(x_t, ∅) − η·[ε*(x_t, c) − ε*(x_t, ∅)] from the frozen copy (base ε*(x_t, c_from) with erase_from)."""
+        """ε*(x_t, c) − (η+1)·[ε*(x_t, c) − ε*(x_t, ∅)] = ε*(x_t, ∅) − η·[ε*(x_t, c) − ε*(x_t, ∅)] from the frozen
+        copy, written as both releases write it (their negative guidance is η + 1 with this base term); with
+        erase_from the base term is ε*(x_t, c_from), as in esd_sd.py."""
         with torch.no_grad():
             n = len(x_t)
             e_null = self.frozen(x_t, t, encoder_hidden_states=_batch(self.emb_null, n)).sample
@@ -167,9 +220,9 @@ class ESDTrainer:
             e_base = (
                 self.frozen(x_t, t, encoder_hidden_states=_batch(self.emb_from, n)).sample
                 if self.config.erase_from
-                else e_null
+                else e_concept
             )
-        return e_base - self.config.negative_guidance * (e_concept - e_null)
+        return e_base - (self.config.negative_guidance + 1) * (e_concept - e_null)
 
     def loss(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         prediction = self.unet(x_t, t, encoder_hidden_states=_batch(self.emb_from, len(x_t))).sample
@@ -211,7 +264,7 @@ class ESD(Technique):
     name = "esd"
     config_cls = ESDConfig
     config: ESDConfig
-    algorithm_version = 4  # 4: partial samples always with DDIM (was the pipeline's scheduler)
+    algorithm_version = 5  # 5: the two releases' loops (4: partial samples always with DDIM)
     weight_fields = TRAINING_KEYS
 
     def build_weights(self, pipe) -> Weights:

@@ -34,10 +34,13 @@ shape them and the base model.
 
 from __future__ import annotations
 
+import csv
+import functools
 import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -49,11 +52,14 @@ from eval_learn.techniques.weights import Weights
 log = logging.getLogger(__name__)
 
 EraseTokens = Literal["last_to_end", "last"]
+PreserveList = Literal["uce_artists"]
+LISTS_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
 PreserveTokens = Literal["all", "last_to_end", "last"]
 EDIT_KEYS = (
     "erase_concept",
     "target_concept",
     "preserve_concepts",
+    "preserve_list",
     "erase_scale",
     "preserve_scale",
     "lamb",
@@ -62,14 +68,14 @@ EDIT_KEYS = (
 )
 
 
-
 @dataclass
 class UCEConfig(WeightsConfig):
     erase_concept: str | list[str] = "nudity"  # one concept or a list, erased together
     target_concept: str | list[str] = ""  # where each erased concept goes ("" = the empty prompt); one, or one each
     preserve_concepts: list[str] | None = None  # null: the empty prompt (the release's default); [] = nothing
+    preserve_list: PreserveList | None = None  # also preserve a shipped list's concepts, the erased ones left out
     erase_scale: float = 1.0  # s_e, weight of the erased concepts' term
-    preserve_scale: float = 0.1  # s_p, weight of the preserved concepts' term
+    preserve_scale: float | None = None  # s_p; null: the release's max(0.1, 1 / number of preserved concepts)
     lamb: float = 0.5  # λ, weight of ‖W' − W‖² (every other direction keeps its projection)
     erase_tokens: EraseTokens = "last_to_end"
     preserve_tokens: PreserveTokens = "all"
@@ -81,7 +87,20 @@ class UCEConfig(WeightsConfig):
         return one_each(self.target_concept, len(self.erased_concepts() or []))
 
     def preserved(self) -> list[str]:
-        return [""] if self.preserve_concepts is None else list(self.preserve_concepts)
+        """The preserved concepts: ``preserve_concepts`` (null: the empty prompt), then ``preserve_list``'s entries
+        that are neither erased nor already listed (compared without case, as the release compares artists)."""
+        preserved = [""] if self.preserve_concepts is None else list(self.preserve_concepts)
+        if self.preserve_list is not None:
+            skip = {c.lower() for c in [*preserved, *as_list(self.erase_concept)]}
+            preserved += [c for c in shipped_list(self.preserve_list) if c.lower() not in skip]
+        return preserved
+
+    def preserve_weight(self) -> float:
+        """s_p: as given, or train_erase.py's default max(0.1, 1/len(retain_texts)), whose retain_texts are the
+        preserved concepts ('' included): 1.0 when only the empty prompt is preserved, 0.1 from ten concepts on."""
+        if self.preserve_scale is not None:
+            return self.preserve_scale
+        return max(0.1, 1 / max(1, len(self.preserved())))
 
     def validate(self) -> None:
         super().validate()
@@ -91,10 +110,19 @@ class UCEConfig(WeightsConfig):
         require(not clash, f"preserve_concepts {clash} are also erased: a concept cannot be both")
         for name in ("erase_scale", "preserve_scale", "lamb"):
             value = getattr(self, name)
+            if value is None:
+                continue
             require(math.isfinite(value) and value >= 0, f"{name} must be a finite number >= 0, got {value}")
         require(self.erase_scale > 0, "erase_scale must be > 0 (0 erases nothing)")
         require(self.lamb > 0, "lamb must be > 0: it keeps the directions no concept spans, and 0 makes the system "
                 "singular whenever the concepts span fewer dimensions than the text embedding")  # fmt: skip
+
+
+@functools.cache
+def shipped_list(name: str) -> tuple[str, ...]:
+    """A concept list shipped with the package (``uce_artists``: the release's 1,734 artists)."""
+    with open(LISTS_DIR / f"{name}.csv", newline="", encoding="utf-8") as f:
+        return tuple(row["artist"] for row in csv.DictReader(f))
 
 
 def cross_attention_projections(unet: torch.nn.Module) -> dict[str, torch.nn.Linear]:
@@ -184,13 +212,14 @@ class UCE(Technique):
         target_in = torch.cat([t for _, t in pairs])
         width = erase_in.shape[1]
         preserved = [encoder.rows(p, cfg.preserve_tokens) for p in cfg.preserved()]
+        preserve_scale = cfg.preserve_weight()
         preserve_in = torch.cat(preserved) if preserved else erase_in.new_zeros((0, width))
         weights: Weights = {}
         erase_left, preserve_drift = [], []
         for name, layer in cross_attention_projections(pipe.unet).items():
             w = layer.weight.detach().to(torch.float64)
             wanted = target_in.to(w.device) @ w.T  # v*_i = W c_target
-            edited = closed_form_edit(w, erase_in, wanted, preserve_in, cfg.erase_scale, cfg.preserve_scale, cfg.lamb)
+            edited = closed_form_edit(w, erase_in, wanted, preserve_in, cfg.erase_scale, preserve_scale, cfg.lamb)
             before = (erase_in.to(w.device) @ w.T - wanted).norm()
             erase_left.append(float((erase_in.to(w.device) @ edited.T - wanted).norm() / before) if before > 0 else 0.0)
             if len(preserve_in):
@@ -201,6 +230,7 @@ class UCE(Technique):
             edited_matrices=len(weights),
             erased_token_vectors=len(erase_in),
             preserved_token_vectors=len(preserve_in),
+            preserve_scale=preserve_scale,
             # ‖W* c_i − v*_i‖ / ‖W c_i − v*_i‖ and ‖W* c_j − W c_j‖ / ‖W c_j‖, worst over the edited matrices
             erase_residual_max=max(erase_left),
             preserve_drift_max=max(preserve_drift) if preserve_drift else None,
