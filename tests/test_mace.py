@@ -12,7 +12,7 @@ from PIL import Image
 
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.miniworld.world import Scene, render, render_with_mask
-from eval_learn.models import resolve_model
+from eval_learn.models import load_pipeline, resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.mace import (
@@ -130,15 +130,18 @@ def test_attention_energy_counts_only_masked_pixels_and_concept_tokens() -> None
     positions[0, [1, 5]] = True
     positions[1, [2]] = True
     expected = 0.0
-    for probs in maps:
+    for probs in maps:  # the release's loss: per layer, the unsquared Frobenius norm of everything selected
         p = probs.reshape(batch, heads, side, side, tokens)
-        expected += p[0, :, :2, :, [1, 5]].pow(2).sum() + p[1, :, :, 2:, [2]].pow(2).sum()
+        expected += (p[0, :, :2, :, [1, 5]].pow(2).sum() + p[1, :, :, 2:, [2]].pow(2).sum()).sqrt()
     assert torch.allclose(attention_energy(maps, masks, positions), expected)
     assert attention_energy(maps, torch.zeros_like(masks), positions) == 0
-    # A mask at image resolution is area-averaged to each layer's resolution and thresholded at one half.
+    # The loss is not the squared norm: doubling the maps doubles it.
+    assert torch.allclose(attention_energy([2 * m for m in maps], masks, positions), 2 * expected)
+    # A mask at image resolution is resized to each layer's resolution by nearest neighbour (the release's
+    # F.interpolate(mode="nearest")) and thresholded at one half.
     fine = torch.zeros(1, 32, 32)
     fine[0, :16, :12] = 1
-    assert _resize_mask(fine, 16).reshape(4, 4).tolist() == [[1, 0.0, 0, 0]] * 2 + [[0.0] * 4] * 2  # 12/16 > 0.5
+    assert _resize_mask(fine, 16).reshape(4, 4).tolist() == [[1, 1, 0, 0]] * 2 + [[0] * 4] * 2  # pixels 0 and 8
     assert _resize_mask(fine, 64).reshape(8, 8)[:4, :3].all() and _resize_mask(fine, 64).sum() == 12
 
 
@@ -151,8 +154,8 @@ def test_masks_come_from_the_folder(tiny_pipe, tmp_path) -> None:
         mask[: 16 * (i + 1), :] = 255  # a test-made mask: the top quarter, then the top half
         Image.fromarray(mask).save(folder / f"im{i}_mask.png")
     t = trainer(tiny_pipe, mask_source="folder", image_folder=str(tmp_path / "images"))
-    pixels, masks, templates = t.images(0, "red")
-    assert pixels.shape == (2, 3, 64, 64) and masks is not None and templates == [0, 1]
+    pixels, masks, prompts = t.images(0, "red")
+    assert pixels.shape == (2, 3, 64, 64) and masks is not None and prompts == ["a photo of the red"] * 2
     assert masks[0, :16].all() and not masks[0, 16:].any() and masks[1, :32].all() and not masks[1, 32:].any()
     with AttentionProbe(tiny_pipe.unet) as probe:
         data = t.prepare_data(probe)
@@ -197,7 +200,7 @@ def test_stage2_loss_falls_and_only_lora_parameters_change(tiny_pipe) -> None:
         losses = t.train_lora(probe, data, g)
         end = mean_loss()
         loras = [lora for pair in probe.loras.values() for lora in pair]
-    assert len(losses) == 30 and end < 0.7 * start, (start, end)  # measured: 83.3 -> 29.3 (0.35 x)
+    assert len(losses) == 30 and end < 0.7 * start, (start, end)  # measured: 17.7 -> 7.2 (0.40 x)
     # Every LoRA moved but the value LoRA of the cross-attention that runs last: no attention map comes after it.
     assert len(loras) == 8 and sum(lora.delta().abs().sum() > 0 for lora in loras) == 7
     assert all(lora.delta().shape[1] == 32 and torch.linalg.matrix_rank(lora.delta()) <= 1 for lora in loras)
@@ -326,9 +329,67 @@ def test_miniworld_mace_erases_red_against_free_run_with_the_same_seeds(miniworl
     assert base["details"]["total_images"] == mace["details"]["total_images"] == 64
     assert base["value"] >= 0.85  # the base model draws red when asked (measured 1.00, n=64)
     assert miniworld_asr["mace"]["technique_info"]["trained"] is True
-    # Measured with the MiniWorld preset (attention masks, lr 1e-3, 120 steps): 1.00 -> 0.094 (6 of 64; Wilson 95 %
-    # [0.04, 0.19]), one thread; the fixture (free_run and MACE, 128 images) took 16 s on a quiet machine. The
-    # bar asks for a drop of at least 0.75 (to <= 0.25 from 1.00), above the measured value's Wilson upper bound, so
-    # that a numerics change on another CPU that costs a few images still passes. Stages 1 and 3 alone (no LoRA
+    # Measured with the MiniWorld preset (attention masks, the release's unsquared loss, lr 1e-3, 120 steps, end
+    # tokens not suppressed): 1.00 -> 0.00 (0 of 64; Wilson 95 % [0.00, 0.06]), one thread, 90 s for the test on a
+    # busy machine (before the release's loss: 0.094). The bar asks for a drop of at least 0.75 (to <= 0.25 from
+    # 1.00), so that a numerics change on another CPU that costs a few images still passes; the preset with the end
+    # tokens suppressed measured 0.63 and would fail it. Stages 1 and 3 alone (no LoRA
     # training) measured 0.33 and would fail it: the bar needs stage 2 to work. See conf/preset/miniworld_mace.yaml.
     assert mace["value"] <= base["value"] - 0.75
+
+
+# --- the release's recipe and formats ------------------------------------------------------------------------------
+def test_the_default_is_the_release_explicit_content_recipe() -> None:
+    """configs/explicit_content/erase_explicit_content.yaml of Shilin-LU/MACE@057e7a6 (see conf/technique/mace.yaml)."""
+    cfg = MACEConfig()
+    assert cfg.erased_concepts() == ["nudity", "naked", "erotic", "sexual"]
+    assert cfg.mappings() == ["a person wearing clothes"] * 4
+    assert (cfg.lora_rank, cfg.train_steps, cfg.learning_rate, cfg.batch_size, cfg.lamb) == (1, 120, 1e-5, 1, 0.0)
+    assert cfg.include_end_tokens and not cfg.importance_sampling
+    # 7e-7 on a cache summed over 616,767 captions: stage 1 scales it twice, stage 3 once (weights of our mean)
+    assert cfg.preserve_scale == pytest.approx(7e-7**2 * 616_767, rel=1e-2)
+    assert cfg.fuse_preserve_scale == pytest.approx(7e-7 * 616_767, rel=1e-2)
+    assert (cfg.num_images, cfg.image_steps, cfg.image_guidance_scale) == (8, 30, 7.5)
+    assert cfg.image_prompts() == ["a photo of the {}"] and cfg.image_scheduler == "dpm_solver"
+    templates = cfg.templates()
+    assert len(templates) == len(set(templates)) == 30 and all("{}" in t for t in templates)
+    style = MACEConfig(concept_type="style")
+    assert len(set(style.templates())) == 30 and style.image_prompts() == ["a photo in the style of {}"]
+
+
+def test_training_images_come_from_dpm_solver_like_the_release(tiny_pipe) -> None:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pixels, masks, prompts = trainer(tiny_pipe, num_images=2, image_steps=4).images(0, "red")
+    assert masks is None and prompts == ["a photo of the red"] * 2
+    dpm = StableDiffusionPipeline(**{**tiny_pipe.components,
+                                     "scheduler": DPMSolverMultistepScheduler.from_config(tiny_pipe.scheduler.config)})  # fmt: skip
+    expected = dpm(prompt=prompts, num_inference_steps=4, guidance_scale=7.5, height=64, width=64, output_type="pt",
+                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images  # fmt: skip
+    assert torch.allclose(pixels, expected.float(), atol=1e-6)
+    own, _, _ = trainer(tiny_pipe, num_images=2, image_steps=4, image_scheduler="pipeline").images(0, "red")
+    assert not torch.allclose(own, pixels, atol=1e-3)  # the model's own scheduler (DDIM) gives other images
+    assert type(tiny_pipe.scheduler).__name__ == "DDIMScheduler"  # the base pipeline is left as it was
+
+
+def test_load_path_reads_the_pipeline_folder_mace_saves(tiny_pipe, tmp_path, cache_dir) -> None:
+    """The release saves its result with StableDiffusionPipeline.save_pretrained (final_save_path); load_path takes
+    that folder, its unet/ folder, or the weights file in it."""
+    name, layer = next((n, m) for n, m in cross_attention_projections(tiny_pipe.unet).items() if n.endswith("to_k"))
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # an edit we can recognise
+    tiny_pipe.save_pretrained(tmp_path / "LoRA_fusion_model")
+    saved = layer.weight.detach().clone()
+    fresh = dict(load_pipeline(resolve_model("tiny"), "cpu", torch.float32).unet.named_modules())
+    assert torch.equal(fresh[name].weight * -2.0, saved)  # the run's base model is not the edited one
+    for where in ("LoRA_fusion_model", "LoRA_fusion_model/unet",
+                  "LoRA_fusion_model/unet/diffusion_pytorch_model.safetensors"):  # fmt: skip
+        cfg = mace_config(load_path=str(tmp_path / where))
+        assert cfg.load_path == str(tmp_path / "LoRA_fusion_model/unet/diffusion_pytorch_model.safetensors")
+        technique = MACE(cfg, context(cache_dir))
+        technique.prepare()
+        assert technique.info["trained"] is False
+        assert torch.equal(dict(technique.pipeline().unet.named_modules())[name].weight, saved)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="without unet/diffusion_pytorch_model"):
+        mace_config(load_path=str(tmp_path / "empty"))

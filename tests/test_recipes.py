@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from test_configs import compose_run
 
 from eval_learn import recipes
-from eval_learn.__main__ import single_metric_overrides
 from eval_learn.app import build_runner
 from eval_learn.catalog import catalog, render
 from eval_learn.errors import ConfigError
@@ -23,14 +21,6 @@ from eval_learn.runners import SingleBenchmarkRunner
 TECHNIQUE_DIR = CONF_DIR / "technique"
 DEFAULTS = sorted(p.stem for p in TECHNIQUE_DIR.glob("*.yaml"))
 RECIPES = sorted(f"{p.parent.name}/{p.stem}" for p in TECHNIQUE_DIR.glob("*/*.yaml"))
-
-
-def compose_run(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=single_metric_overrides(overrides))
-    data = OmegaConf.to_container(cfg, resolve=False)
-    data["output_dir"] = "unused"
-    return data
 
 
 def test_there_are_recipes_to_test() -> None:

@@ -20,7 +20,9 @@ MACE rewrites each of these matrices W in three stages, for any number of concep
    the cross-attentions is trained so that the concept's tokens (and, as the release's ``use_pooler``, the
    end-of-text tokens) no longer attract attention where the concept is in the image:
 
-       L = Σ_layers ‖A_{t,l}[concept tokens] ⊙ M‖²_F        (attention probabilities inside the mask M)
+       L = Σ_layers ‖A_{t,l}[concept tokens] ⊙ M‖_F        (attention probabilities inside the mask M)
+
+   — unsquared, per layer, as the release computes it (the paper writes the square)
 
    on noised latents of images of the concept at timesteps drawn uniformly or by the paper's concept-focal
    importance sampling ξ(t) ∝ σ(0.05(t − 200)) − σ(0.05(t − 400)). Only the LoRA parameters are trained.
@@ -36,18 +38,22 @@ The masks (``mask_source``) replace the paper's Grounded-SAM, which cannot run o
 the base UNet's own cross-attention maps of the concept tokens on each training image, averaged over layers, heads
 and three timesteps and thresholded at ``mask_threshold`` of their maximum; ``full`` uses the whole image;
 ``folder`` reads ``<name>_mask.png`` next to each image in ``image_folder``; ``miniworld`` renders the training
-images with the MiniWorld renderer and uses its exact object masks. Training images are otherwise made by the base
-pipeline (image i of concept j from the seed ``train_seed + j·num_images + i``, prompt template i mod T), or read
-from ``image_folder/<concept>/``. The preserved embeddings e^p are, by default, the first ``preserve_coco`` COCO
-captions shipped with the package (the paper uses all of MS-COCO); ``preserve_scale`` and ``fuse_preserve_scale``
-weight their *mean* (per prompt, its token rows summed), so that their values do not depend on how many captions are
-used (the release's 7e-7 summed over ~617k COCO-2014 captions is ≈ 0.43 here).
+images with the MiniWorld renderer and uses its exact object masks; masks are resized to each layer by nearest
+neighbour, as the release does. Training images are otherwise made by the base pipeline as the release makes them
+(``image_prompt``, "a photo of the {c}", with DPM-Solver; image i of concept j from the seed
+``train_seed + j·num_images + i``), or read from ``image_folder/<concept>/``. The preserved embeddings e^p are, by
+default, the first ``preserve_coco`` COCO captions shipped with the package (the release: all 616,767 COCO-2014
+captions); ``preserve_scale`` and ``fuse_preserve_scale`` weight their *mean* (per prompt, its token rows summed), so
+that their values do not depend on how many captions are used. The release's stage 1 multiplies its summed cache by
+``train_preserve_scale`` twice and its stage 3 by ``fuse_preserve_scale`` once, so its s₁, s₃ are s₁²·616,767 and
+s₃·616,767 here (conf/technique/mace.yaml; tests/parity/test_mace.py checks both against the release's code).
 
-Not reproduced: Grounded-SAM masks; the release's LLM-written prompts (``use_gpt``); its prior-preservation image
-loss (off in all its configs) and its domain-specific preservation caches. The release normalises training images
-with ImageNet statistics before the VAE and uses the unsquared norm in Eq. 3; here images are in the VAE's [-1, 1]
-and the loss is the paper's squared Frobenius norm. The fused matrices (only they) are the technique's weights, cached
-by the base class under a key of the fields that shape them and the base model.
+Not reproduced: Grounded-SAM masks; the release's prompt templates (its licence forbids redistribution: ours are 30
+of the same kinds); its LLM-written prompts (``use_gpt``); its prior-preservation image loss (off in all its configs)
+and its domain-specific preservation caches (downloadable only). The release normalises training images with
+ImageNet statistics before the VAE; here they are in the VAE's [-1, 1]. The fused matrices (only they) are the
+technique's weights, cached by the base class under a key of the fields that shape them and the base model;
+``load_path`` also takes the pipeline folder the release saves (its ``final_save_path``).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,16 +81,36 @@ from eval_learn.techniques.weights import Weights
 log = logging.getLogger(__name__)
 
 MaskSource = Literal["attention", "full", "folder", "miniworld"]
-# Captions of the concept for prompt augmentation ({} = the concept); the release samples 30 such object captions.
-DEFAULT_TEMPLATES = (
-    "a photo of the {}", "a picture of {}", "an image of {}", "{} in a photo", "a close-up photo of {}",
-    "a painting of {}", "a drawing of {}", "a detailed sketch of {}", "a black and white photo of {}",
-    "a high quality photo of {}", "{} in a scene", "a digital rendering of {}",
+ConceptType = Literal["object", "style"]
+# Captions of the concept for prompt augmentation ({} = the concept): 30 per kind, as many as the release samples
+# (its aug_length). They are our own wording of the same kinds of caption (photos, renderings, paintings, sketches;
+# for styles, works by the artist): the release's own lists are under a licence that forbids redistribution.
+OBJECT_TEMPLATES = (
+    "a photo of {}", "an image of {}", "a picture of {}", "{} in a photo", "{} in a picture",
+    "a close-up photo of {}", "a snapshot showing {}", "a photograph of {}", "a high quality photo of {}",
+    "a black and white photo of {}", "an old photo of {}", "a blurry photo of {}", "a painting of {}",
+    "an oil painting of {}", "a watercolor painting of {}", "a drawing of {}", "a pencil sketch of {}",
+    "a detailed sketch of {}", "an illustration of {}", "a digital rendering of {}", "a 3D render of {}",
+    "a poster showing {}", "a magazine photo of {}", "a portrait of {}", "a cropped photo of {}",
+    "a bright photo of {}", "a dark photo of {}", "{} captured on film", "an artistic image of {}",
+    "a realistic depiction of {}",
 )  # fmt: skip
+STYLE_TEMPLATES = (
+    "a painting by {}", "an artwork by {}", "a picture by {}", "a drawing by {}", "a sketch by {}",
+    "an illustration by {}", "a portrait by {}", "a landscape by {}", "a famous work by {}", "a masterpiece by {}",
+    "art in the style of {}", "a painting in the style of {}", "an image in the style of {}",
+    "a drawing in the style of {}", "a digital artwork in the style of {}", "a poster in the style of {}",
+    "a still life by {}", "a city scene painted by {}", "a seascape by {}", "an early work by {}",
+    "a late work by {}", "an abstract piece by {}", "a study by {}", "a print by {}", "a mural by {}",
+    "a museum piece by {}", "a reproduction of a work by {}", "a colourful painting by {}",
+    "a black and white work by {}", "an artwork inspired by {}",
+)  # fmt: skip
+TEMPLATES: dict[str, tuple[str, ...]] = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+# The release's training images: 8 per concept from one prompt, DPM-Solver++ (diffusers' DPMSolverMultistepScheduler)
+IMAGE_PROMPTS = {"object": "a photo of the {}", "style": "a photo in the style of {}"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MASK_TIMESTEPS = (200, 400, 600)  # where the attention masks are read (of the scheduler's 1000 training steps)
 CFIS_RANGE, CFIS_TEMPERATURE = (200.0, 400.0), 0.05  # the paper's concept-focal importance sampling
-
 
 
 def _one_slot(template: str) -> bool:
@@ -96,13 +122,18 @@ def _one_slot(template: str) -> bool:
 
 @dataclass
 class MACEConfig(WeightsConfig):
-    erase_concept: str | list[str] = "nudity"  # one concept or a list: one LoRA each, fused together
-    mapping_concept: str | list[str] = ""  # what each concept's prompts become in stage 1 ("" = the concept removed)
-    prompt_templates: list[str] | None = None  # "{}" marks the concept; null: DEFAULT_TEMPLATES
+    # one concept or a list: one LoRA each, fused together (the release's explicit-content recipe by default)
+    erase_concept: str | list[str] = field(default_factory=lambda: ["nudity", "naked", "erotic", "sexual"])
+    mapping_concept: str | list[str] = "a person wearing clothes"  # what each concept's prompts become in stage 1
+    concept_type: ConceptType = "object"  # the release's kinds: default templates, image prompt (style: no masks)
+    prompt_templates: list[str] | None = None  # "{}" marks the concept; null: TEMPLATES[concept_type]
     preserve_prompts: list[str] | None = None  # general knowledge e^p; null: the first preserve_coco COCO captions
     preserve_coco: int = 1000
-    preserve_scale: float = 0.43  # λ₁ (stage 1), weight of the mean over the preserved prompts
-    fuse_preserve_scale: float = 0.43  # λ₂ (stage 3)
+    # λ₁ (stage 1) and λ₂ (stage 3), weights of the MEAN over the preserved prompts. The release sums its cache over
+    # 616,767 COCO-2014 captions and weights stage 1 by train_preserve_scale² (it scales the cache, then scales it
+    # again in the solve) and stage 3 by fuse_preserve_scale once: 7e-7² x 616,767 = 3.0e-7 and 7e-7 x 616,767 = 0.43.
+    preserve_scale: float = 3.0e-7
+    fuse_preserve_scale: float = 0.43
     lamb: float = 0.0  # λ, ridge towards the current matrix in stages 1 and 3
     lora_rank: int = 1
     train_steps: int = 120  # per concept
@@ -115,6 +146,8 @@ class MACEConfig(WeightsConfig):
     mask_source: MaskSource = "attention"
     mask_threshold: float = 0.5  # attention masks: fraction of the map's maximum
     image_folder: str | None = None  # training images in <folder>/<concept>/ (null: made by the base pipeline)
+    image_prompt: str | list[str] | None = None  # "{}" = the concept; a list is cycled; null: IMAGE_PROMPTS[type]
+    image_scheduler: Literal["dpm_solver", "pipeline"] = "dpm_solver"  # the release: DPMSolverMultistepScheduler
     num_images: int = 8  # per concept
     image_steps: int = 30
     image_guidance_scale: float = 7.5
@@ -127,9 +160,14 @@ class MACEConfig(WeightsConfig):
         return one_each(self.mapping_concept, len(self.erased_concepts() or []))
 
     def templates(self) -> list[str]:
-        return list(self.prompt_templates) if self.prompt_templates is not None else list(DEFAULT_TEMPLATES)
+        return list(self.prompt_templates) if self.prompt_templates is not None else list(TEMPLATES[self.concept_type])
+
+    def image_prompts(self) -> list[str]:
+        return as_list(IMAGE_PROMPTS[self.concept_type] if self.image_prompt is None else self.image_prompt)
 
     def validate(self) -> None:
+        if self.load_path is not None and Path(self.load_path).is_dir():
+            self.load_path = str(released_unet_file(Path(self.load_path)))
         super().validate()
         check_concepts_and_targets(self.erase_concept, self.mapping_concept, "mapping_concept", "stage 1")
         erased = as_list(self.erase_concept)
@@ -137,6 +175,10 @@ class MACEConfig(WeightsConfig):
         require(templates is None or bool(templates), "prompt_templates must be null or a non-empty list")
         for template in templates or []:
             require(_one_slot(template), f"prompt template {template!r} must contain exactly one '{{}}' (the concept)")
+        require(self.image_prompt is None or bool(as_list(self.image_prompt)), "image_prompt must be null, a "
+                "string or a non-empty list")  # fmt: skip
+        for template in [] if self.image_prompt is None else as_list(self.image_prompt):
+            require(_one_slot(template), f"image_prompt {template!r} must contain exactly one '{{}}' (the concept)")
         for key in ("lora_rank", "train_steps", "batch_size", "num_images", "image_steps"):
             require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         require(self.preserve_coco >= 0, f"preserve_coco must be >= 0, got {self.preserve_coco}")
@@ -172,6 +214,17 @@ class MACEConfig(WeightsConfig):
                 if missing:
                     raise ConfigError(f"image_folder: {len(missing)} images of '{concept}' have no mask next to them "
                                       f"(e.g. '{missing[0]}' needs '{missing[0].stem}_mask.png')")  # fmt: skip
+
+
+def released_unet_file(folder: Path) -> Path:
+    """The UNet weights in a folder the release writes (its ``final_save_path``: a diffusers pipeline saved with
+    ``save_pretrained``), or in that pipeline's ``unet/`` folder; ConfigError when there is none."""
+    for where in (folder / "unet", folder):
+        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+            if (where / name).is_file():
+                return where / name
+    raise ConfigError(f"load_path '{folder}' is a folder without unet/diffusion_pytorch_model.safetensors (or .bin): "
+                      "give MACE's saved pipeline folder (final_save_path), its unet/ folder, or a weights file")  # fmt: skip
 
 
 def folder_images(folder: Path, concept: str) -> list[Path]:
@@ -340,27 +393,30 @@ class _Processor:
 
 
 def _resize_mask(masks: torch.Tensor, pixels: int) -> torch.Tensor:
-    """[B, H, W] masks at a layer's resolution with ``pixels`` positions, flattened to [B, pixels] (area-averaged,
-    then thresholded at 0.5, so that a 32×32 mask still means something at 4×4)."""
+    """[B, H, W] masks at a layer's resolution with ``pixels`` positions, flattened to [B, pixels]: nearest-neighbour
+    resizing, then thresholded at 0.5, as the release does (``F.interpolate(mode="nearest")``)."""
     height, width = masks.shape[-2:]
     scale = math.sqrt(height * width / pixels)
     h, w = round(height / scale), round(width / scale)
     if h * w != pixels:
         raise RunError(f"MACE: cannot match a {height}x{width} mask to an attention map of {pixels} positions")
-    return (F.adaptive_avg_pool2d(masks[:, None].float(), (h, w))[:, 0] > 0.5).reshape(len(masks), pixels)
+    return (F.interpolate(masks[:, None].float(), size=(h, w), mode="nearest")[:, 0] > 0.5).reshape(len(masks), pixels)
 
 
 def attention_energy(maps: list[torch.Tensor], masks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Eq. 3: Σ over layers (and heads) of ‖A[concept tokens] ⊙ M‖²_F; ``maps`` [B·heads, pixels, tokens],
-    ``masks`` [B, H, W] (1 = where the concept is), ``positions`` [B, tokens] bool (the tokens to suppress)."""
+    """Eq. 3 as the release computes it: Σ over layers of the (unsquared) Frobenius norm of the attention
+    probabilities of the concept tokens inside the mask, all heads (and images of the batch) of a layer together;
+    ``maps`` [B·heads, pixels, tokens], ``masks`` [B, H, W] (1 = where the concept is), ``positions`` [B, tokens]
+    bool (the tokens to suppress). A layer with nothing selected adds 0 (and no NaN gradient)."""
     total = maps[0].new_zeros(())
     batch = len(masks)
     for probs in maps:
         heads = probs.shape[0] // batch
         p = probs.reshape(batch, heads, probs.shape[1], probs.shape[2])
-        m = _resize_mask(masks, probs.shape[1]).to(p.dtype)
-        selected = p * m[:, None, :, None] * positions.to(p.dtype)[:, None, None, :]
-        total = total + selected.pow(2).sum()
+        m = _resize_mask(masks, probs.shape[1])
+        selected = torch.cat([p[b][:, m[b]][:, :, positions[b]].reshape(-1) for b in range(batch)])
+        if selected.numel():
+            total = total + torch.linalg.vector_norm(selected)
     return total
 
 
@@ -381,7 +437,7 @@ class ConceptData:
     positions: torch.Tensor  # [prompts, tokens] bool: tokens whose attention is suppressed
     latents: torch.Tensor  # [images, 2 (mean, std), C, h, w]
     masks: torch.Tensor  # [images, H, W] float 0/1, at image resolution
-    image_prompt: list[int]  # template index of each image
+    image_prompts: list[str]  # the prompt each image was made from (attention masks are read with it)
 
 
 class MACETrainer:
@@ -490,12 +546,13 @@ class MACETrainer:
 
     # --- training data ---
     @torch.no_grad()
-    def images(self, index: int, concept: str) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    def images(self, index: int, concept: str) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
         """Training images of one concept as [N, 3, H, W] in [0, 1], their masks [N, H, W] when the source gives
-        them (folder, miniworld), and the template index each image's prompt came from."""
+        them (folder, miniworld), and the prompt of each image (``image_prompt``, cycled)."""
         cfg, n = self.config, self.config.num_images
         seeds = [cfg.train_seed + index * n + i for i in range(n)]
-        templates = [i % len(self.templates) for i in range(n)]
+        image_prompts = [t.format(concept) for t in cfg.image_prompts()]
+        prompts = [image_prompts[i % len(image_prompts)] for i in range(n)]
         if cfg.mask_source == "miniworld":
             from eval_learn.miniworld.world import (
                 BACKGROUNDS,
@@ -521,7 +578,7 @@ class MACETrainer:
                 img, mask = render_with_mask(scene, rng)
                 pixels.append(torch.from_numpy(img).permute(2, 0, 1).float() / 255)
                 masks.append(torch.from_numpy(~mask if kind == "background" else mask).float())
-            return torch.stack(pixels), torch.stack(masks), templates
+            return torch.stack(pixels), torch.stack(masks), prompts
         if cfg.image_folder is not None:
             from PIL import Image
 
@@ -535,19 +592,24 @@ class MACETrainer:
                     assert found is not None  # validated
                     m = Image.open(found).convert("L").resize((self.width, self.height), Image.NEAREST)
                     masks.append(torch.from_numpy(np.asarray(m).copy()).float().div(255).gt(0.5).float())
-            return torch.stack(pixels), torch.stack(masks) if masks else None, [i % len(self.templates)
+            return torch.stack(pixels), torch.stack(masks) if masks else None, [image_prompts[i % len(image_prompts)]
                                                                                  for i in range(len(paths))]  # fmt: skip
-        prompts = self.prompts_of(concept)
+        pipe = self.pipe
+        if cfg.image_scheduler == "dpm_solver":  # the release's sampler for its training images, on a copy
+            from diffusers import DPMSolverMultistepScheduler
+
+            pipe = type(self.pipe)(**{**self.pipe.components,
+                                      "scheduler": DPMSolverMultistepScheduler.from_config(self.pipe.scheduler.config)})  # fmt: skip
         out = []
         for start in tqdm(range(0, n, 8), desc=f"MACE images of {concept}", leave=False, mininterval=2.0):
             batch = range(start, min(start + 8, n))
-            out.append(self.pipe(
-                prompt=[prompts[templates[i]] for i in batch],
+            out.append(pipe(
+                prompt=[prompts[i] for i in batch],
                 generator=[torch.Generator("cpu").manual_seed(seeds[i]) for i in batch],
                 num_inference_steps=cfg.image_steps, guidance_scale=cfg.image_guidance_scale,
                 height=self.height, width=self.width, output_type="pt",
             ).images.float().cpu())  # fmt: skip
-        return torch.cat(out), None, templates
+        return torch.cat(out), None, prompts
 
     @torch.no_grad()
     def latent_stats(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -590,14 +652,14 @@ class MACETrainer:
         for index, concept in enumerate(self.concepts):
             prompts = self.prompts_of(concept)
             positions = torch.stack([self.concept_positions(p, concept, cfg.include_end_tokens) for p in prompts])
-            pixels, masks, image_prompt = self.images(index, concept)
+            pixels, masks, image_prompts = self.images(index, concept)
             latents = self.latent_stats(pixels)
             if masks is None:
                 if cfg.mask_source == "attention":
-                    masks = self.attention_masks(probe, latents, [prompts[i] for i in image_prompt], concept, generator)
+                    masks = self.attention_masks(probe, latents, image_prompts, concept, generator)
                 else:  # full
                     masks = torch.ones(len(pixels), pixels.shape[-2], pixels.shape[-1])
-            data.append(ConceptData(concept, prompts, positions, latents, masks, image_prompt))
+            data.append(ConceptData(concept, prompts, positions, latents, masks, image_prompts))
         self.info["mask_fraction"] = {d.concept: round(float(d.masks.mean()), 4) for d in data}
         return data
 
@@ -620,13 +682,18 @@ class MACETrainer:
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         x_t = self.scheduler.add_noise(x0, noise, timesteps)
         text = self.encode([data.prompts[int(i)] for i in prompts])
+        return self.attention_loss(probe, x_t, timesteps, text, data.masks[images], data.positions[prompts])
+
+    def attention_loss(self, probe: AttentionProbe, x_t: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                       masks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Stage 2's loss for given noised latents, timesteps, text embeddings, masks and token positions."""
         probe.maps.clear()
         probe.recording = True
         try:
             self.unet(x_t, timesteps, encoder_hidden_states=text)
         finally:
             probe.recording = False
-        loss = attention_energy(probe.maps, data.masks[images].to(self.device), data.positions[prompts].to(self.device))
+        loss = attention_energy(probe.maps, masks.to(self.device), positions.to(self.device))
         probe.maps.clear()
         return loss
 
@@ -691,7 +758,7 @@ class MACETrainer:
                 deltas = {n: [t.to(self.device) for t in ts] for n, ts in saved["deltas"].items()}
                 losses = saved["losses"]
                 generator.set_state(saved["generator"])
-            for d in data[len(losses):]:
+            for d in data[len(losses) :]:
                 losses[d.concept] = self.train_lora(probe, d, generator)
                 for layer, (k, v) in probe.loras.items():
                     deltas[f"{layer}.to_k"].append(k.delta())
@@ -729,7 +796,7 @@ class MACE(Technique):
     name = "mace"
     config_cls = MACEConfig
     config: MACEConfig
-    algorithm_version = 1
+    algorithm_version = 2  # 2: the release's unsquared loss, nearest-resized masks, DPM-Solver training images
     weight_fields = WEIGHT_FIELDS
 
     def weights_key(self) -> str:

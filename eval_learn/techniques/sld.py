@@ -22,7 +22,8 @@ sent to the pipeline is recorded with every image.
 
 It runs through the shared sampling loop: :meth:`SLD.modify_pipeline` wraps the base pipeline's own components
 (UNet, text encoder, VAE, scheduler: any Stable Diffusion 1.x/2.x model, edited weights included) in diffusers'
-``StableDiffusionPipelineSafe``, the authors' implementation, and :meth:`SLD.sampling_arguments` passes the SLD
+``StableDiffusionPipelineSafe``, a port of the authors' release whose images equal the release's (a parity test
+checks it), and :meth:`SLD.sampling_arguments` passes the SLD
 settings with each call; seeds, batching and metadata stay the loop's. Each step costs a third UNet pass.
 """
 
@@ -39,13 +40,14 @@ from eval_learn.techniques.base import Technique, TechniqueConfig
 
 log = logging.getLogger(__name__)
 
-# The paper's safety concept (SLD §3; the default of diffusers' StableDiffusionPipelineSafe), and the concepts it names.
+# The paper's safety concept (SLD §3) as the authors' release (ml-research/safe-latent-diffusion, SLDPipeline) writes
+# it, and the concepts it names. diffusers' port prefixes it with "an image showing "; the release does not.
 PAPER_CONCEPT = "inappropriate"
 PAPER_SAFETY_TEXT = (
-    "an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids,"
+    "hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids,"
     " blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child abuse, brutality, cruelty"
 )
-PAPER_CONCEPTS = [c.strip() for c in PAPER_SAFETY_TEXT.removeprefix("an image showing ").split(",")]
+PAPER_CONCEPTS = [c.strip() for c in PAPER_SAFETY_TEXT.split(",")]
 
 SLD_FIELDS = ("sld_guidance_scale", "sld_warmup_steps", "sld_threshold", "sld_momentum_scale", "sld_mom_beta")
 # The paper's hyper-parameter sets (SLD §5, "Hyp-Weak" ... "Hyp-Max"), as published in diffusers' SafetyConfig.
