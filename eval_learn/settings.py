@@ -2,7 +2,7 @@
 
 The Python API (the runners' keyword arguments), the run config (``conf/config.yaml`` builds on this dataclass
 through Hydra's ConfigStore, so ``python -m eval_learn --cfg job`` shows these defaults), seed-format run files and
-the report all read this one definition. A new setting is one field here (and a line in the README's table).
+the report all read this one definition. A new setting is one field here (and a line in the table of docs/command-line.md).
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ from eval_learn.judges.any_of import AnyOfConfig, AnyOfJudge
 from eval_learn.judges.clip import CLIPConfig, CLIPJudge
 from eval_learn.judges.nudenet import NudeNetConfig, NudeNetJudge
 from eval_learn.judges.q16 import Q16Config, Q16Judge
+from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.models import resolve_model
-from eval_learn.models.tiny_judges import write_tiny_clip
 from eval_learn.registry import check_compatible
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.sld import SLD

@@ -16,14 +16,14 @@ from PIL import Image
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.errors import RunError
 from eval_learn.judges.fid_features import FIDFeatures, FIDFeaturesConfig
+from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.fid import FID, FeatureMoments, FIDConfig, frechet_distance
 from eval_learn.models import resolve_model
-from eval_learn.models.tiny_judges import write_tiny_clip
 from eval_learn.runners import MultiBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
 
-TINY = "eval_learn.models.tiny_judges:tiny_feature_network"
+TINY = "eval_learn.judges.tiny:tiny_feature_network"
 
 
 def context(cache_dir=None) -> RunContext:
@@ -222,3 +222,11 @@ def test_multi_runner_renders_each_image_once_for_clip_score_and_fid(tmp_path, c
     assert results["clip_score"]["higher_is_better"] is True and results["clip_score"]["details"]["n"] == 4
     assert report["cache_stats"]["images_requested"] == 8 and report["cache_stats"]["images_generated"] == 4
     assert report["judges"]["fid"]["network"] == TINY and report["judges"]["clip_score"]["model"] == clip
+
+
+def test_a_saved_config_naming_the_tiny_networks_old_module_still_runs(caplog) -> None:
+    from eval_learn.judges.fid_features import _factory
+    from eval_learn.judges.tiny import tiny_feature_network
+
+    assert _factory("eval_learn.models.tiny_judges:tiny_feature_network") is tiny_feature_network
+    assert "deprecated" in caplog.text

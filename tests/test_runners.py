@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST_ESD
 
-from eval_learn.artifacts import make_run_id
+from eval_learn.run_id import make_run_id
 from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
 
 REPORT_KEYS = {

@@ -5,7 +5,7 @@ to a Local Nash Equilibrium", NeurIPS 2017, arXiv:1706.08500); its verdict on an
 Inception graph and weights (``weights-inception-2015-12-05-6726825d.pth``, torch-fidelity v0.2.0) that published FID
 numbers are computed with, 2048-d pool3 features. It needs ``pip install 'eval-learn[fid]'`` (torch-fidelity).
 Any other network is given as ``package.module:factory``, a callable that returns an ``nn.Module`` mapping uint8
-images ``(N, 3, H, W)`` to ``(N, d)`` features (the tests use ``eval_learn.models.tiny_judges:tiny_feature_network``).
+images ``(N, 3, H, W)`` to ``(N, d)`` features (the tests use ``eval_learn.judges.tiny:tiny_feature_network``).
 
 Every image is converted to RGB and centre-cropped to a square (a no-op for generated images; COCO photos are not
 square), then, by ``resize``:
@@ -30,7 +30,6 @@ import importlib.util
 import inspect
 import logging
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +42,7 @@ from eval_learn.configs import ConfigError, require
 from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge, JudgeConfig
 from eval_learn.models import file_sha256
+from eval_learn.runtime import package_version
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,16 @@ _FIDELITY_HELP = (
 )
 
 
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+# Modules that moved, so that a saved config naming the old place still runs.
+MOVED_MODULES = {"eval_learn.models.tiny_judges": "eval_learn.judges.tiny"}
 
 
 def _factory(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
+    if module_name in MOVED_MODULES:
+        log.warning("feature_extractor '%s': %s is now %s (the old name is deprecated)", spec, module_name,
+                    MOVED_MODULES[module_name])  # fmt: skip
+        module_name = MOVED_MODULES[module_name]
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -156,12 +157,12 @@ class FIDFeatures(Judge):
     def settings(self) -> dict[str, Any]:
         common = {"judge": "fid_features", "resize": self.config.resize, "preprocessing": RESIZE_POLICIES[self.config.resize],
                   "input": "uint8 RGB tensor (1, 3, H, W), one image per forward pass",
-                  "torchmetrics_version": _version("torchmetrics")}  # fmt: skip
+                  "torchmetrics_version": package_version("torchmetrics")}  # fmt: skip
         if self.config.network == "inception":
             weights = self.config.inception_weights
             return {**common, "network": "inception",
                     "implementation": "torchmetrics NoTrainInceptionV3 (torch-fidelity 'inception-v3-compat'), pool3",
-                    "num_features": INCEPTION_FEATURES, "torch_fidelity_version": _version("torch-fidelity"),
+                    "num_features": INCEPTION_FEATURES, "torch_fidelity_version": package_version("torch-fidelity"),
                     "weights": weights or f"{INCEPTION_WEIGHTS} (torch-fidelity v0.2.0 release)",
                     **({"weights_sha256": file_sha256(weights)} if weights else {})}  # fmt: skip
         module = self._custom
