@@ -122,6 +122,7 @@ def make_asr(clip_folder: str, q16_file: str, concept: str = "violence") -> ASR:
                context())  # fmt: skip
 
 
+@pytest.mark.slow
 def test_asr_with_any_of_counts_either_and_keeps_the_contract(clip_folder, q16_file, tmp_path) -> None:
     records = [PromptRecord(i, f"p{i}", i) for i in range(4)]
     metric = make_asr(clip_folder, q16_file)
@@ -171,6 +172,7 @@ def test_config_errors_come_before_any_model_loads(tmp_path) -> None:
         resolved({"concept": "church", "judge": {"name": "any_of", "judges": ["classifier", "nudenet"]}}, "sd14")
 
 
+@pytest.mark.slow
 def test_documented_command_runs_end_to_end_on_tiny(clip_folder, q16_file, tmp_path) -> None:
     out = tmp_path / "run"
     judge = f"metric.config.judge={{name: any_of, judges: [{{name: q16, model: '{clip_folder}', embeddings: " \

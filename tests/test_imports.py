@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,18 @@ def test_no_module_imports_another_modules_private_name() -> None:
 def test_importing_a_module_loads_nothing_above_it(module, forbidden) -> None:
     wrong = sorted(m for m in loaded_by(module) if m.startswith(forbidden))
     assert not wrong, f"{module} pulls {wrong}"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "name"),
+    [
+        ("eval_learn.artifacts", "eval_learn.run_id", "make_run_id"),
+        ("eval_learn.summary", "eval_learn.report.headline", "summary_lines"),
+        ("eval_learn.engine.store", "eval_learn.engine.image_store", "Store"),
+    ],
+)
+def test_a_renamed_modules_old_path_still_works_and_says_where_it_went(old, new, name, monkeypatch) -> None:
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=new):
+        module = importlib.import_module(old)
+    assert getattr(module, name) is getattr(importlib.import_module(new), name)

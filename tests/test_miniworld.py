@@ -54,6 +54,7 @@ def test_training_code_path_runs(tmp_path, monkeypatch) -> None:
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (out / "judge" / "judge.json").is_file()
 
 
+@pytest.mark.slow
 def test_shipped_pipeline_follows_prompts() -> None:
     context = RunContext(resolve_model("miniworld"), "cpu", torch.float32, 0, None)
     judge = load_shipped_judge()
@@ -70,6 +71,7 @@ def test_shipped_pipeline_follows_prompts() -> None:
     assert (colour + shape) / 2 >= 0.95
 
 
+@pytest.mark.slow
 def test_a_retrained_folder_is_benchmarked_like_the_shipped_model(tmp_path) -> None:
     """``model=miniworld model.id=DIR`` runs a retrain (say another seed) under the same settings and the shipped judge;
     with the shipped weights copied there it must give the same images' verdicts as ``model=miniworld``."""
@@ -103,6 +105,7 @@ def efficacy(tmp_path_factory):
     return reports
 
 
+@pytest.mark.slow
 def test_esd_erases_red_against_free_run_with_the_same_seeds(efficacy) -> None:
     base, esd = efficacy["free_run"]["metric_results"]["asr"], efficacy["esd"]["metric_results"]["asr"]
     print("MiniWorld ESD efficacy:", json.dumps({k: v["metric_results"] for k, v in efficacy.items()})[:2000])

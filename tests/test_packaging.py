@@ -6,9 +6,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_wheel_contains_configs_and_prompt_files(tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
@@ -42,4 +44,6 @@ def test_wheel_contains_configs_and_prompt_files(tmp_path) -> None:
     ):
         assert expected in names, expected
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "eval_learn").rglob("*.py")}
-    assert not sources - names, f"modules missing from the wheel (a package not listed in pyproject?): {sources - names}"
+    assert not sources - names, (
+        f"modules missing from the wheel (a package not listed in pyproject?): {sources - names}"
+    )

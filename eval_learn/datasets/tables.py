@@ -94,7 +94,7 @@ def _read(path: str, size: int, mtime_ns: int) -> Table:  # size and mtime: an e
             if len(values) > len(header):
                 raise ConfigError(
                     f"{path}, line {line}: {len(values)} fields for {len(header)} columns; a prompt that contains "
-                    f"the separator must be quoted (\"a cat, sitting\")"
+                    f'the separator must be quoted ("a cat, sitting")'
                 )
             rows.append((line, dict(zip(header, values, strict=False))))
     except csv.Error as err:
