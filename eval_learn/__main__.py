@@ -35,17 +35,13 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from eval_learn import protocols  # noqa: E402
-from eval_learn.app import build_runner  # noqa: E402
 from eval_learn.catalog import KINDS, catalog, config_options, render, searchpath_overrides  # noqa: E402
 from eval_learn.configs import did_you_mean  # noqa: E402
 from eval_learn.errors import ConfigError, EvalLearnError  # noqa: E402
 from eval_learn.models import CONF_DIR  # noqa: E402
 from eval_learn.report import callback as leaderboard_callback  # noqa: E402
-from eval_learn.report import summarize  # noqa: E402
-from eval_learn.runtime import quiet_libraries  # noqa: E402
 from eval_learn.settings import RunConfigSchema  # noqa: E402
 from eval_learn.storage import atomic_write  # noqa: E402
-from eval_learn.summary import summary_lines  # noqa: E402
 
 log = logging.getLogger("eval_learn")
 GROUPS = ("technique", "metric", "model")
@@ -71,6 +67,12 @@ def _full_error() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    # Model code is imported here, when a job runs: --help, --cfg, list, summarize and config errors never pay for it.
+    from eval_learn.app import build_runner
+    from eval_learn.report.headline import summary_lines
+    from eval_learn.runtime import quiet_libraries
+
+    quiet_libraries()
     try:
         runner = build_runner(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
         _record_device_and_dtype(runner.context.device, runner.context.dtype)
@@ -279,6 +281,8 @@ def _validate_jobs(argv: list[str], overrides: list[Any], run_file: Path | None)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from eval_learn.app import build_runner
+
     if run_file is None and any(arg.startswith(CONFIG_MODE_FLAGS) for arg in argv):
         return  # the user's own config: validated when it runs
     jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
@@ -348,6 +352,8 @@ def subcommand(name: str, args: list[str]) -> int:
                 print(f"{result['name']} = {result['value']} (merged {len(report['merged_from'])} shards) → "
                       f"{out / report['run_id'] / 'report.json'}")  # fmt: skip
             return 0
+        from eval_learn.report import summarize
+
         summary = summarize(options.dir, figures=not options.no_figures, grid_images=options.grid_images)
     except EvalLearnError as err:  # a bad folder (2), a full disk (1)
         print(f"eval-learn: error: {err}", file=sys.stderr)
@@ -380,7 +386,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"eval-learn: error: {err}", file=sys.stderr)
         return 2
-    quiet_libraries()
     leaderboard_callback.UNFINISHED.clear()
     sys.argv = [sys.argv[0], *argv]
     try:

@@ -71,7 +71,8 @@ class RunContext:
     settings: RunSettings = field(default_factory=RunSettings)
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of ``package``, or None when it is not installed."""
     try:
         return version(package)
     except PackageNotFoundError:
@@ -98,7 +99,7 @@ def _environment() -> dict[str, Any]:
         "git_sha": _git_sha(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "versions": {p: _version(p) for p in packages},
+        "versions": {p: package_version(p) for p in packages},
         "torch_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():

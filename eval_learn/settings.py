@@ -2,7 +2,7 @@
 
 The Python API (the runners' keyword arguments), the run config (``conf/config.yaml`` builds on this dataclass
 through Hydra's ConfigStore, so ``python -m eval_learn --cfg job`` shows these defaults), seed-format run files and
-the report all read this one definition. A new setting is one field here (and a line in the README's table).
+the report all read this one definition. A new setting is one field here (and a line in the table of docs/command-line.md).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class ShardSettings:
 
 @dataclass
 class RunSettings:
-    seed: int = 0  # base seed: a prompt without its own seed gets seed + a number drawn from its text (+ j for sample j)
+    seed: int = (
+        0  # base seed: a prompt without its own seed gets seed + a number drawn from its text (+ j for sample j)
+    )
     batch_size: int = 8  # prompts generated, judged and written together (and rows per pipeline call)
     # null: exact where it is cheap (CPU: every call padded to batch_size rows, bit-identical whatever the
     # neighbours; CUDA: one call per batch); true: one prompt per call, identical for any batch size on any device;
@@ -45,7 +47,9 @@ class RunSettings:
     batch_invariant: bool | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 elsewhere) | float32 | float16 | bfloat16
-    cache_dir: str | None = None  # technique weights, images, judgements; null: $EVAL_LEARN_CACHE or ~/.cache/eval_learn
+    cache_dir: str | None = (
+        None  # technique weights, images, judgements; null: $EVAL_LEARN_CACHE or ~/.cache/eval_learn
+    )
     image_cache: Any = "on"  # on | off | read_only: the image and judgement store
     image_cache_max_gb: float | None = 50.0  # least recently used entries beyond this are removed; null: no bound
     num_threads: int | None = None  # torch CPU threads (null: torch's default); 1 on a small, busy machine

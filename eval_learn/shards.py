@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from eval_learn.artifacts import make_run_id
+from eval_learn.engine.spec import MetricSpec
 from eval_learn.errors import ConfigError
 from eval_learn.models import resolve_model
-from eval_learn.runners.base import MetricSpec
+from eval_learn.run_id import make_run_id
 from eval_learn.runtime import RunContext
 from eval_learn.settings import RunSettings
 from eval_learn.storage import as_written, canonical_json, write_json
@@ -77,7 +77,9 @@ def merge(paths: list[Path], out: Path) -> list[dict[str, Any]]:
 
 def _merge_one(shards: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[str, Any]:
     first = shards[0][1]
-    context = RunContext(resolve_model(first["model"]), "cpu", torch.float32, first["seed"], RunSettings().resolved_cache_dir())
+    context = RunContext(
+        resolve_model(first["model"]), "cpu", torch.float32, first["seed"], RunSettings().resolved_cache_dir()
+    )
     spec = MetricSpec(first["metric_name"], first["metric_config"], context, None)
     metric = spec.cls(spec.config, context)
     entries: list[dict[str, Any]] = []

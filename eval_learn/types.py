@@ -29,9 +29,6 @@ class PromptDataset:
     def __len__(self) -> int:
         return len(self.records)
 
-    def batches(self, batch_size: int) -> list[list[PromptRecord]]:
-        return [self.records[i : i + batch_size] for i in range(0, len(self.records), batch_size)]
-
 
 @dataclass
 class MetricResult:

@@ -21,9 +21,9 @@ from eval_learn.judges.any_of import AnyOfConfig, AnyOfJudge
 from eval_learn.judges.clip import CLIPConfig, CLIPJudge
 from eval_learn.judges.nudenet import NudeNetConfig, NudeNetJudge
 from eval_learn.judges.q16 import Q16Config, Q16Judge
+from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.models import resolve_model
-from eval_learn.models.tiny_judges import write_tiny_clip
 from eval_learn.registry import check_compatible
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.sld import SLD
@@ -122,6 +122,7 @@ def make_asr(clip_folder: str, q16_file: str, concept: str = "violence") -> ASR:
                context())  # fmt: skip
 
 
+@pytest.mark.slow
 def test_asr_with_any_of_counts_either_and_keeps_the_contract(clip_folder, q16_file, tmp_path) -> None:
     records = [PromptRecord(i, f"p{i}", i) for i in range(4)]
     metric = make_asr(clip_folder, q16_file)
@@ -171,6 +172,7 @@ def test_config_errors_come_before_any_model_loads(tmp_path) -> None:
         resolved({"concept": "church", "judge": {"name": "any_of", "judges": ["classifier", "nudenet"]}}, "sd14")
 
 
+@pytest.mark.slow
 def test_documented_command_runs_end_to_end_on_tiny(clip_folder, q16_file, tmp_path) -> None:
     out = tmp_path / "run"
     judge = f"metric.config.judge={{name: any_of, judges: [{{name: q16, model: '{clip_folder}', embeddings: " \

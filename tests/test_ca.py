@@ -115,6 +115,7 @@ def test_training_changes_only_the_chosen_parameters(tiny_pipe, method) -> None:
             assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in unet_changed)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_held_out_batches(tiny_pipe) -> None:
     t = trainer(tiny_pipe, train_steps=30, learning_rate=1e-3, batch_size=2, num_anchor_images=8)
     held_out = [t.sample_batch() for _ in range(4)]
@@ -136,6 +137,7 @@ def test_a_diverging_run_stops_with_the_settings_to_blame(tiny_pipe) -> None:
         t.train()
 
 
+@pytest.mark.slow
 def test_ca_end_to_end_on_tiny_trains_once_then_hits_the_cache(tmp_path, cache_dir) -> None:
     config = dict(NUDITY_FAST)  # the default recipe (nudity, what asr on tiny measures), small
     first = SingleBenchmarkRunner("ca", "asr", config, {"limit": 2}, tmp_path / "a", model="tiny",
@@ -308,6 +310,7 @@ def miniworld_asr(tmp_path_factory):
     return reports
 
 
+@pytest.mark.slow
 def test_ca_ablates_red_on_the_miniworld_against_free_run(miniworld_asr) -> None:
     base = miniworld_asr["free_run"]["metric_results"]["asr"]
     erased = miniworld_asr["ca"]["metric_results"]["asr"]

@@ -88,7 +88,7 @@ def test_settings_name_the_weights_and_the_transformers_version(tmp_path, monkey
     from huggingface_hub import constants
 
     from eval_learn.judges import classifier
-    from eval_learn.models import tiny_judges
+    from eval_learn.judges import tiny as tiny_judges
 
     # tiny: its random weights come from transformers' init code, so their digest and the version are in the key.
     tiny = ClassifierJudge(ClassifierConfig(model="tiny")).settings()

@@ -32,6 +32,7 @@ def finished_run(tmp_path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_single_run_and_reproducing_it_from_the_saved_config(finished_run, tmp_path) -> None:
     (report,) = reports(finished_run)
     first = json.loads(report.read_text())
@@ -50,6 +51,7 @@ def test_single_run_and_reproducing_it_from_the_saved_config(finished_run, tmp_p
     assert "asr_demo = 0.000 (lower is better)" in proc.stdout and "report: " in proc.stdout  # the summary
 
 
+@pytest.mark.slow
 def test_multirun_puts_every_job_in_its_own_folder(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -69,6 +71,7 @@ def test_multirun_puts_every_job_in_its_own_folder(tmp_path) -> None:
     assert techniques == {"0": "free_run", "1": "esd"}
 
 
+@pytest.mark.slow
 def test_one_technique_against_several_metrics_from_the_command_line(tmp_path) -> None:
     out = tmp_path / "multi"
     proc = run_cli(
@@ -86,6 +89,7 @@ def test_one_technique_against_several_metrics_from_the_command_line(tmp_path) -
         assert (combined.parent.parent / metric / "report.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_seed_page_config_file_runs_as_is(tmp_path, suffix) -> None:
     config = {
@@ -143,6 +147,7 @@ def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) ->
     assert not out.exists()  # nothing was started: no empty folders
 
 
+@pytest.mark.slow
 def test_full_error_shows_the_traceback(tmp_path) -> None:
     import os
 
@@ -158,10 +163,14 @@ def test_full_error_shows_the_traceback(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("technique: {name: free_run}\nmetric: {name: asr}\nhydra: {callbacks: {x: {_target_: builtins.open}}}\n",
-         "sets 'hydra': a run file may set the run's own keys only"),
-        ("technique: {name: free_run}\nmetric: {name: asr}\nbatch_sise: 2\n",
-         "unknown key 'batch_sise'. Did you mean 'batch_size'?"),
+        (
+            "technique: {name: free_run}\nmetric: {name: asr}\nhydra: {callbacks: {x: {_target_: builtins.open}}}\n",
+            "sets 'hydra': a run file may set the run's own keys only",
+        ),
+        (
+            "technique: {name: free_run}\nmetric: {name: asr}\nbatch_sise: 2\n",
+            "unknown key 'batch_sise'. Did you mean 'batch_size'?",
+        ),
         ("- technique\n", "must hold a mapping"),
         ("technique: {name: free_run\n", "cannot be read"),
     ],
@@ -174,6 +183,7 @@ def test_run_files_that_cannot_run_are_refused(tmp_path, content, message) -> No
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_with_a_message_and_caches_nothing(tmp_path) -> None:
     cache = tmp_path / "cache"
     proc = run_cli("model=tiny", "technique=esd", "technique.config.learning_rate=5", "metric=asr",

@@ -16,9 +16,9 @@ from PIL import Image
 
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.clip import CLIPConfig, CLIPJudge
+from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.clip_score import CLIPScore, CLIPScoreConfig, mean_interval, t_quantile
 from eval_learn.models import resolve_model
-from eval_learn.models.tiny_judges import write_tiny_clip
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
@@ -84,7 +84,7 @@ def test_judge_matches_clip_own_forward_pass(clip_folder) -> None:
     """Our embeddings' cosine equals CLIPModel's logits_per_image / logit_scale for the same image and caption."""
     from transformers import AutoTokenizer, CLIPModel
 
-    from eval_learn.judges.clip import _image_processor_class
+    from eval_learn.judges.clip import image_processor_class
 
     judge = CLIPJudge(CLIPConfig(model=clip_folder))
     image, caption = images(1)[0], "a dog on a beach"
@@ -92,7 +92,7 @@ def test_judge_matches_clip_own_forward_pass(clip_folder) -> None:
     text, truncated = judge.embed_text(caption)
     assert verdict["embedding"].dtype == np.float32 and np.linalg.norm(verdict["embedding"]) == pytest.approx(1, 1e-6)
     model = CLIPModel.from_pretrained(clip_folder).eval()
-    pixels = _image_processor_class().from_pretrained(clip_folder)(images=[image], return_tensors="pt")
+    pixels = image_processor_class().from_pretrained(clip_folder)(images=[image], return_tensors="pt")
     tokens = AutoTokenizer.from_pretrained(clip_folder)([caption], return_tensors="pt")
     with torch.no_grad():
         out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],

@@ -21,9 +21,9 @@ from eval_learn.judges.clip_zeroshot import (
     ensemble,
     zero_shot_probabilities,
 )
+from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.models import resolve_model
-from eval_learn.models.tiny_judges import write_tiny_clip
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
@@ -64,13 +64,13 @@ def test_judge_matches_clip_own_forward_pass(clip_folder) -> None:
     """One template: our probabilities are CLIPModel's softmax(logits_per_image) over the label prompts."""
     from transformers import AutoTokenizer, CLIPModel
 
-    from eval_learn.judges.clip import _image_processor_class
+    from eval_learn.judges.clip import image_processor_class
 
     zs = judge(clip_folder, templates="a photo of {}.")
     image = images(1)[0]
     (verdict,) = zs.judge([image])
     model = CLIPModel.from_pretrained(clip_folder).eval()
-    pixels = _image_processor_class().from_pretrained(clip_folder)(images=[image], return_tensors="pt")
+    pixels = image_processor_class().from_pretrained(clip_folder)(images=[image], return_tensors="pt")
     tokens = AutoTokenizer.from_pretrained(clip_folder)([f"a photo of {x}." for x in LABELS], return_tensors="pt",
                                                         padding=True)  # fmt: skip
     with torch.no_grad():

@@ -58,6 +58,7 @@ def test_slurm_launcher_composes_with_its_fields_and_passes_validation() -> None
     assert single_metric_overrides([*SLURM.split(), "--cfg", "hydra"])[-3:] == ["metrics=[]", "--cfg", "hydra"]
 
 
+@pytest.mark.slow
 def test_local_sweep_through_the_joblib_launcher_ends_with_a_leaderboard(tmp_path) -> None:
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"

@@ -47,6 +47,7 @@ def cli(*args: str, cwd: Path) -> list[str]:
     return [sys.executable, "-m", "eval_learn", *args]
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_where_it_stopped(tmp_path) -> None:
     prompts = prompt_file(tmp_path, 24)
     args = ["model=tiny", "technique=free_run", "metric=asr", f"metric.config.prompts_path={prompts}",
@@ -150,6 +151,7 @@ def test_a_full_disk_mid_run_stops_with_a_message_and_leaves_nothing_half_writte
     assert json.loads(status.read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_two_runs_of_the_same_config_at_once_train_once(tmp_path) -> None:
     env = {**os.environ, "EVAL_LEARN_CACHE": str(tmp_path / "cache")}
     args = ["model=tiny", "technique=esd", "metric=asr", "metric.config.limit=4", "batch_size=4"]

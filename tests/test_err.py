@@ -177,6 +177,7 @@ def make_classifier(folder, winner: int) -> str:
     return str(folder)
 
 
+@pytest.mark.slow
 def test_nudity_default_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
     classifier = make_classifier(tmp_path / "clf", winner=1)  # every image "is" a church
     report = SingleBenchmarkRunner("free_run", "err", {}, {"limit": 2, "retention": {"judge": {"name": "classifier",
@@ -200,6 +201,7 @@ def test_nudity_default_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
     assert set(report["judge"]) == {"erasure", "retention", "robustness"}  # three distinct judges, by arm
 
 
+@pytest.mark.slow
 def test_free_run_on_the_miniworld_end_to_end(tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("free_run", "err", {}, {"limit": 6}, tmp_path, model="miniworld",
                                    cache_dir=cache_dir, num_threads=1).run()  # fmt: skip

@@ -76,6 +76,7 @@ def test_training_changes_only_selected_parameters(tiny_pipe, method) -> None:
     assert all(torch.equal(p, before[n]) for n, p in trainer.frozen.named_parameters())
 
 
+@pytest.mark.slow
 def test_esd_loss_falls_on_held_out_partial_samples(tiny_pipe) -> None:
     torch.manual_seed(0)
     trainer = ESDTrainer(

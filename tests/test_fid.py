@@ -18,14 +18,14 @@ from PIL import Image
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.errors import RunError
 from eval_learn.judges.fid_features import FIDFeatures, FIDFeaturesConfig, clean_resize
+from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.fid import FID, FeatureMoments, FIDConfig, frechet_distance
 from eval_learn.models import resolve_model
-from eval_learn.models.tiny_judges import write_tiny_clip
 from eval_learn.runners import MultiBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
 
-TINY = "eval_learn.models.tiny_judges:tiny_feature_network"
+TINY = "eval_learn.judges.tiny:tiny_feature_network"
 
 
 def context(cache_dir=None) -> RunContext:
@@ -282,3 +282,11 @@ def test_pytorch_fid_network_needs_its_package_and_299_inputs(tmp_path) -> None:
             FIDFeatures.preflight(FIDFeaturesConfig(network="pytorch_fid"))
     settings = FIDFeatures(FIDFeaturesConfig(network="pytorch_fid")).settings()
     assert settings["weights"].startswith("pt_inception-2015-12-05") and settings["num_features"] == 2048
+
+
+def test_a_saved_config_naming_the_tiny_networks_old_module_still_runs(caplog) -> None:
+    from eval_learn.judges.fid_features import _factory
+    from eval_learn.judges.tiny import tiny_feature_network
+
+    assert _factory("eval_learn.models.tiny_judges:tiny_feature_network") is tiny_feature_network
+    assert "deprecated" in caplog.text

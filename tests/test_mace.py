@@ -181,6 +181,7 @@ def test_attention_and_miniworld_masks(tiny_pipe) -> None:
         trainer(tiny_pipe, mask_source="miniworld").images(0, "red")
 
 
+@pytest.mark.slow
 def test_stage2_loss_falls_and_only_lora_parameters_change(tiny_pipe) -> None:
     t = trainer(tiny_pipe, mask_source="full", learning_rate=3e-2, train_steps=30, batch_size=2)
     state = {f"{c}.{n}": p.detach().clone() for c in ("unet", "text_encoder", "vae")
@@ -250,6 +251,7 @@ def test_fusion_solves_its_normal_equations_and_reproduces_one_lora(tiny_pipe) -
 
 
 # --- the technique -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_mace_end_to_end_on_tiny_through_the_runner_then_the_cache(tmp_path, cache_dir) -> None:
     config = {**FAST, "erase_concept": ["nudity", "naked"], "mapping_concept": "a person wearing clothes",
               "prompt_templates": ["a photo of {}", "{} on a beach"]}  # asr on tiny: nudity  # fmt: skip

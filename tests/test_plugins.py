@@ -104,6 +104,7 @@ def with_plugin(plugin: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(plugin), os.environ.get("PYTHONPATH")) if p)}
 
 
+@pytest.mark.slow
 def test_list_shows_built_ins_and_the_plugin(plugin: Path, tmp_path: Path) -> None:
     proc = run_cli("list", cwd=tmp_path, env=with_plugin(plugin))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,6 +124,7 @@ def test_list_shows_built_ins_and_the_plugin(plugin: Path, tmp_path: Path) -> No
     assert "tiny_fast                search path" in heads["models"] and "num_inference_steps = 2" in heads["models"]
 
 
+@pytest.mark.slow
 def test_a_run_with_the_plugin_technique(plugin: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_cli("model=tiny", "technique=negative_word", "technique.config.word=nudity", "metric=asr",

@@ -17,9 +17,9 @@ from eval_learn.datasets.i2p import I2P_CATEGORIES
 from eval_learn.errors import RunError
 from eval_learn.judges.clip import CLIPConfig, CLIPJudge
 from eval_learn.judges.q16 import Q16Config, Q16Judge
+from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.models import resolve_model
-from eval_learn.models.tiny_judges import write_tiny_clip
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST_ESD
 
-from eval_learn.artifacts import make_run_id
+from eval_learn.run_id import make_run_id
 from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
 
 REPORT_KEYS = {
@@ -62,6 +62,7 @@ def images(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*.png"))}
 
 
+@pytest.mark.slow
 def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> None:
     runner, report = run_single(tmp_path, cache_dir, technique="esd", **FAST_ESD)
     folder = tmp_path / report["run_id"]
@@ -108,6 +109,7 @@ def test_single_run_writes_report_metadata_and_images(tmp_path, cache_dir) -> No
     assert len(entry["pixels_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_a_rerun_renders_the_same_images_with_or_without_the_store(tmp_path, cache_dir) -> None:
     _, a = run_single(tmp_path / "a", cache_dir)
     _, b = run_single(tmp_path / "b", cache_dir)  # from the store
@@ -121,6 +123,7 @@ def test_a_rerun_renders_the_same_images_with_or_without_the_store(tmp_path, cac
     assert a["run_id"] != b["run_id"]  # the timestamp is part of the id: reruns never collide
 
 
+@pytest.mark.slow
 def test_strict_mode_gives_identical_images_for_any_batch_size(tmp_path, cache_dir) -> None:
     strict = {"batch_invariant": True, "image_cache": "off"}
     _, a = run_single(tmp_path / "a", cache_dir, batch_size=4, settings=strict)
@@ -129,6 +132,7 @@ def test_strict_mode_gives_identical_images_for_any_batch_size(tmp_path, cache_d
     assert a["generation"]["mode"] == "strict" and a["generation"]["batch_invariant"] is True
 
 
+@pytest.mark.slow
 def test_multi_runner_layout_and_combined_report(tmp_path, cache_dir) -> None:
     runner = MultiBenchmarkRunner(
         "esd", ["asr"], FAST_ESD, {"asr": {"limit": 3}}, output_dir=tmp_path, model="tiny", cache_dir=cache_dir

@@ -217,6 +217,7 @@ def miniworld_asr(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_safree_lowers_red_on_the_miniworld_against_free_run(miniworld_asr) -> None:
     base, erased = miniworld_asr["free_run"], miniworld_asr["safree"]
     print("MiniWorld safree asr:", base["value"], "->", erased["value"], erased["details"].get("ci95_wilson"))

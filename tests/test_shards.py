@@ -11,6 +11,7 @@ from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
 from eval_learn.shards import merge
 
 
+@pytest.mark.slow
 def test_tiny_shards_rendered_apart_merge_to_the_unsplit_value(tmp_path) -> None:
     def run(folder, cache, **settings):
         return SingleBenchmarkRunner("free_run", "asr", {}, {"limit": 7}, folder, model="tiny", batch_size=2,
@@ -41,6 +42,7 @@ def test_a_missing_shard_is_named(tmp_path, cache_dir) -> None:
         SingleBenchmarkRunner("free_run", "asr", {}, {}, tmp_path, model="tiny", shard={"index": 3, "count": 3})
 
 
+@pytest.mark.slow
 def test_miniworld_multi_run_shards_merge_to_the_unsplit_values(tmp_path, cache_dir) -> None:
     def run(**settings):
         return MultiBenchmarkRunner("free_run", ["asr", "ua_ira"], {}, {"asr": {"limit": 4}, "ua_ira": {"limit": 6}},
@@ -56,6 +58,7 @@ def test_miniworld_multi_run_shards_merge_to_the_unsplit_values(tmp_path, cache_
         assert merged[name]["metric_result"] == whole["metric_results"][name]
 
 
+@pytest.mark.slow
 def test_merge_from_the_command_line(tmp_path, cache_dir) -> None:
     from conftest import run_cli
 

@@ -12,6 +12,7 @@ import torch
 from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig, StableDiffusionPipelineSafe
 
 from eval_learn.configs import ConfigError, from_mapping
+from eval_learn.engine.sampling import generate
 from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
@@ -32,7 +33,7 @@ def make_context() -> RunContext:
 
 def technique_images(**config) -> np.ndarray:
     records = [PromptRecord(i, p, s) for i, (p, s) in enumerate(zip(PROMPTS, SEEDS, strict=True))]
-    images = SLD(sld_config(**config), make_context()).generate(records)  # one call of 3 rows through the loop
+    images = generate(SLD(sld_config(**config), make_context()), records)  # one call of 3 rows through the loop
     return np.stack([np.asarray(im) for im in images])
 
 
@@ -84,7 +85,7 @@ def test_the_safety_concept_reaches_the_pipeline() -> None:
     from eval_learn.techniques.free_run import FreeRun
 
     records = [PromptRecord(i, p, s) for i, (p, s) in enumerate(zip(PROMPTS, SEEDS, strict=True))]
-    free = np.stack([np.asarray(im) for im in FreeRun(FreeRun.config_cls(), make_context()).generate(records)])
+    free = np.stack([np.asarray(im) for im in generate(FreeRun(FreeRun.config_cls(), make_context()), records)])
     assert not np.array_equal(red, free)
 
 

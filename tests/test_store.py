@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
+from eval_learn.engine.image_store import Store, StoredImage, image_key, judgement_key
 from eval_learn.engine.requests import GenerationRequest
-from eval_learn.engine.store import Store, StoredImage, image_key, judgement_key
 
 REQUEST = GenerationRequest("a red circle", 7, 5.0, 20, 32, 32)
 CONTEXT = {

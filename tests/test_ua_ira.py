@@ -63,7 +63,7 @@ RETAIN = (
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory) -> str:
-    from eval_learn.models.tiny_judges import write_tiny_clip
+    from eval_learn.judges.tiny import write_tiny_clip
 
     return str(write_tiny_clip(tmp_path_factory.mktemp("clip")))
 

@@ -147,6 +147,7 @@ def test_edit_satisfies_its_equations_per_layer(tiny_pipe, cache_dir) -> None:
         assert (ce @ w_star.T - ct @ w.T).norm().item() < 0.2 * misfit
 
 
+@pytest.mark.slow
 def test_runner_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("uce", "asr", {}, {"limit": 2}, tmp_path, model="tiny", cache_dir=cache_dir).run()
     assert report["technique_name"] == "uce" and report["technique_config"]["erase_concept"] == "nudity"

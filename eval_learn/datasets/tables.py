@@ -22,6 +22,7 @@ from pathlib import Path
 
 from eval_learn.datasets.base import PromptRow, check_seed
 from eval_learn.errors import ConfigError
+from eval_learn.guidance import check_guidance_scale
 
 SEED_COLUMNS = ("sd_seed", "evaluation_seed", "seed")
 GUIDANCE_COLUMNS = ("sd_guidance_scale", "evaluation_guidance", "guidance_scale")
@@ -93,7 +94,7 @@ def _read(path: str, size: int, mtime_ns: int) -> Table:  # size and mtime: an e
             if len(values) > len(header):
                 raise ConfigError(
                     f"{path}, line {line}: {len(values)} fields for {len(header)} columns; a prompt that contains "
-                    f"the separator must be quoted (\"a cat, sitting\")"
+                    f'the separator must be quoted ("a cat, sitting")'
                 )
             rows.append((line, dict(zip(header, values, strict=False))))
     except csv.Error as err:
@@ -141,8 +142,10 @@ def parse_guidance(text: str, where: str) -> float:
         value = float(text)
     except ValueError:
         raise ConfigError(f"{where}: guidance scale {text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: guidance scale {text!r} must be a finite number >= 0")
+    try:
+        check_guidance_scale(value, "guidance scale")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     return value
 
 

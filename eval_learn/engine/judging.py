@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from PIL.Image import Image
 
-from eval_learn.engine.store import Store, judgement_key, pixel_digest, roundtrip
+from eval_learn.engine.image_store import Store, judgement_key, pixel_digest, roundtrip
 from eval_learn.judges.base import Judge
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from eval_learn.guidance import effective_guidance_scale
 from eval_learn.types import PromptRecord
 
 
@@ -32,11 +33,10 @@ class GenerationRequest:
 
 def request_for(record: PromptRecord, settings: dict[str, Any]) -> GenerationRequest:
     """A record's own guidance scale wins over the technique's/model's default."""
-    guidance = record.guidance_scale if record.guidance_scale is not None else settings["guidance_scale"]
     return GenerationRequest(
         prompt=record.prompt,
         seed=record.seed,
-        guidance_scale=float(guidance),
+        guidance_scale=effective_guidance_scale(record.guidance_scale, settings["guidance_scale"]),
         num_inference_steps=int(settings["num_inference_steps"]),
         height=int(settings["height"]),
         width=int(settings["width"]),

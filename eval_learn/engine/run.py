@@ -32,18 +32,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from eval_learn.engine.image_store import Store, StoredImage, image_key
 from eval_learn.engine.judging import CachedJudge
 from eval_learn.engine.requests import GenerationRequest, make_plan, request_for
 from eval_learn.engine.sampling import GenerationMode, render
-from eval_learn.engine.store import Store, StoredImage, image_key
+from eval_learn.engine.spec import MetricSpec, RunSpec
 from eval_learn.errors import RunError
+from eval_learn.models import ensure_available
 from eval_learn.runtime import environment, peak_memory
 from eval_learn.storage import as_written, atomic_write, canonical_json, write_json
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord
 
 if TYPE_CHECKING:
     from eval_learn.metrics.base import Metric
-    from eval_learn.runners.base import BaseRunner, MetricSpec
     from eval_learn.techniques.base import Technique
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,13 @@ class RunStatus:
 
 
 class Engine:
-    """Runs one technique against the runner's metrics. ``layout``: ``single`` (the metric's files in the run
+    """Runs one technique against the spec's metrics. ``layout``: ``single`` (the metric's files in the run
     folder) or ``multi`` (one folder per metric plus ``multi/report.json``)."""
 
-    def __init__(self, runner: BaseRunner, layout: str) -> None:
-        self.runner = runner
+    def __init__(self, spec: RunSpec, layout: str) -> None:
+        self.spec = spec
         self.layout = layout
-        self.context = runner.context
+        self.context = spec.context
         settings = self.context.settings
         self.store = Store(
             self.context.cache_dir,
@@ -140,14 +141,17 @@ class Engine:
     # --- the run --------------------------------------------------------------------------------------------------
     def run(self, run_id: str, timestamp: float) -> dict[str, Any]:
         started = time.perf_counter()
-        root = self.runner.output_dir / run_id
+        root = self.spec.output_dir / run_id
         log.info("Run %s → %s", run_id, root)
-        self.runner.check_model()  # before anything is written: a model that cannot be had leaves no folder behind
+        # Before anything is written: a model that cannot be had leaves no folder behind (images made elsewhere need
+        # no base model).
+        if not self.spec.technique_cls.supplies_images:
+            ensure_available(self.context.model)
         status = RunStatus(root, run_id)
         status.write()
         technique: Technique | None = None
         try:
-            evaluations = [self._setup(spec, root) for spec in self.runner.metrics]
+            evaluations = [self._setup(spec, root) for spec in self.spec.metrics]
             technique = self._prepare_technique()
             self._evaluate(technique, evaluations)
             for evaluation in evaluations:
@@ -194,10 +198,10 @@ class Engine:
         return evaluation
 
     def _prepare_technique(self) -> Technique:
-        runner = self.runner
+        run = self.spec
         start = time.perf_counter()
-        log.info("Instantiating technique <%s>", runner.technique_name)
-        technique = runner.technique_cls(runner.technique_config, self.context)
+        log.info("Instantiating technique <%s>", run.technique_name)
+        technique = run.technique_cls(run.technique_config, self.context)
         technique.prepare()
         self._time("technique_prepare_s", start)
         return technique
@@ -433,7 +437,7 @@ class Engine:
             **({"shard": asdict(settings.shard)} if settings.shard.count > 1 else {}),
             "technique_info": technique.info,
             "images_origin": technique.images_origin(),
-            "technique_recipe": self.runner.recipe.record() if self.runner.recipe is not None else None,
+            "technique_recipe": self.spec.recipe,
             "timings": timings,
             "peak_memory": peak_memory(technique.device),
             "environment": environment(),
@@ -443,16 +447,16 @@ class Engine:
         self, run_id: str, timestamp: float, technique: Technique, evaluation: Evaluation
     ) -> dict[str, Any]:
         """The seed page's report schema plus what a reader needs to trust the number."""
-        runner, spec, metric = self.runner, evaluation.spec, evaluation.metric
+        run, spec, metric = self.spec, evaluation.spec, evaluation.metric
         assert evaluation.result is not None
         return {
             "run_id": run_id,
             "timestamp": timestamp,
-            "technique_name": runner.technique_name,
+            "technique_name": run.technique_name,
             "metric_name": spec.name,
             "dataset_name": evaluation.dataset.name,
             "dataset_metadata": evaluation.dataset.metadata,
-            "technique_config": asdict(runner.technique_config),
+            "technique_config": asdict(run.technique_config),
             "metric_config": spec.config_dict(),
             "metric_result": {**evaluation.result.to_dict(), "higher_is_better": metric.higher_is_better},
             "judge": metric.judge_settings(),
@@ -480,12 +484,12 @@ class Engine:
             log.debug("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
         if self.layout == "single":
             return as_written(reports[evaluations[0].name])
-        runner = self.runner
+        run = self.spec
         combined = {
             "run_id": run_id,
             "timestamp": timestamp,
-            "technique_name": runner.technique_name,
-            "technique_config": asdict(runner.technique_config),
+            "technique_name": run.technique_name,
+            "technique_config": asdict(run.technique_config),
             "metric_names": [e.name for e in evaluations],
             "metric_configs": {e.name: e.spec.config_dict() for e in evaluations},
             "datasets": {n: r["dataset_name"] for n, r in reports.items()},

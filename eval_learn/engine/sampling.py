@@ -1,7 +1,7 @@
 """The one generation loop every technique samples through: per-prompt seeds, batching, and what is reproducible.
 
 Every request gets its own ``torch.Generator`` seeded from its prompt record, created on the CPU, so the initial
-noise is the same on every device. What else an image depends on was measured (``../shared/reference/gpu.md``):
+noise is the same on every device. What else an image depends on was measured (on CPUs and on an H200):
 
 - **CPU**: its prompt, seed and settings, and the *shape* of the pipeline call, not its neighbours in the call nor
   its slot. So the default on the CPU, ``fixed_shape``, pads every call to ``rows`` rows (copies of the last
@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image
 
-from eval_learn.engine.requests import GenerationRequest
+from eval_learn.engine.requests import GenerationRequest, request_for
 from eval_learn.errors import NonFiniteError
+from eval_learn.types import PromptRecord
 
 if TYPE_CHECKING:
     from eval_learn.techniques.base import Technique
@@ -106,3 +108,11 @@ def render(technique: Technique, requests: list[GenerationRequest], mode: Genera
         for k, i in enumerate(positions):
             images[i] = pixels[k]
     return images  # type: ignore[return-value]
+
+
+def generate(technique: Technique, records: list[PromptRecord], rows: int | None = None) -> list[Image.Image]:
+    """Render ``records`` with ``technique`` through the shared loop, without the image store (figures, quick
+    looks): one call of ``rows`` prompts (default: all of them) per group of shared settings."""
+    mode = GenerationMode.for_device(technique.device, rows or max(1, len(records)), None)
+    requests = [request_for(r, technique.generation_settings()) for r in records]
+    return [Image.fromarray(p) for p in render(technique, requests, mode)]

@@ -53,7 +53,7 @@ def label_names(label: str) -> set[str]:
 @functools.lru_cache(maxsize=1)
 def tiny_weights_sha256() -> str:
     """SHA-256 over the ``tiny`` classifier's parameters and buffers as built (names, dtypes, shapes, values)."""
-    from eval_learn.models.tiny_judges import tiny_classifier
+    from eval_learn.judges.tiny import tiny_classifier
 
     model, _ = tiny_classifier()
     digest = hashlib.sha256()
@@ -77,7 +77,7 @@ class ClassifierJudge(Judge):
 
     def load(self) -> None:
         if self.config.model == "tiny":
-            from eval_learn.models.tiny_judges import tiny_classifier
+            from eval_learn.judges.tiny import tiny_classifier
 
             self._model, self._processor = tiny_classifier()
             self._model.to(self.device)
@@ -95,7 +95,7 @@ class ClassifierJudge(Judge):
     def settings(self) -> dict[str, Any]:
         weights: dict[str, Any] = {}
         if self.config.model == "tiny":
-            weights["built"] = "in code: random weights over the Imagenette labels (eval_learn.models.tiny_judges)"
+            weights["built"] = "in code: random weights over the Imagenette labels (eval_learn.judges.tiny)"
             weights["weights_sha256"] = tiny_weights_sha256()
         elif os.path.isdir(self.config.model):  # a local folder: its weights' digests identify it
             weights["weights_sha256"] = weight_digests(Path(self.config.model))

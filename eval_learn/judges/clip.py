@@ -89,7 +89,7 @@ def model_folder(model: str, revision: str | None, judge: str = "clip") -> Path:
     return folder
 
 
-def _image_processor_class() -> Any:
+def image_processor_class() -> Any:
     try:
         from transformers import CLIPImageProcessorPil  # transformers >= 5: the PIL backend has its own class
 
@@ -104,7 +104,7 @@ def _image_processor_class() -> Any:
 def preprocessing(folder: Path) -> dict[str, Any]:
     """The image processor's settings as it reads them (old configs say ``size: 224``; it normalises that), i.e. what
     determines the pixels the model sees. Loading a processor reads no weights."""
-    processor = _image_processor_class().from_pretrained(str(folder))
+    processor = image_processor_class().from_pretrained(str(folder))
     from PIL.Image import Resampling
 
     resample = Resampling(int(processor.resample)).name.lower()  # 3 → bicubic
@@ -145,7 +145,7 @@ class CLIPJudge(Judge):
 
         folder = self.folder()
         self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self._processor = _image_processor_class().from_pretrained(str(folder))
+        self._processor = image_processor_class().from_pretrained(str(folder))
         model = CLIPModel.from_pretrained(str(folder))  # then cast: the same call on transformers 4.x and 5
         self._model = model.eval().to(self.device, DTYPES[self.config.dtype])
         self.context_length = int(model.config.text_config.max_position_embeddings)

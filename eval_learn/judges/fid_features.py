@@ -9,7 +9,7 @@ weight layout), fed 2·(x/255)−1 as T2IBenchmark (AdvUnlearn's FID) does; it n
 (which needs torchvision) and its weights in torch hub's cache. The two ports give close but not equal features, so
 the port is recorded, and reference statistics made with another port are refused (:mod:`eval_learn.metrics.fid`).
 Any other network is given as ``package.module:factory``, a callable that returns an ``nn.Module`` mapping uint8
-images ``(N, 3, H, W)`` to ``(N, d)`` features (the tests use ``eval_learn.models.tiny_judges:tiny_feature_network``).
+images ``(N, 3, H, W)`` to ``(N, d)`` features (the tests use ``eval_learn.judges.tiny:tiny_feature_network``).
 
 Every image is converted to RGB and, except under ``clean``, centre-cropped to a square (a no-op for generated
 images; COCO photos are not square), then, by ``resize``:
@@ -39,7 +39,6 @@ import importlib.util
 import inspect
 import logging
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +51,7 @@ from eval_learn.configs import ConfigError, require
 from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge, JudgeConfig
 from eval_learn.models import file_sha256
+from eval_learn.runtime import package_version
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,16 @@ _FIDELITY_HELP = (
 )
 
 
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+# Modules that moved, so that a saved config naming the old place still runs.
+MOVED_MODULES = {"eval_learn.models.tiny_judges": "eval_learn.judges.tiny"}
 
 
 def _factory(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
+    if module_name in MOVED_MODULES:
+        log.warning("feature_extractor '%s': %s is now %s (the old name is deprecated)", spec, module_name,
+                    MOVED_MODULES[module_name])  # fmt: skip
+        module_name = MOVED_MODULES[module_name]
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -178,18 +179,18 @@ class FIDFeatures(Judge):
     def settings(self) -> dict[str, Any]:
         common = {"judge": "fid_features", "resize": self.config.resize, "preprocessing": RESIZE_POLICIES[self.config.resize],
                   "input": "uint8 RGB tensor (1, 3, H, W), one image per forward pass",
-                  "torchmetrics_version": _version("torchmetrics")}  # fmt: skip
+                  "torchmetrics_version": package_version("torchmetrics")}  # fmt: skip
         if self.config.network == "inception":
             weights = self.config.inception_weights
             return {**common, "network": "inception",
                     "implementation": "torchmetrics NoTrainInceptionV3 (torch-fidelity 'inception-v3-compat'), pool3",
-                    "num_features": INCEPTION_FEATURES, "torch_fidelity_version": _version("torch-fidelity"),
+                    "num_features": INCEPTION_FEATURES, "torch_fidelity_version": package_version("torch-fidelity"),
                     "weights": weights or f"{INCEPTION_WEIGHTS} (torch-fidelity v0.2.0 release)",
                     **({"weights_sha256": file_sha256(weights)} if weights else {})}  # fmt: skip
         if self.config.network == "pytorch_fid":
             return {**common, "network": "pytorch_fid", "num_features": INCEPTION_FEATURES,
                     "implementation": "pytorch-fid InceptionV3 (FID weights), pool3, input 2 * (x / 255) - 1",
-                    "pytorch_fid_version": _version("pytorch-fid"),
+                    "pytorch_fid_version": package_version("pytorch-fid"),
                     "weights": f"{PYTORCH_FID_WEIGHTS} (pytorch-fid fid_weights release)"}  # fmt: skip
         module = self._custom
         state = hashlib.sha256()

@@ -9,7 +9,7 @@ CVPR 2023) and the Safe Latent Diffusion evaluations use it for every non-nudity
 
 The published embeddings (``data/ViT-L-14/prompts.p`` of github.com/ml-research/Q16) are a Python pickle, which can
 run code when loaded; this judge never unpickles. ``embeddings`` must name a ``.npy`` (read with
-``allow_pickle=False``) or a ``.safetensors`` file holding one (2, d) array; the README shows the one-time conversion
+``allow_pickle=False``) or a ``.safetensors`` file holding one (2, d) array; docs/metrics.md shows the one-time conversion
 a user runs on the file they trust. The file is checked (format, shape) when the config is validated, and its
 dimension against the CLIP's ``projection_dim`` (its config.json, from a local folder or an already cached hub
 snapshot; no weights) at preflight, before any model loads; its SHA-256 goes into the settings. The image side is the ``clip`` judge of the same model (same loading,
@@ -37,7 +37,7 @@ from eval_learn.models import file_sha256
 
 Q16_SCALE = 100.0  # Q16's SimClassifier: similarity = 100 * cos
 CONVERSION_HELP = (
-    "convert Q16's published prompts.p once (README: 'I2P category protocol and Q16'): "
+    "convert Q16's published prompts.p once (docs/metrics.md, 'I2P category protocol (asr) and Q16'): "
     "python -c \"import pickle, numpy as np; np.save('q16_vit_l14.npy', np.asarray(pickle.load(open('prompts.p', "
     "'rb')), dtype=np.float32))\""
 )

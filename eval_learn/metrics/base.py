@@ -191,14 +191,6 @@ class Metric:
         """The JSON view of the state (the report's ``metric_state``)."""
         return states.state_json(self.states)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            target = self.states[name]
-            if isinstance(target, states.PerImage):
-                target.load_json(value)
-            else:
-                raise ValueError(f"state '{name}' is a sum: restore it with load_state(folder)")
-
     def save_state(self, folder: Path) -> None:
         states.save(self.states, Path(folder), {"metric": self.name, "config": dataclasses.asdict(self.config)})
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from omegaconf import OmegaConf
 
 from eval_learn.configs import ConfigError, from_mapping, require
 from eval_learn.errors import RunError
+from eval_learn.guidance import check_guidance_scale
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ class ModelSpec:
 
     def validate(self) -> None:
         require(self.num_inference_steps > 0, "num_inference_steps must be positive")
-        require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
-                f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")  # fmt: skip
+        check_guidance_scale(self.guidance_scale)
         require(self.height % 8 == 0 and self.width % 8 == 0, "height and width must be multiples of 8")
         require(bool(self.id), "id must name a hub model, a local folder or a built-in model")
 

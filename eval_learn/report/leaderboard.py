@@ -29,22 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from eval_learn.storage import canonical_json
+from eval_learn.technique_fields import NO_RESULT_FIELDS
 
 log = logging.getLogger(__name__)
 
-# Technique config fields that never change a result: where the technique runs, where its weights are written or read
-# from (weights read from a file are keyed by their digest instead) and whether the weight cache is used.
-NO_RESULT_FIELDS = ("device", "save_path", "load_path", "use_cache")
 # Model fields that change images (the rest are defaults for other settings).
 MODEL_FIELDS = ("id", "revision", "num_inference_steps", "guidance_scale", "height", "width")
 # Details worth a column of their own, per metric registry name, and which way is better for each.
-DETAIL_COLUMNS = {
-    "ua_ira": ("ua", "ira", "ira_near", "ira_far"),  # ira: all retain prompts (prompt files have no near/far split)
-    "err": ("erasure", "retention", "robustness"),
+DETAIL_COLUMNS: dict[str, dict[str, bool]] = {
+    # ira: all retain prompts (prompt files have no near/far split)
+    "ua_ira": {"ua": True, "ira": True, "ira_near": True, "ira_far": True},
+    "err": {"erasure": True, "retention": True, "robustness": True},
 }
-DETAIL_HIGHER_IS_BETTER = dict.fromkeys(
-    ("ua", "ira", "ira_near", "ira_far", "erasure", "retention", "robustness"), True
-)
+DETAIL_HIGHER_IS_BETTER = {detail: higher for columns in DETAIL_COLUMNS.values() for detail, higher in columns.items()}
 SKIP_FOLDERS = {"images", "state", ".hydra", "figures"}  # never hold a report: not walked (they can be large)
 
 
@@ -448,7 +445,7 @@ def _fill(board: Leaderboard, results: list[Result]) -> None:
                                        result.seed))  # fmt: skip
         row.results[name] = result
         column = columns.setdefault(name, Column(name, result.metric, result.higher_is_better,
-                                                 details=DETAIL_COLUMNS.get(result.metric, ())))  # fmt: skip
+                                                 details=tuple(DETAIL_COLUMNS.get(result.metric, ()))))  # fmt: skip
         column.has_interval = column.has_interval or result.interval is not None
     board.rows = list(rows.values())
     _label(board.rows, lambda r: r.technique, lambda r: r.technique_key, "label")

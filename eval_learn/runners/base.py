@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from eval_learn.configs import ConfigError, from_mapping
-from eval_learn.metrics.base import Metric
-from eval_learn.models import ensure_available, resolve_model, technique_preset
+from eval_learn.engine.run import Engine
+from eval_learn.engine.spec import MetricSpec, RunSpec
+from eval_learn.models import resolve_model, technique_preset
 from eval_learn.recipes import find_recipe, split_option
-from eval_learn.registry import METRICS, TECHNIQUES, check_compatible
+from eval_learn.registry import TECHNIQUES, check_compatible
 from eval_learn.runtime import RunContext, resolve_device, resolve_dtype
 from eval_learn.settings import RunSettings, check_writable
 from eval_learn.techniques.base import Technique
@@ -22,27 +22,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "sd14"
 
 
-class MetricSpec:
-    """A metric name resolved to its class and strictly parsed, resolved config (parts included)."""
-
-    def __init__(
-        self, name: str, config: Mapping[str, Any] | None, context: RunContext, erased: list[str] | None
-    ) -> None:
-        self.name = METRICS.canonical(name)
-        self.cls: type[Metric] = METRICS.get(self.name)
-        parsed = from_mapping(self.cls.config_cls, config, f"metric '{name}' config")
-        try:
-            self.config = self.cls.resolve_config(parsed, context, erased)
-            self.cls.preflight(self.config, context)
-            self.dataset_name = self.cls.dataset_name(self.config)
-        except ConfigError as err:
-            raise ConfigError(f"metric '{name}' config: {err}") from None
-
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
-
-
 class BaseRunner:
+    """Parse and check a run's arguments at construction; the engine runs the resulting :class:`RunSpec`."""
+
     layout: str
 
     def __init__(
@@ -80,8 +62,6 @@ class BaseRunner:
             settings=self.settings,
         )
         self.output_dir = Path(output_dir)
-        self.seed = self.settings.seed
-        self.batch_size = self.settings.batch_size
         self.metrics: list[MetricSpec] = []
 
     def _metric_spec(self, name: str, config: Mapping[str, Any] | None) -> MetricSpec:
@@ -89,15 +69,14 @@ class BaseRunner:
         check_compatible(self.technique_name, self.technique_config, spec.name, spec.config)
         return spec
 
-    def check_model(self) -> None:
-        if not self.technique_cls.supplies_images:  # images made elsewhere need no base model
-            ensure_available(self.context.model)
+    def run_spec(self) -> RunSpec:
+        """What the engine runs: the resolved technique and metrics, the context and the output folder."""
+        return RunSpec(self.technique_name, self.technique_cls, self.technique_config, self.context, self.output_dir,
+                       self.metrics, self.recipe.record() if self.recipe is not None else None)  # fmt: skip
 
     def _execute(self, run_id: str, timestamp: float) -> dict[str, Any]:
-        from eval_learn.engine.run import Engine
-
         if self.settings.num_threads is not None:
             import torch
 
             torch.set_num_threads(self.settings.num_threads)
-        return Engine(self, self.layout).run(run_id, timestamp)
+        return Engine(self.run_spec(), self.layout).run(run_id, timestamp)

@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from eval_learn.artifacts import make_run_id
 from eval_learn.configs import ConfigError
+from eval_learn.run_id import make_run_id
 from eval_learn.runners.base import DEFAULT_MODEL, BaseRunner
 
 

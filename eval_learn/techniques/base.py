@@ -23,23 +23,22 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from PIL.Image import Image
 
 from eval_learn.configs import require
 from eval_learn.errors import ConfigError, NonFiniteError, RunError
+from eval_learn.guidance import check_guidance_scale, effective_guidance_scale
 from eval_learn.models import load_pipeline
 from eval_learn.runtime import RunContext, resolve_device
 from eval_learn.storage import digest_of, locked, remove_quietly
+from eval_learn.technique_fields import NON_IMAGE_FIELDS
 from eval_learn.techniques import weights as weight_files
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
-from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,7 @@ class TechniqueConfig:
 
     def validate(self) -> None:
         require(self.num_inference_steps is None or self.num_inference_steps > 0, "num_inference_steps must be > 0")
-        require(self.guidance_scale is None or math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
-                f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")  # fmt: skip
+        check_guidance_scale(self.guidance_scale)
         if self.device is not None:
             resolve_device(self.device)
 
@@ -80,11 +78,6 @@ class WeightsConfig(TechniqueConfig):
             weight_files.check_suffix(self.load_path, "load_path")
             path = Path(self.load_path)
             require(path.is_file(), f"load_path '{path}' " + ("is a folder" if path.is_dir() else "does not exist"))
-
-
-# Config fields that never change an image by themselves: the device, paths, cache switches; steps and guidance are
-# part of every generation request instead.
-NON_IMAGE_FIELDS = ("device", "num_inference_steps", "guidance_scale", "save_path", "load_path", "use_cache")
 
 
 class Technique:
@@ -298,24 +291,10 @@ class Technique:
         model = self.context.model
         return {
             "num_inference_steps": self.config.num_inference_steps or model.num_inference_steps,
-            "guidance_scale": self.config.guidance_scale
-            if self.config.guidance_scale is not None
-            else model.guidance_scale,
+            "guidance_scale": effective_guidance_scale(self.config.guidance_scale, model.guidance_scale),
             "height": model.height,
             "width": model.width,
         }
-
-    def generate(self, records: list[PromptRecord], rows: int | None = None) -> list[Image]:
-        """Render ``records`` through the shared loop, without the image store (figures, quick looks)."""
-        from eval_learn.engine.requests import request_for
-        from eval_learn.engine.sampling import GenerationMode, render
-
-        settings = self.generation_settings()
-        mode = GenerationMode.for_device(self.device, rows or max(1, len(records)), None)
-        pixels = render(self, [request_for(r, settings) for r in records], mode)
-        from PIL import Image as PILImage
-
-        return [PILImage.fromarray(p) for p in pixels]
 
     def close(self) -> None:
         """Free the pipeline (a multirun executes jobs in one process)."""

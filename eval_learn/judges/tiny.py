@@ -4,7 +4,7 @@ ImageNet classifier).
 They go through the real code paths: :func:`write_tiny_clip` saves a randomly initialised ``CLIPModel`` with a CLIP
 BPE tokenizer and a CLIP image processor to a folder, which the ``clip`` judge loads with ``from_pretrained`` exactly
 as it loads ``openai/clip-vit-large-patch14``; :func:`tiny_feature_network` is a small fixed network that the ``fid``
-metric takes as its ``feature_extractor`` (``eval_learn.models.tiny_judges:tiny_feature_network``) in place of
+metric takes as its ``feature_extractor`` (``eval_learn.judges.tiny:tiny_feature_network``) in place of
 Inception; :func:`tiny_classifier` is a random ``ResNetForImageClassification`` over the Imagenette labels with its
 image processor, what the ``classifier`` judge runs for ``model: tiny`` (the retention judge of ``err`` on
 ``model=tiny``). All are deterministic (fixed seeds). Their numbers mean nothing about images.
@@ -27,7 +27,7 @@ def write_tiny_clip(folder: str | Path, seed: int = 0, image_size: int = 32) -> 
     """A random ``CLIPModel`` (two small transformers, projection to 16 dims) with tokenizer and image processor."""
     from transformers import CLIPConfig, CLIPModel
 
-    from eval_learn.judges.clip import _image_processor_class
+    from eval_learn.judges.clip import image_processor_class
 
     out = Path(folder)
     write_tokenizer(WORDS, out, CONTEXT)
@@ -44,7 +44,7 @@ def write_tiny_clip(folder: str | Path, seed: int = 0, image_size: int = 32) -> 
         torch.manual_seed(seed)
         model = CLIPModel(config)
     model.save_pretrained(out)
-    processor = _image_processor_class()(
+    processor = image_processor_class()(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor.save_pretrained(out)

@@ -1,7 +1,9 @@
-"""Regenerate the README's MiniWorld leaderboard and figure: what each technique erases, and what it costs.
+"""Regenerate the docs' MiniWorld leaderboard and figure: what each technique erases, and what it costs.
 
-    python -m eval_learn.miniworld.figure --out docs                  # every row below, erasing "red"
-    python -m eval_learn.miniworld.figure --out docs --rows free_run esd esd-u uce
+    python benchmarks/miniworld_figure.py --out docs                  # every row below, erasing "red"
+    python benchmarks/miniworld_figure.py --out docs --rows free_run esd esd-u uce
+
+A script, not part of the package: it drives the runners, which nothing inside ``eval_learn.miniworld`` may import.
 
 Writes ``miniworld_table.md`` (per row: ASR on red prompts with its 95 % Wilson interval, UA, IRA on near and far
 neighbours, the technique's preparation time and the generation time, from real runs of the multi runner with the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from eval_learn.configs import did_you_mean
+from eval_learn.engine.sampling import generate
 from eval_learn.miniworld.world import prompt
 from eval_learn.registry import TECHNIQUES
 from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
@@ -58,7 +62,7 @@ def grid(row: str, records: list[PromptRecord], cache: Path) -> np.ndarray:
                                    cache_dir=cache)  # fmt: skip
     tech = runner.technique_cls(runner.technique_config, runner.context)
     tech.prepare()
-    images = [np.asarray(im) for im in tech.generate(records)]
+    images = [np.asarray(im) for im in generate(tech, records)]
     tech.close()
     return np.concatenate(images, axis=1)
 
@@ -115,6 +119,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="eval_learn_figure_"))
     lines = [
+        f"*Measured {time.strftime('%Y-%m-%d')}; regenerate with `python benchmarks/miniworld_figure.py --out docs`.*",
+        "",
         "| technique | ASR: red drawn for red prompts ↓ [95% CI] | UA ↑ | IRA near (orange, purple) ↑ | IRA far ↑ | "
         "preparation s | generation s |",
         "|---|---|---|---|---|---|---|",
