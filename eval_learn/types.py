@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -38,3 +38,20 @@ class MetricResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "value": self.value, "details": self.details}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    seed: int
+    guidance_scale: float
+    num_inference_steps: int
+    height: int
+    width: int
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def call_group(self) -> tuple[float, int, int, int]:
+        """The settings one pipeline call shares (diffusers takes one guidance scale, step count and size per call)."""
+        return (self.guidance_scale, self.num_inference_steps, self.height, self.width)

@@ -7,28 +7,13 @@ the plan generates it once.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from eval_learn.guidance import effective_guidance_scale
-from eval_learn.types import PromptRecord
+from eval_learn.types import GenerationRequest, PromptRecord
 
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt: str
-    seed: int
-    guidance_scale: float
-    num_inference_steps: int
-    height: int
-    width: int
-
-    def fields(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def call_group(self) -> tuple[float, int, int, int]:
-        """The settings one pipeline call shares (diffusers takes one guidance scale, step count and size per call)."""
-        return (self.guidance_scale, self.num_inference_steps, self.height, self.width)
+__all__ = ["GenerationRequest", "request_for"]
 
 
 def request_for(record: PromptRecord, settings: dict[str, Any]) -> GenerationRequest:

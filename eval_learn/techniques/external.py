@@ -35,7 +35,7 @@ from eval_learn.storage import digest_of
 from eval_learn.techniques.base import Technique, TechniqueConfig
 
 if TYPE_CHECKING:
-    from eval_learn.engine.requests import GenerationRequest
+    from eval_learn.types import GenerationRequest
 
 log = logging.getLogger(__name__)
 
