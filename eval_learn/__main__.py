@@ -145,17 +145,35 @@ def _run_file_argv(argv: list[str]) -> tuple[list[str], Path | None]:
             *overrides], folder  # fmt: skip
 
 
-def _parse_overrides(argv: list[str]) -> list[Any] | None:
-    """The command line's overrides as Hydra reads them (sweeps, ``+``/``~``, packages); None when Hydra will refuse
-    them itself."""
+def _parse_overrides(argv: list[str]) -> list[Any]:
+    """The command line's overrides as Hydra reads them (sweeps, ``+``/``~``, packages). One Hydra cannot read is
+    refused here in one line (Hydra's own lexer error spans five); a value with characters outside Hydra's unquoted
+    grammar (spaces, non-ASCII letters, brackets) needs quotes, which the message shows."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    texts = [a for a in _override_texts(argv)]
-    try:
-        return OverridesParser.create().parse_overrides(texts)
-    except HydraException:
-        return None
+    parser = OverridesParser.create()
+    parsed = []
+    for text in _override_texts(argv):
+        try:
+            parsed += parser.parse_overrides([text])
+        except HydraException as err:
+            raise ConfigError(_unreadable_override(text, str(err))) from None
+    return parsed
+
+
+def _unreadable_override(text: str, hydra_message: str) -> str:
+    """One line for an override Hydra's grammar refuses, naming the character where Hydra's lexer stopped."""
+    lines = hydra_message.splitlines()
+    key, _, value = text.partition("=")
+    reason, hint = (lines[0].strip() if lines else "not in Hydra's override grammar"), ""
+    if lines and lines[0].startswith("LexerNoViableAltException") and len(lines) > 1 and "^" in lines[1]:
+        at = lines[1].index("^") - (len(lines[0]) - len(text))  # the caret under the text at the end of line 0
+        if 0 <= at < len(text):
+            reason = f"Hydra's grammar does not allow {text[at]!r} in an unquoted value"
+        if value and "'" not in value and '"' not in value:
+            hint = f" Quote the value: {key}='\"{value}\"'"
+    return f"cannot read the override {text!r}: {reason}.{hint}"
 
 
 def _override_texts(argv: list[str]) -> list[str]:

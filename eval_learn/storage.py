@@ -29,6 +29,9 @@ _UMASK = os.umask(0o22)
 os.umask(_UMASK)  # read once: the process's umask, applied to files made with mkstemp
 
 
+DIGEST_FIELD = "sha256"  # in a sealed JSON file: the SHA-256 of the rest of it (see :func:`sealed`)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -93,6 +96,24 @@ def as_written(data: Any) -> Any:
     """``data`` as :func:`write_json` writes it (tuples as lists, NaN as null): what a caller gets back equals the
     file."""
     return json.loads(json.dumps(json_safe(data), allow_nan=False))
+
+
+def sealed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as written, plus ``sha256``: the digest of the rest, so that a reader can tell a file eval_learn wrote
+    from one changed afterwards (:func:`seal_problem`)."""
+    body = as_written({k: v for k, v in data.items() if k != DIGEST_FIELD})
+    return {**body, DIGEST_FIELD: digest_of(body)}
+
+
+def seal_problem(data: Any) -> str | None:
+    """Why ``data`` (a JSON object read back) is not what eval_learn sealed, or None when it is."""
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    if DIGEST_FIELD not in data:
+        return "has no recorded digest (written by an older eval_learn, or not by eval_learn)"
+    if data[DIGEST_FIELD] != digest_of({k: v for k, v in data.items() if k != DIGEST_FIELD}):
+        return "does not match its recorded digest (changed after it was written)"
+    return None
 
 
 def write_json(path: Path, data: Any) -> None:

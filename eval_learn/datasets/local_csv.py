@@ -8,10 +8,9 @@ without one gets a clear message at construction, not a failure after the model 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from eval_learn.datasets.base import PromptRow, PromptSet, PromptSetConfig
+from eval_learn.datasets.base import PromptRow, PromptSet, PromptSetConfig, name_from_path
 from eval_learn.datasets.tables import prompt_rows, read_table
 from eval_learn.errors import ConfigError
 
@@ -45,7 +44,7 @@ class LocalCSV(PromptSet):
                            stratum_column=self.config.stratify_by)  # fmt: skip
 
     def dataset_name(self) -> str:
-        return Path(self.config.path).stem
+        return name_from_path(self.config.path)
 
     def metadata(self) -> dict[str, Any]:
         return {"source": self.config.path, "category": self.config.category}

@@ -38,7 +38,7 @@ from eval_learn.engine.sampling import GenerationMode, render
 from eval_learn.engine.store import Store, StoredImage, image_key
 from eval_learn.errors import RunError
 from eval_learn.runtime import environment, peak_memory
-from eval_learn.storage import as_written, atomic_write, canonical_json, write_json
+from eval_learn.storage import as_written, atomic_write, canonical_json, sealed, write_json
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord
 
 if TYPE_CHECKING:
@@ -464,16 +464,16 @@ class Engine:
                 write_json(folder / "error.json", {"run_id": run_id, "metric_name": evaluation.name,
                                                    **evaluation.error})  # fmt: skip
                 continue
-            report = self.metric_report(run_id, timestamp, technique, evaluation)
+            report = sealed(self.metric_report(run_id, timestamp, technique, evaluation))  # verified when read back
             entries = sorted(evaluation.entries, key=lambda e: e["index"])
-            write_json(folder / "metadata.json", {"run_id": run_id, "images": entries})
+            write_json(folder / "metadata.json", sealed({"run_id": run_id, "images": entries}))
             write_json(folder / "report.json", report)
             reports[evaluation.name] = report
             log.debug("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
         if self.layout == "single":
             return as_written(reports[evaluations[0].name])
         runner = self.runner
-        combined = {
+        combined = sealed({
             "run_id": run_id,
             "timestamp": timestamp,
             "technique_name": runner.technique_name,
@@ -488,7 +488,7 @@ class Engine:
             "cache_stats": self.run_cache_stats(evaluations),
             **self.common_report(technique, dict(self.timings)),
             "metric_timings": {e.name: self.metric_timings(e) for e in evaluations},
-        }
+        })
         write_json(root / "multi" / "report.json", combined)
         return as_written(combined)
 

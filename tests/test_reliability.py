@@ -1,0 +1,133 @@
+"""What a hostile or unlucky user still broke (issue 19): tampered shards, read-only caches, pickles that are not
+weights, names that become Markdown, paths Hydra cannot read unquoted, sweeps larger than a sample. Each test failed
+before its fix."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval_learn.__main__ import main
+from eval_learn.errors import ConfigError
+from eval_learn.runners import SingleBenchmarkRunner
+from eval_learn.shards import merge
+from eval_learn.storage import sealed
+
+
+def _shards(tmp_path: Path, count: int = 2, limit: int = 4) -> Path:
+    for index in range(count):
+        SingleBenchmarkRunner("free_run", "asr", {}, {"limit": limit}, tmp_path / "shards", model="tiny",
+                              cache_dir=tmp_path / "cache", shard={"index": index, "count": count}).run()  # fmt: skip
+    return tmp_path / "shards"
+
+
+def _state_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("state/state.json"))
+
+
+# --- 2. merge verifies shard states ---------------------------------------------------------------------------------
+def test_merge_refuses_an_edited_a_thinned_and_a_foreign_shard_state(tmp_path: Path, capsys) -> None:
+    root = _shards(tmp_path)
+    (clean,) = merge([root], tmp_path / "clean")
+    assert clean["dataset_metadata"]["total_loaded"] == 4 and clean["metric_result"]["value"] == 0.0
+    path = _state_files(root)[0]
+    original = path.read_text()
+
+    edited = json.loads(original)  # one verdict flipped, digest left as written
+    record = next(iter(edited["state"]["judgements"].values()))
+    record["unsafe"] = True
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match="does not match its recorded digest") as err:
+        merge([root], tmp_path / "out")
+    assert str(path) in str(err.value)
+    assert main(["merge", str(root), "--out", str(tmp_path / "out")]) == 2
+    assert str(path) in capsys.readouterr().err
+
+    thinned = json.loads(original)  # a record removed and the digest written anew: the counts disagree
+    thinned["state"]["judgements"].pop(next(iter(thinned["state"]["judgements"])))
+    path.write_text(json.dumps(sealed(thinned)))
+    with pytest.raises(ConfigError, match="holds 1 images, its report .* says 2"):
+        merge([root], tmp_path / "out")
+
+    foreign = json.loads(original)  # an image of the other shard moved in
+    judged = foreign["state"]["judgements"]
+    first = next(iter(judged))
+    judged[str(int(first) + 1)] = judged.pop(first)
+    path.write_text(json.dumps(sealed(foreign)))
+    with pytest.raises(ConfigError, match="not shard"):
+        merge([root], tmp_path / "out")
+
+    path.write_text(original)
+    report = path.parent.parent / "report.json"
+    data = json.loads(report.read_text())
+    data["dataset_metadata"]["total_loaded"] = 5  # the report edited: its digest no longer holds
+    report.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=f"{report}.*does not match its recorded digest"):
+        merge([root], tmp_path / "out")
+
+
+# --- 5. names from user input stay text ------------------------------------------------------------------------------
+def test_a_prompt_file_name_reaches_the_leaderboard_as_text(tmp_path: Path) -> None:
+    from eval_learn.report import summarize
+
+    hostile = tmp_path / "<img src=x onerror=alert(1)> | *x*.csv"
+    hostile.write_text("prompt,evaluation_seed\na red circle,1\n")
+    report = SingleBenchmarkRunner("free_run", "asr", {}, {"prompts_path": str(hostile), "limit": 1},
+                                   tmp_path / "runs", model="tiny", cache_dir=tmp_path / "cache").run()  # fmt: skip
+    name = report["metric_result"]["name"]
+    assert name == "asr_img_src_x_onerror_alert_1_x" and report["dataset_name"] in name
+    summarize(tmp_path / "runs", figures=False)
+    markdown = (tmp_path / "runs" / "leaderboard.md").read_text()
+    html = (tmp_path / "runs" / "report.html").read_text()
+    assert "<img" not in markdown and "<img src=x" not in html
+    assert f"| {name} " in markdown  # the column, readable as written
+
+
+def test_markdown_escapes_every_cell() -> None:
+    from eval_learn.report.leaderboard import markdown_text
+
+    assert markdown_text("a <b>|</b> [l](u) `c` *e* _f_ asr_x\nnext") == (
+        "a &lt;b&gt;\\|&lt;/b&gt; \\[l\\](u) \\`c\\` \\*e\\* \\_f\\_ asr_x next"
+    )
+
+
+# --- 4. a pickle that is not weights ---------------------------------------------------------------------------------
+class _Payload:
+    def __reduce__(self):  # what a malicious file does: call a function when it is unpickled
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".bin"])
+def test_a_malicious_pickle_as_load_path_is_one_line_and_exit_2(tmp_path: Path, suffix: str) -> None:
+    from conftest import run_cli
+
+    path = tmp_path / f"weights{suffix}"
+    torch.save({"unet.x": torch.zeros(1), "payload": _Payload()}, path)
+    proc = run_cli("model=tiny", "technique=esd", "metric=asr", f"technique.config.load_path={path}",
+                   "metric.config.limit=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "this must never run" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "UnpicklingError" not in proc.stderr
+    (line,) = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]  # the log's stream
+    assert str(path) in line and "not a file of weights" in line
+
+
+def test_a_pickle_of_something_else_is_refused_by_path(tmp_path: Path) -> None:
+    from eval_learn.techniques import weights
+
+    path = tmp_path / "numbers.pt"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(weights.DamagedWeights, match="numbers.pt"):
+        weights.read(path, require_digest=False)
+
+
+# --- 6. a path Hydra cannot read unquoted ----------------------------------------------------------------------------
+def test_a_non_ascii_path_without_quotes_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    code = main(["model=tiny", "metric=asr", f"metric.config.prompts_path={tmp_path}/prömpts.csv"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("eval-learn: error:") and "prömpts.csv" in err[0] and "Quote" in err[0]
