@@ -4,8 +4,12 @@ before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,3 +135,51 @@ def test_a_non_ascii_path_without_quotes_is_one_line_and_exit_2(tmp_path: Path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("eval-learn: error:") and "prömpts.csv" in err[0] and "Quote" in err[0]
+
+
+# --- 3. read-only caches ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _read_only(folder: Path, view: Path) -> Iterator[Path]:
+    """``folder`` seen through ``view`` on a read-only filesystem (a read-only bind mount as root; permissions
+    otherwise, which root would ignore)."""
+    view.mkdir()
+    if os.geteuid() != 0:
+        view.rmdir()
+        view.symlink_to(folder)
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")] if p.is_dir()}
+        for p in modes:
+            p.chmod(0o555)
+        try:
+            yield view
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(view)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot make a read-only filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
+
+
+def test_a_read_only_cache_is_read_and_never_a_traceback(tmp_path: Path, monkeypatch) -> None:
+    def run(limit: int, **settings):
+        return SingleBenchmarkRunner("free_run", "asr", {}, {"limit": limit}, tmp_path / "runs", model="tiny",
+                                     **settings).run()  # fmt: skip
+
+    first = run(2, cache_dir=tmp_path / "store")
+    with _read_only(tmp_path / "store", tmp_path / "ro") as store:
+        before = sorted(p.name for p in store.rglob("*"))
+        monkeypatch.setenv("EVAL_LEARN_CACHE", str(store))
+        on = run(3)  # image_cache=on, the store read-only: read what is there, render the rest, write nothing
+        assert on["cache_stats"]["images_reused"] == 2 and on["cache_stats"]["images_generated"] == 1
+        explicit = run(3, cache_dir=str(store), image_cache="read_only")  # as EVAL_LEARN_CACHE=DIR is accepted
+        assert explicit["cache_stats"]["images_reused"] == 2
+        assert sorted(p.name for p in store.rglob("*")) == before
+    assert on["metric_state"]["judgements"]["0"] == first["metric_state"]["judgements"]["0"]
+    with pytest.raises(ConfigError, match="is not a folder"):
+        run(1, cache_dir=str(tmp_path / "missing"), image_cache="read_only")
