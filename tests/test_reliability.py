@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from eval_learn.__main__ import main
 from eval_learn.errors import ConfigError
@@ -183,3 +184,33 @@ def test_a_read_only_cache_is_read_and_never_a_traceback(tmp_path: Path, monkeyp
     assert on["metric_state"]["judgements"]["0"] == first["metric_state"]["judgements"]["0"]
     with pytest.raises(ConfigError, match="is not a folder"):
         run(1, cache_dir=str(tmp_path / "missing"), image_cache="read_only")
+
+
+# --- 1. every job of a large sweep is checked ------------------------------------------------------------------------
+def test_every_job_of_a_large_sweep_is_checked_before_the_first_starts(tmp_path: Path, capsys) -> None:
+    sweep = ["-m", "model=tiny", "technique=free_run", "metric=asr", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    # 1,040 jobs; the first wrong one is job 521, beyond the 512 that were checked before
+    assert main([*sweep, "batch_size=1,0", "seed=range(0,520)"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size=0 seed=0: run config: batch_size must be a positive integer" in err
+    assert not (tmp_path / "sweep").exists()  # nothing started
+    assert main([*sweep, "seed=0,1,abc"]) == 2  # a value of the wrong type: Hydra's own check, on job 3
+    assert "seed" in capsys.readouterr().err.splitlines()[-1]
+    assert main([*sweep, "seed=range(0,20000)"]) == 2
+    assert "20,000 jobs, more than the 10,000" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_sweep_composed_fast_equals_hydra_composing_every_job() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from eval_learn.__main__ import SELECTIONS, _JobComposer
+    from eval_learn.models import CONF_DIR
+
+    jobs = [["model=tiny", "technique=esd", "metric=asr", f"seed={seed}", f"technique.config.learning_rate={lr}",
+             f"metric.config.limit={limit}"] for seed in (0, 7) for lr in (1e-5, 0.5) for limit in (1, 3)]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        composer = _JobComposer("config", {*SELECTIONS, "hydra"})
+        for job in jobs:
+            assert composer.compose(job) == OmegaConf.to_container(compose("config", overrides=job))
+    assert list(composer.bases.values())[0] is not None  # the jobs after the first were set, not composed
