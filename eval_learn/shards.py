@@ -115,7 +115,9 @@ def merge(paths: list[Path], out: Path) -> list[dict[str, Any]]:
 
 def _merge_one(shards: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[str, Any]:
     first = shards[0][1]
-    context = RunContext(resolve_model(first["model"]), "cpu", torch.float32, first["seed"], RunSettings().resolved_cache_dir())
+    context = RunContext(
+        resolve_model(first["model"]), "cpu", torch.float32, first["seed"], RunSettings().resolved_cache_dir()
+    )
     spec = MetricSpec(first["metric_name"], first["metric_config"], context, None)
     metric = spec.cls(spec.config, context)
     entries: list[dict[str, Any]] = []
@@ -153,7 +155,9 @@ def _merge_one(shards: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[str
     }  # fmt: skip
     folder = out / run_id
     report = sealed(report)
-    write_json(folder / "metadata.json", sealed({"run_id": run_id, "images": sorted(entries, key=lambda e: e["index"])}))
+    write_json(
+        folder / "metadata.json", sealed({"run_id": run_id, "images": sorted(entries, key=lambda e: e["index"])})
+    )
     write_json(folder / "report.json", report)
     log.info("%s = %s (merged %d shards) → %s", result.name, result.value, len(shards), folder / "report.json")
     return as_written(report)

@@ -37,10 +37,11 @@ def one_line(err: ConfigError) -> None:
 
 
 # --- prompt files ----------------------------------------------------------------------------------------------------
+ODD_CELLS = ["", " ", "nan", "inf", "-1", "1e400", "2**64", "18446744073709551616", "7.5", "0x10", "１２", '"', '""',
+             ",", ";", "\t", "\n", "\r\n", "a,b", "\ufeff", "\x00"]  # fmt: skip
 CELL = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["", " ", "nan", "inf", "-1", "1e400", "2**64", "18446744073709551616", "7.5", "0x10", "１２",
-                     '"', '""', ",", ";", "\t", "\n", "\r\n", "a,b", "\ufeff", "\x00"]),  # fmt: skip
+    st.sampled_from(ODD_CELLS),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(min_size=5000, max_size=20000, alphabet="ab, "),  # a huge cell

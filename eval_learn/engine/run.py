@@ -473,7 +473,7 @@ class Engine:
         if self.layout == "single":
             return as_written(reports[evaluations[0].name])
         runner = self.runner
-        combined = sealed({
+        combined = {
             "run_id": run_id,
             "timestamp": timestamp,
             "technique_name": runner.technique_name,
@@ -488,7 +488,8 @@ class Engine:
             "cache_stats": self.run_cache_stats(evaluations),
             **self.common_report(technique, dict(self.timings)),
             "metric_timings": {e.name: self.metric_timings(e) for e in evaluations},
-        })
+        }
+        combined = sealed(combined)  # verified when read back
         write_json(root / "multi" / "report.json", combined)
         return as_written(combined)
 

@@ -150,7 +150,9 @@ def load(states: dict[str, State], folder: Path) -> dict[str, Any]:
     for name, state in states.items():
         if isinstance(state, PerImage):
             records = payload["state"].get(name)
-            if not isinstance(records, dict) or not all(k.isdigit() and isinstance(v, dict) for k, v in records.items()):
+            if not isinstance(records, dict) or not all(
+                k.isdigit() and isinstance(v, dict) for k, v in records.items()
+            ):
                 raise DamagedState(f"{path}: state '{name}' is not a mapping of image indices to records")
             state.load_json(records)
         else:
