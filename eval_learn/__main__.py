@@ -21,9 +21,11 @@ import os
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is imported: no torchvision notices
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no accelerate notice
 
+import copy  # noqa: E402
 import importlib.util  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -33,6 +35,7 @@ from typing import Any  # noqa: E402
 import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from eval_learn import protocols  # noqa: E402
 from eval_learn.catalog import KINDS, catalog, config_options, render, searchpath_overrides  # noqa: E402
@@ -55,6 +58,7 @@ LAUNCHER_HINT = (
     " (joblib and slurm need hydra-joblib-launcher and hydra-submitit-launcher: pip install 'eval-learn[cluster]')"
 )
 SUBCOMMANDS = ("summarize", "list", "merge")
+MAX_SWEEP_JOBS = 10_000  # every job of a sweep is checked before the first starts; more is refused (split it)
 _FAILURES: list[EvalLearnError] = []  # errors of jobs in this process (a sweep runs its jobs one after another)
 
 ConfigStore.instance().store(name="run_schema", node=RunConfigSchema)
@@ -149,17 +153,35 @@ def _run_file_argv(argv: list[str]) -> tuple[list[str], Path | None]:
             *overrides], folder  # fmt: skip
 
 
-def _parse_overrides(argv: list[str]) -> list[Any] | None:
-    """The command line's overrides as Hydra reads them (sweeps, ``+``/``~``, packages); None when Hydra will refuse
-    them itself."""
+def _parse_overrides(argv: list[str]) -> list[Any]:
+    """The command line's overrides as Hydra reads them (sweeps, ``+``/``~``, packages). One Hydra cannot read is
+    refused here in one line (Hydra's own lexer error spans five); a value with characters outside Hydra's unquoted
+    grammar (spaces, non-ASCII letters, brackets) needs quotes, which the message shows."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    texts = [a for a in _override_texts(argv)]
-    try:
-        return OverridesParser.create().parse_overrides(texts)
-    except HydraException:
-        return None
+    parser = OverridesParser.create()
+    parsed = []
+    for text in _override_texts(argv):
+        try:
+            parsed += parser.parse_overrides([text])
+        except HydraException as err:
+            raise ConfigError(_unreadable_override(text, str(err))) from None
+    return parsed
+
+
+def _unreadable_override(text: str, hydra_message: str) -> str:
+    """One line for an override Hydra's grammar refuses, naming the character where Hydra's lexer stopped."""
+    lines = hydra_message.splitlines()
+    key, _, value = text.partition("=")
+    reason, hint = (lines[0].strip() if lines else "not in Hydra's override grammar"), ""
+    if lines and lines[0].startswith("LexerNoViableAltException") and len(lines) > 1 and "^" in lines[1]:
+        at = lines[1].index("^") - (len(lines[0]) - len(text))  # the caret under the text at the end of line 0
+        if 0 <= at < len(text):
+            reason = f"Hydra's grammar does not allow {text[at]!r} in an unquoted value"
+        if value and "'" not in value and '"' not in value:
+            hint = f" Quote the value: {key}='\"{value}\"'"
+    return f"cannot read the override {text!r}: {reason}.{hint}"
 
 
 def _override_texts(argv: list[str]) -> list[str]:
@@ -273,36 +295,124 @@ def _require_key(tree: Any, key: str) -> None:
         node, path = node[part], [*path, part]
 
 
+def _sweep_jobs(overrides: list[Any]) -> list[list[str]]:
+    """Every job of the command line as its override strings, as Hydra's basic sweeper runs them (the product of
+    the swept values, in order; the last override of a key wins). Refused above :data:`MAX_SWEEP_JOBS`."""
+    alternatives: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise ConfigError(f"'{override.input_line}': the basic sweeper sweeps lists and ranges only")
+            alternatives[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            alternatives[key] = [f"{key}={override.get_value_element_as_str()}"]
+    count = math.prod(len(values) for values in alternatives.values())
+    if count > MAX_SWEEP_JOBS:
+        raise ConfigError(f"the sweep has {count:,} jobs, more than the {MAX_SWEEP_JOBS:,} that are checked before a "
+                          "sweep starts; split it into several sweeps (e.g. one per technique)")  # fmt: skip
+    return [list(job) for job in itertools.product(*alternatives.values())]
+
+
+class _JobComposer:
+    """Compose many jobs of one sweep fast: Hydra composes once per distinct choice of configs (groups, ``+``/``~``,
+    packages, Hydra's settings); a job's plain value overrides (``key=value``) are then set on a copy of that
+    composition. Only a value of the type already there is set this way (Hydra would convert others): anything else
+    goes through Hydra. The first job of each choice is also composed by Hydra in full and must match, else every
+    job of that choice is composed by Hydra."""
+
+    def __init__(self, name: str, groups: set[str]) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.name, self.groups = name, groups
+        self.parser = OverridesParser.create()
+        self.parsed: dict[str, Any] = {}
+        self.bases: dict[tuple[str, ...], dict[str, Any] | None] = {}  # None: this choice is composed by Hydra
+
+    def _is_value(self, text: str) -> bool:
+        from hydra.core.override_parser.types import OverrideType
+
+        if text not in self.parsed:
+            self.parsed[text] = self.parser.parse_override(text)
+        override = self.parsed[text]
+        key = override.key_or_group
+        return (override.type == OverrideType.CHANGE and override.package is None and "/" not in key
+                and not key.startswith("hydra") and key.split(".")[0] not in self.groups)  # fmt: skip
+
+    def _hydra(self, overrides: list[str]) -> dict[str, Any]:
+        from hydra import compose
+
+        return OmegaConf.to_container(compose(self.name, overrides=overrides), resolve=False)  # type: ignore[return-value]
+
+    def compose(self, job: list[str]) -> dict[str, Any]:
+        """The job's config as a plain, unresolved mapping."""
+        choice = tuple(o for o in job if not self._is_value(o))
+        values = [o for o in job if self._is_value(o)]
+        if choice not in self.bases:
+            base = self._hydra(list(choice))
+            full = self._hydra(job)
+            self.bases[choice] = base if self._set(base, values) == full else None
+            return full
+        base = self.bases[choice]
+        fast = None if base is None else self._set(base, values)
+        return fast if fast is not None else self._hydra(job)  # Hydra's own error, if any
+
+    def _set(self, base: dict[str, Any], values: list[str]) -> dict[str, Any] | None:
+        cfg = copy.deepcopy(base)
+        for text in values:
+            override = self.parsed[text]
+            *parents, leaf = override.key_or_group.split(".")
+            node: Any = cfg
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            value = override.value()
+            if not isinstance(node, dict) or leaf not in node or type(node[leaf]) is not type(value):
+                return None
+            if isinstance(value, (dict, list)) or isinstance(value, str) and "${" in value:
+                return None  # merged, or an interpolation: Hydra's way
+            node[leaf] = value
+        return cfg
+
+
 def _validate_jobs(argv: list[str], overrides: list[Any], run_file: Path | None) -> None:
     """Compose every job of the command line (all combinations of a sweep) and build its runner, which checks
-    everything but loads no model: a mistake in any job stops the command before the first one starts."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    everything but loads no model: a mistake in any job stops the command before the first one starts. Jobs are
+    composed once per choice of configs and varied (see :class:`_JobComposer`); identical jobs are checked once."""
+    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from eval_learn.app import build_runner
+    from eval_learn.storage import canonical_json
 
     if run_file is None and any(arg.startswith(CONFIG_MODE_FLAGS) for arg in argv):
         return  # the user's own config: validated when it runs
-    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    jobs = _sweep_jobs(overrides)
     jobs = [[o for o in job if not o.lstrip("+~").startswith("hydra") or searchpath_overrides([o])] for job in jobs]
     config_dir, name = (str(run_file), "run") if run_file else (str(CONF_DIR), "config")
+    groups = {*SELECTIONS, *(p.name for p in Path(config_dir).iterdir() if p.is_dir())}
+    checked: set[str] = set()
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        for job in jobs[:512]:
+        composer = _JobComposer(name, groups)
+        for job in tqdm(jobs, desc="Checking the sweep's jobs", unit="job", disable=len(jobs) < 200, leave=False):
             try:
-                cfg = compose(name, overrides=job)
+                data = composer.compose(job)
             except (HydraException, OmegaConfBaseException) as err:
                 raise ConfigError(str(err).strip().split("\n")[0]) from None
-            data = OmegaConf.to_container(cfg, resolve=False)
-            if isinstance(data.get("output_dir"), str) and "${" in data["output_dir"]:  # type: ignore[union-attr]
-                data["output_dir"] = "outputs"  # type: ignore[index]
-            data = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+            if isinstance(data.get("output_dir"), str) and "${" in data["output_dir"]:
+                data["output_dir"] = "outputs"
+            key = canonical_json(data)
+            if "${" in key:  # interpolations left: resolved as the run resolves them
+                data = OmegaConf.to_container(OmegaConf.create(data), resolve=True)  # type: ignore[assignment]
+                key = canonical_json(data)
+            if key in checked:
+                continue
             prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
             try:
                 build_runner(data)  # type: ignore[arg-type]
             except ConfigError as err:
                 raise ConfigError(f"{prefix}{err}") from None
+            checked.add(key)
 
 
 def single_metric_overrides(argv: list[str]) -> list[str]:

@@ -67,7 +67,11 @@ class RunSettings:
                     f"image_cache_max_gb must be a positive number or null, got {self.image_cache_max_gb}")  # fmt: skip
         if self.cache_dir is not None:
             require(bool(str(self.cache_dir).strip()), "cache_dir must not be empty (null: the default)")
-            check_writable(Path(self.cache_dir), "cache_dir")
+            if self.image_cache == "read_only":  # read from only, as EVAL_LEARN_CACHE=DIR is: it must exist
+                require(Path(self.cache_dir).is_dir(), f"cache_dir '{self.cache_dir}' is not a folder "
+                        "(image_cache=read_only reads an existing store)")  # fmt: skip
+            else:
+                check_writable(Path(self.cache_dir), "cache_dir")
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:

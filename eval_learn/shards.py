@@ -19,11 +19,12 @@ import torch
 
 from eval_learn.engine.spec import MetricSpec
 from eval_learn.errors import ConfigError
+from eval_learn.metrics.state import DamagedState, PerImage
 from eval_learn.models import resolve_model
 from eval_learn.run_id import make_run_id
 from eval_learn.runtime import RunContext
 from eval_learn.settings import RunSettings
-from eval_learn.storage import as_written, canonical_json, write_json
+from eval_learn.storage import as_written, canonical_json, seal_problem, sealed, write_json
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,46 @@ def shard_reports(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
             except (OSError, ValueError) as err:
                 log.warning("Skipping %s: not a readable report (%s)", path, err)
                 continue
-            if "shard" in report and "metric_name" in report:
+            if isinstance(report, dict) and "shard" in report and "metric_name" in report:
+                problem = seal_problem(report)
+                if problem:
+                    raise ConfigError(f"shard report {path} {problem}; rerun that shard job, then merge again")
                 found.append((path, report))
     return found
+
+
+def _span(indices: list[int]) -> str:
+    return f"{len(indices)} ({', '.join(map(str, indices[:6]))}{', ...' if len(indices) > 6 else ''})"
+
+
+def _shard_images(path: Path, report: dict[str, Any], saved: dict[str, Any], part: Any) -> list[dict[str, Any]]:
+    """The shard's ``metadata.json`` entries, after checking that its saved state, metadata and report agree: the
+    same metric, image indices that belong to this shard, as many as the report says, each once."""
+    shard, where = report["shard"], path.parent
+    if saved.get("metric") != report["metric_name"]:
+        raise ConfigError(f"{where / 'state' / 'state.json'} is a state of '{saved.get('metric')}', "
+                          f"the report {path} is of '{report['metric_name']}'")  # fmt: skip
+    metadata_path = where / "metadata.json"
+    try:
+        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{metadata_path} cannot be read ({type(err).__name__}); rerun that shard job") from None
+    problem = seal_problem(metadata)
+    if problem or not isinstance(metadata.get("images"), list):
+        raise ConfigError(f"{metadata_path} {problem or 'has no images list'}; rerun that shard job")
+    listed = [e.get("index") if isinstance(e, dict) else None for e in metadata["images"]]
+    judged = part.states.get("judgements")
+    indices = sorted(judged.items) if isinstance(judged, PerImage) else sorted(i for i in listed if isinstance(i, int))
+    expected = report["dataset_metadata"].get("shard_images")
+    foreign = [i for i in indices if i % shard["count"] != shard["index"]]
+    if foreign:
+        raise ConfigError(f"{where / 'state'} holds images {foreign[:5]} that are not shard {shard['index']}'s")
+    if expected is not None and len(indices) != expected:
+        raise ConfigError(f"{where / 'state'} holds {len(indices)} images, its report {path} says {expected}")
+    if sorted(listed, key=str) != sorted(indices, key=str):
+        raise ConfigError(f"{metadata_path} lists images {_span(sorted(listed, key=str))}, "
+                          f"the saved state {_span(indices)}")  # fmt: skip
+    return metadata["images"]
 
 
 def _group_key(report: dict[str, Any]) -> str:
@@ -83,14 +121,20 @@ def _merge_one(shards: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[str
     spec = MetricSpec(first["metric_name"], first["metric_config"], context, None)
     metric = spec.cls(spec.config, context)
     entries: list[dict[str, Any]] = []
-    for path, _ in shards:
+    for path, report in shards:
         part = spec.cls(spec.config, context)
-        part.load_state(path.parent / "state")
+        try:
+            saved = part.load_state(path.parent / "state")
+        except DamagedState as err:
+            raise ConfigError(f"{err}; rerun that shard job, then merge again") from None
+        images = _shard_images(path, report, saved, part)
         metric.merge(part)
-        metadata = path.parent / "metadata.json"
-        if metadata.is_file():
-            for entry in json.loads(metadata.read_text(encoding="utf-8"))["images"]:
-                entries.append({**entry, "file": str(path.parent / entry["file"])})
+        entries += [{**entry, "file": str(path.parent / entry["file"])} for entry in images]
+    total = first["dataset_metadata"].get("total_loaded")
+    judged = metric.states.get("judgements")
+    if isinstance(judged, PerImage) and isinstance(total, int) and sorted(judged.items) != list(range(total)):
+        raise ConfigError(f"{first['technique_name']} × {first['metric_name']}: the shards hold images "
+                          f"{_span(sorted(judged.items))}, the run has {total} (0 to {total - 1})")  # fmt: skip
     result = metric.compute()
     timestamp = time.time()
     run_id = make_run_id(first["technique_name"], first["technique_config"], first["metric_name"],
@@ -110,7 +154,10 @@ def _merge_one(shards: list[tuple[Path, dict[str, Any]]], out: Path) -> dict[str
         "timings": {"shards_total_s": round(sum(r["timings"].get("total_s", 0.0) for _, r in shards), 4)},
     }  # fmt: skip
     folder = out / run_id
-    write_json(folder / "metadata.json", {"run_id": run_id, "images": sorted(entries, key=lambda e: e["index"])})
+    report = sealed(report)
+    write_json(
+        folder / "metadata.json", sealed({"run_id": run_id, "images": sorted(entries, key=lambda e: e["index"])})
+    )
     write_json(folder / "report.json", report)
     log.info("%s = %s (merged %d shards) → %s", result.name, result.value, len(shards), folder / "report.json")
     return as_written(report)

@@ -29,6 +29,25 @@ _UMASK = os.umask(0o22)
 os.umask(_UMASK)  # read once: the process's umask, applied to files made with mkstemp
 
 
+DIGEST_FIELD = "sha256"  # in a sealed JSON file: the SHA-256 of the rest of it (see :func:`sealed`)
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class NotWritable(RunError):
+    """A file could not be written because its folder is read-only (a read-only mount, another user's cache)."""
+
+
+def writable_folder(path: Path) -> bool:
+    """``path`` can be written: it, or its nearest existing ancestor, is a folder this process may write (a
+    read-only mount counts as not writable, also for root)."""
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -67,8 +86,13 @@ def _fsync_folder(folder: Path) -> None:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file, or the whole new one, never a part of it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if err.errno in READ_ONLY_ERRNOS:
+            raise NotWritable(f"cannot write {path}: {err.strerror} (a read-only folder?)") from None
+        raise
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide reports from a shared group
         with os.fdopen(fd, "wb") as f:
@@ -95,6 +119,24 @@ def as_written(data: Any) -> Any:
     return json.loads(json.dumps(json_safe(data), allow_nan=False))
 
 
+def sealed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as written, plus ``sha256``: the digest of the rest, so that a reader can tell a file eval_learn wrote
+    from one changed afterwards (:func:`seal_problem`)."""
+    body = as_written({k: v for k, v in data.items() if k != DIGEST_FIELD})
+    return {**body, DIGEST_FIELD: digest_of(body)}
+
+
+def seal_problem(data: Any) -> str | None:
+    """Why ``data`` (a JSON object read back) is not what eval_learn sealed, or None when it is."""
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    if DIGEST_FIELD not in data:
+        return "has no recorded digest (written by an older eval_learn, or not by eval_learn)"
+    if data[DIGEST_FIELD] != digest_of({k: v for k, v in data.items() if k != DIGEST_FIELD}):
+        return "does not match its recorded digest (changed after it was written)"
+    return None
+
+
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON (no NaN or Infinity), written atomically."""
     text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
@@ -106,13 +148,20 @@ def locked(path: Path, what: str) -> Iterator[None]:
     """Hold an inter-process lock on ``path`` (released by the kernel if the holder dies). Another run working on
     the same key waits here instead of doing the same work twice."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path), thread_local=False)  # may be released by the engine's worker thread
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except TimeoutError:
         log.info("Waiting for another run that is preparing %s (lock %s)", what, path)
         lock.acquire()
+    except OSError as err:
+        if err.errno not in READ_ONLY_ERRNOS:
+            raise
+        # A read-only folder: nothing can be written there, so there is no work to share and nothing to lock.
+        log.warning("Cannot lock %s (%s): working without the lock", path, err.strerror)
+        yield
+        return
     try:
         yield
     finally:

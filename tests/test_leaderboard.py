@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from eval_learn.report import gather, summarize
+from eval_learn.storage import sealed
 
 ESD = {"num_inference_steps": None, "guidance_scale": None, "device": None, "save_path": None, "load_path": None,
        "use_cache": True, "erase_concept": "red", "train_method": "xattn", "learning_rate": 3e-4, "train_steps": 100}  # fmt: skip
@@ -37,8 +38,9 @@ def ua_ira(ua: float, near: float, far: float) -> dict[str, Any]:
 
 
 def write(path: Path, data: Any) -> None:
+    """As the engine writes: an object carries the digest of its content (a string is written as it is)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    path.write_text(data if isinstance(data, str) else json.dumps(sealed(data) if isinstance(data, dict) else data))
 
 
 def images(folder: Path, prompts: list[str], judgements: list[dict[str, Any]]) -> None:
@@ -107,6 +109,10 @@ def runs(tmp_path: Path) -> Path:
     del partial["metric_result"]
     write(root / "7" / "partial" / "report.json", partial)
     write(root / "7" / "list" / "report.json", "[1, 2]")
+    edited = json.loads((root / "3" / "dddd3333" / "report.json").read_text())
+    edited["metric_result"]["value"] = 0.01  # changed by hand: its digest no longer holds
+    (root / "7" / "edited" / "report.json").parent.mkdir(parents=True)
+    (root / "7" / "edited" / "report.json").write_text(json.dumps(edited))
     return root
 
 
@@ -131,7 +137,8 @@ def test_leaderboard_rows_newest_wins_and_everything_skipped_is_reported(runs: P
     assert "running" in where["4/eeee4444"] and "failed metrics: ua_ira" in where["5/ffff5555"]
     assert [board.where(s.path) for s in board.shards] == ["6/gggg6666/report.json"]
     broken = {board.where(s.path): s.reason for s in board.malformed}
-    assert set(broken) == {f"7/{n}/report.json" for n in ("broken", "nan", "partial", "list")}
+    assert set(broken) == {f"7/{n}/report.json" for n in ("broken", "nan", "partial", "list", "edited")}
+    assert "does not match its recorded digest" in broken["7/edited/report.json"]
     assert "not valid JSON" in broken["7/broken/report.json"] and "NaN" in broken["7/nan/report.json"]
     assert "'metric_result'" in broken["7/partial/report.json"] and "not a JSON object" in broken["7/list/report.json"]
 

@@ -15,8 +15,10 @@ them). What every metric does with them is shared here, so that it means the sam
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from eval_learn.errors import ConfigError
@@ -64,6 +66,13 @@ class PromptSet:
     def metadata(self) -> dict[str, Any]:
         """What the report records as ``dataset_metadata`` (besides counts): the source and its filters."""
         return {"source": self.name, **asdict(self.config)}
+
+
+def name_from_path(path: str) -> str:
+    """A prompt file's name as it becomes part of metric names, columns, Markdown and file names: its stem with
+    anything but letters, digits, ``.``, ``_`` and ``-`` replaced (``<script>`` in a file name stays text)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem).strip("._")
+    return name[:64] or "prompts"
 
 
 def interleave(rows: list[PromptRow], level: int = 0) -> list[PromptRow]:

@@ -10,10 +10,9 @@ does (:func:`eval_learn.protocols.as_protocol_rows`); ``category: null`` keeps e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from eval_learn.datasets.base import PromptRow, PromptSet, PromptSetConfig
+from eval_learn.datasets.base import PromptRow, PromptSet, PromptSetConfig, name_from_path
 from eval_learn.datasets.tables import prompt_rows, read_table
 from eval_learn.errors import ConfigError
 
@@ -47,7 +46,7 @@ class LocalCSV(PromptSet):
                            stratum_column=self.config.stratify_by)  # fmt: skip
 
     def dataset_name(self) -> str:
-        return Path(self.config.path).stem
+        return name_from_path(self.config.path)
 
     def metadata(self) -> dict[str, Any]:
         return {"source": self.config.path, "category": self.config.category}

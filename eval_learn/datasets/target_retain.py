@@ -11,10 +11,9 @@ each image is judged by its own record, never by its position in a batch; ``limi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from eval_learn.datasets.base import PromptRow, PromptSet, PromptSetConfig
+from eval_learn.datasets.base import PromptRow, PromptSet, PromptSetConfig, name_from_path
 from eval_learn.datasets.tables import normalise, prompt_rows, read_table
 from eval_learn.errors import ConfigError
 
@@ -76,7 +75,7 @@ class TargetRetain(PromptSet):
         return out
 
     def dataset_name(self) -> str:
-        return Path(self.config.target).stem
+        return name_from_path(self.config.target)
 
     def metadata(self) -> dict[str, Any]:
         return {"source": {"target": self.config.target, "retain": self.config.retain},

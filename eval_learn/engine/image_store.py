@@ -28,7 +28,16 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from eval_learn.storage import atomic_write, canonical_json, digest_of, locked, remove_quietly, sha256_bytes
+from eval_learn.storage import (
+    NotWritable,
+    atomic_write,
+    canonical_json,
+    digest_of,
+    locked,
+    remove_quietly,
+    sha256_bytes,
+    writable_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +152,13 @@ class Store:
         self.mode = mode
         self.max_bytes = max_bytes
         self.stats = CacheStats()
+        if mode == "on" and not writable_folder(self.root):
+            self._read_only(f"{self.root} cannot be written")
+
+    def _read_only(self, why: str) -> None:
+        """A store that cannot be written is read from only: the run goes on and renders what is missing."""
+        log.warning("Image store: %s; using it read-only (image_cache=read_only): new images are not cached", why)
+        self.mode = "read_only"
 
     @property
     def readable(self) -> bool:
@@ -184,9 +200,15 @@ class Store:
             self._touch(path)
         return image
 
+    def _write(self, path: Path, data: bytes) -> None:
+        try:
+            atomic_write(path, data)
+        except NotWritable as err:
+            self._read_only(str(err))
+
     def put_image(self, key: str, image: StoredImage) -> None:
         if self.writable:
-            atomic_write(self._path("images", key, ".png"), image.png)
+            self._write(self._path("images", key, ".png"), image.png)
 
     @contextlib.contextmanager
     def generating(self, keys: list[str]) -> Iterator[None]:
@@ -228,7 +250,7 @@ class Store:
             return
         encoded = json.loads(canonical_json(_encode_payload(payload)))
         entry = {"judge": judge, "sha256": sha256_bytes(canonical_json(encoded).encode()), "payload": encoded}
-        atomic_write(self._path("judgements", key, ".json"), canonical_json(entry).encode())
+        self._write(self._path("judgements", key, ".json"), canonical_json(entry).encode())
 
     # --- size bound -----------------------------------------------------------------------------------------------
     def usage(self) -> tuple[int, int]:

@@ -40,7 +40,7 @@ from eval_learn.engine.spec import MetricSpec, RunSpec
 from eval_learn.errors import RunError
 from eval_learn.models import ensure_available
 from eval_learn.runtime import environment, peak_memory
-from eval_learn.storage import as_written, atomic_write, canonical_json, write_json
+from eval_learn.storage import as_written, atomic_write, canonical_json, sealed, write_json
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord
 
 if TYPE_CHECKING:
@@ -476,9 +476,9 @@ class Engine:
                 write_json(folder / "error.json", {"run_id": run_id, "metric_name": evaluation.name,
                                                    **evaluation.error})  # fmt: skip
                 continue
-            report = self.metric_report(run_id, timestamp, technique, evaluation)
+            report = sealed(self.metric_report(run_id, timestamp, technique, evaluation))  # verified when read back
             entries = sorted(evaluation.entries, key=lambda e: e["index"])
-            write_json(folder / "metadata.json", {"run_id": run_id, "images": entries})
+            write_json(folder / "metadata.json", sealed({"run_id": run_id, "images": entries}))
             write_json(folder / "report.json", report)
             reports[evaluation.name] = report
             log.debug("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
@@ -501,6 +501,7 @@ class Engine:
             **self.common_report(technique, dict(self.timings)),
             "metric_timings": {e.name: self.metric_timings(e) for e in evaluations},
         }
+        combined = sealed(combined)  # verified when read back
         write_json(root / "multi" / "report.json", combined)
         return as_written(combined)
 

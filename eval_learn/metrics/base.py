@@ -194,8 +194,10 @@ class Metric:
     def save_state(self, folder: Path) -> None:
         states.save(self.states, Path(folder), {"metric": self.name, "config": dataclasses.asdict(self.config)})
 
-    def load_state(self, folder: Path) -> None:
-        states.load(self.states, Path(folder))
+    def load_state(self, folder: Path) -> dict[str, Any]:
+        """Restore a saved state (verified: :class:`eval_learn.metrics.state.DamagedState` names what is wrong);
+        returns what was saved with it (``metric``, ``config``)."""
+        return states.load(self.states, Path(folder))
 
     def merge(self, other: Metric) -> None:
         """Add another shard's state (the same metric over disjoint images)."""

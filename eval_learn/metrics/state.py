@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from eval_learn.storage import atomic_write, json_safe
+from eval_learn.storage import atomic_write, json_safe, seal_problem, sealed, sha256_bytes
 
 
 class PerImage:
@@ -86,23 +86,78 @@ def state_json(states: dict[str, State]) -> dict[str, Any]:
 
 
 def save(states: dict[str, State], folder: Path, extra: dict[str, Any]) -> None:
-    """``folder/state.json`` (per-image records, ``extra``) and ``folder/state.safetensors`` (sums)."""
+    """``folder/state.json`` (per-image records, ``extra``) and ``folder/state.safetensors`` (sums). The JSON carries
+    the SHA-256 of its own content and of the tensor file's bytes: :func:`load` refuses a state that does not match.
+    The tensors are written first, so a process killed between the two writes leaves a state that fails its check
+    rather than one that mixes two batches."""
     tensors = {name: s.value.contiguous() for name, s in states.items() if isinstance(s, Sum)}
-    if tensors:
-        atomic_write(folder / "state.safetensors", save_safetensors_bytes(tensors))
-    payload = {"kinds": {n: s.kind for n, s in states.items()}, "state": state_json(states), **extra}
+    tensor_bytes = save_safetensors_bytes(tensors) if tensors else None
+    if tensor_bytes is not None:
+        atomic_write(folder / "state.safetensors", tensor_bytes)
+    payload = sealed({"kinds": {n: s.kind for n, s in states.items()}, "state": state_json(states), **extra,
+                      "tensors_sha256": sha256_bytes(tensor_bytes) if tensor_bytes is not None else None})  # fmt: skip
     atomic_write(folder / "state.json", (json.dumps(payload, allow_nan=False) + "\n").encode())
 
 
+class DamagedState(ValueError):
+    """A saved state that does not verify: its path and what is wrong."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"the key {next(k for k in keys if keys.count(k) > 1)!r} appears twice")
+    return dict(pairs)
+
+
+def read_verified(folder: Path) -> tuple[dict[str, Any], bytes | None]:
+    """``folder/state.json`` (and the bytes of ``state.safetensors``) after checking both against the digests
+    written with them; :class:`DamagedState` names the file otherwise."""
+    path = Path(folder) / "state.json"
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except FileNotFoundError:
+        raise DamagedState(f"{path} does not exist") from None
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DamagedState(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    problem = seal_problem(payload)
+    if problem:
+        raise DamagedState(f"{path} {problem}")
+    tensor_bytes = None
+    if payload.get("tensors_sha256") is not None:
+        tensor_path = path.with_name("state.safetensors")
+        try:
+            tensor_bytes = tensor_path.read_bytes()
+        except OSError as err:
+            raise DamagedState(f"{tensor_path} cannot be read ({err.strerror or err})") from None
+        if sha256_bytes(tensor_bytes) != payload["tensors_sha256"]:
+            raise DamagedState(f"{tensor_path} does not match the digest recorded in {path}")
+    return payload, tensor_bytes
+
+
 def load(states: dict[str, State], folder: Path) -> dict[str, Any]:
-    """Fill ``states`` from a saved folder; returns the saved JSON (with its ``extra`` fields)."""
-    payload = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    tensors = load_safetensors_bytes((folder / "state.safetensors").read_bytes()) if any(
-        isinstance(s, Sum) for s in states.values()
-    ) else {}  # fmt: skip
+    """Fill ``states`` from a saved folder, verified (digests, kinds, indices, shapes); returns the saved JSON (with
+    its ``extra`` fields)."""
+    path = Path(folder) / "state.json"
+    payload, tensor_bytes = read_verified(folder)
+    kinds = {n: s.kind for n, s in states.items()}
+    if payload.get("kinds") != kinds:
+        raise DamagedState(f"{path} holds states {payload.get('kinds')}, this metric keeps {kinds}")
+    try:
+        tensors = load_safetensors_bytes(tensor_bytes) if tensor_bytes is not None else {}
+    except Exception as err:  # noqa: BLE001 - any failure to decode verified bytes is a damaged file
+        raise DamagedState(f"{path.with_name('state.safetensors')} cannot be decoded ({err})") from None
     for name, state in states.items():
         if isinstance(state, PerImage):
-            state.load_json(payload["state"][name])
+            records = payload["state"].get(name)
+            if not isinstance(records, dict) or not all(
+                k.isdigit() and isinstance(v, dict) for k, v in records.items()
+            ):
+                raise DamagedState(f"{path}: state '{name}' is not a mapping of image indices to records")
+            state.load_json(records)
         else:
-            state.value = tensors[name].to(torch.float64)
+            value = tensors.get(name)
+            if value is None or tuple(value.shape) != tuple(state.value.shape):
+                raise DamagedState(f"{path}: the sum '{name}' is missing or has the wrong shape")
+            state.value = value.to(torch.float64)
     return payload

@@ -12,7 +12,8 @@ after a smoke test), the one with the latest ``timestamp`` fills the cell and th
 nothing is averaged or counted twice. Each row names the runs its cells come from.
 
 What is not a result is listed, never fatal: a run whose ``run_status.json`` is not ``complete`` (killed, failed),
-a report that is not valid JSON or lacks the report schema's fields (path and reason), and a shard's report (a report
+a report that is not valid JSON, does not match the digest written with it (edited, or not written by eval_learn) or
+lacks the report schema's fields (path and reason), and a shard's report (a report
 with a ``shard`` field: one part of a split run, counted only once its shards are merged).
 """
 
@@ -24,11 +25,12 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval_learn.storage import canonical_json
+from eval_learn.storage import canonical_json, seal_problem
 from eval_learn.technique_fields import NO_RESULT_FIELDS
 
 log = logging.getLogger(__name__)
@@ -179,16 +181,18 @@ class Leaderboard:
         ]  # fmt: skip
 
     def markdown(self) -> str:
+        """The table as Markdown; every text that came from a report (names, labels, concepts, paths) is escaped, so
+        that it shows as written and never becomes markup or HTML."""
         headers, cells = self.table()
-        lines = [f"# Leaderboard: {self.root}", "", self.rule(), ""]
+        lines = [f"# Leaderboard: {markdown_text(str(self.root))}", "", self.rule(), ""]
         if cells:
-            lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
+            lines += ["| " + " | ".join(map(markdown_text, headers)) + " |", "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(map(markdown_text, line)) + " |" for line in cells]
         else:
             lines.append("No complete results.")
         for title, items in self.notes():
             if items:
-                lines += ["", f"## {title}", "", *(f"- {item}" for item in items)]
+                lines += ["", f"## {title}", "", *(f"- {markdown_text(item)}" for item in items)]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -218,6 +222,18 @@ class Leaderboard:
             line.append(" ".join(row.run_ids))
             writer.writerow(line)
         return out.getvalue()
+
+
+# Markdown's markup characters; ``_`` only where it can start or end emphasis (not inside ``asr_miniworld``).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+
+
+def markdown_text(text: str) -> str:
+    """``text`` as literal Markdown inline text: HTML's ``<``, ``>`` and ``&`` as entities, Markdown's markup characters
+    behind a backslash, line breaks as spaces."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def _num(value: Any) -> str:
@@ -415,6 +431,9 @@ def gather(root: Path) -> Leaderboard:
             continue
         try:
             data = read_json(path)
+            problem = seal_problem(data)  # a report eval_learn wrote and nobody changed since, or not a result
+            if problem:
+                raise Malformed(problem)
             if isinstance(data, dict) and data.get("shard") is not None:
                 board.shards.append(Skipped(path, f"shard {canonical_json(data['shard'])} of run {data.get('run_id')}"))
                 covered.add(run_dir)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,13 @@ def read(path: Path, *, require_digest: bool) -> Weights:
         else:
             weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             recorded = None
+    except pickle.UnpicklingError as err:  # weights_only refused a global: not a file of tensors (maybe malicious)
+        found = re.search(r"(?:Unsupported global|GLOBAL)[: ]+(?:GLOBAL )?([\w.]+)", str(err))
+        what = f" (it asks for '{found.group(1)}')" if found else ""
+        raise DamagedWeights(
+            f"{path} is not a file of weights: it holds Python objects other than tensors{what}, "
+            f"which are not loaded (they could run code)"
+        ) from None
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, KeyError) as err:
         raise DamagedWeights(f"{path} cannot be read ({type(err).__name__}: {err})") from None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
