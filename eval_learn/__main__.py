@@ -69,6 +69,7 @@ def _full_error() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    runner = None
     try:
         runner = build_runner(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
         _record_device_and_dtype(runner.context.device, runner.context.dtype)
@@ -76,13 +77,40 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except EvalLearnError as err:
         if _full_error():
             raise
-        log.error("%s", err)
+        print(f"eval-learn: error: {err}", file=sys.stderr)  # where config errors go too, not Hydra's stdout log
         _FAILURES.append(err)
+        _tidy_hydra_folder(None)
         return None
     for line in summary_lines(report, runner.output_dir / report["run_id"]):
         log.info(line)
+    _tidy_hydra_folder(runner.output_dir / report["run_id"])
     result = report.get("metric_result")
     return result["value"] if result else None
+
+
+def _tidy_hydra_folder(run_folder: Path | None) -> None:
+    """Leave no folder holding only Hydra's saved config and log: when the run's results went elsewhere (its own
+    ``output_dir``), those move into the run's folder beside its report; after a failure with no results, they go."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN:
+        return  # a sweep's job folders belong to the sweep
+    folder = Path(hydra_cfg.runtime.output_dir).resolve()
+    if run_folder is not None and folder in run_folder.resolve().parents or not folder.is_dir():
+        return
+    hydra_files = {hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log"}
+    if not {p.name for p in folder.iterdir()} <= hydra_files:
+        return
+    if run_folder is not None and run_folder.is_dir():
+        for name in hydra_files:
+            if name and (folder / name).exists() and not (run_folder / name).exists():
+                shutil.move(folder / name, run_folder / name)
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):  # outputs/<date>/ and outputs/, when nothing else is there
+        if parent != Path.cwd().resolve() and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
 
 def _record_device_and_dtype(device: str, dtype: Any) -> None:
