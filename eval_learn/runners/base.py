@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from eval_learn import TORCH_LOADED_FIRST
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.metrics.base import Metric
 from eval_learn.models import ensure_available, resolve_model, technique_preset
@@ -88,10 +89,13 @@ class BaseRunner:
         ensure_available(self.context.model)
 
     def _execute(self, run_id: str, timestamp: float) -> dict[str, Any]:
+        import torch
+
         from eval_learn.engine.run import Engine
 
         if self.settings.num_threads is not None:
-            import torch
-
             torch.set_num_threads(self.settings.num_threads)
+        elif TORCH_LOADED_FIRST and torch.get_num_threads() > 1:
+            log.warning("torch was imported before eval_learn, so its idle threads spin (OMP_WAIT_POLICY unset): on a "
+                        "machine doing other work set num_threads=1, or import eval_learn first")  # fmt: skip
         return Engine(self, self.layout).run(run_id, timestamp)
