@@ -43,7 +43,6 @@ from eval_learn.report import summarize  # noqa: E402
 from eval_learn.runtime import quiet_libraries  # noqa: E402
 from eval_learn.settings import RunConfigSchema  # noqa: E402
 from eval_learn.storage import atomic_write  # noqa: E402
-from eval_learn.summary import summary_lines  # noqa: E402
 
 log = logging.getLogger("eval_learn")
 GROUPS = ("technique", "metric", "model")
@@ -81,8 +80,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         _FAILURES.append(err)
         _tidy_hydra_folder(None)
         return None
-    for line in summary_lines(report, runner.output_dir / report["run_id"]):
-        log.info(line)
     _tidy_hydra_folder(runner.output_dir / report["run_id"])
     result = report.get("metric_result")
     return result["value"] if result else None

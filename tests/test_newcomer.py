@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import run_cli
@@ -44,3 +47,44 @@ def test_a_run_file_with_its_own_output_dir_makes_no_outputs_folder(tmp_path) ->
     saved = report.parent / ".hydra" / "config.yaml"  # the saved config and the log sit beside the report
     assert saved.is_file() and (report.parent / "eval_learn.log").is_file()
     assert "output_dir" in saved.read_text()
+
+
+def test_help_names_the_subcommands_and_keeps_hydras_help(tmp_path) -> None:
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for command in ("eval-learn list", "eval-learn summarize DIR", "eval-learn merge DIR"):
+        assert command in proc.stdout
+    assert "== Configuration groups ==" in proc.stdout and "technique: " in proc.stdout  # Hydra's part is kept
+
+
+def test_list_says_what_a_model_preset_changes() -> None:
+    from eval_learn.catalog import catalog, render
+
+    text = render({"techniques": catalog()["techniques"]})
+    esd = text[text.index("\n  esd ") : text.index("\n  free_run ")]
+    assert 'erase_concept: str = "nudity"' in esd  # the paper's default, as the class has it
+    line = next(line for line in esd.splitlines() if "model=miniworld" in line)
+    assert "a preset applies (conf/preset/miniworld_esd.yaml)" in line
+    assert 'erase_concept="red"' in line and "train_steps=100" in line and 'train_method="xattn"' in line
+
+
+def test_the_python_api_logs_where_its_report_went(tmp_path, cache_dir, caplog: pytest.LogCaptureFixture) -> None:
+    from eval_learn.runners import SingleBenchmarkRunner
+
+    runner = SingleBenchmarkRunner("free_run", "asr", {}, {"limit": 1}, tmp_path / "out", model="tiny",
+                                   cache_dir=cache_dir, image_cache="off")  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="eval_learn"):
+        report = runner.run()
+    where = tmp_path / "out" / report["run_id"] / "report.json"
+    assert f"report: {where}" in caplog.text and "asr_demo = " in caplog.text
+
+
+def test_eval_learn_makes_idle_cpu_threads_sleep_before_torch_loads() -> None:
+    """The default thread count is safe on a busy machine only if waiting OpenMP threads do not spin (issue 18)."""
+    code = "import os, eval_learn.runners, torch; print(os.environ['OMP_WAIT_POLICY'], eval_learn.TORCH_LOADED_FIRST)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PASSIVE", "False"]
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert mine.split() == ["ACTIVE", "False"]  # a user's own setting wins

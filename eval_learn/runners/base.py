@@ -15,6 +15,7 @@ from eval_learn.models import ensure_available, resolve_model, technique_preset
 from eval_learn.registry import METRICS, TECHNIQUES, check_compatible
 from eval_learn.runtime import RunContext, resolve_device, resolve_dtype
 from eval_learn.settings import RunSettings, check_writable
+from eval_learn.summary import summary_lines
 from eval_learn.techniques.base import Technique
 
 log = logging.getLogger(__name__)
@@ -98,4 +99,19 @@ class BaseRunner:
         elif TORCH_LOADED_FIRST and torch.get_num_threads() > 1:
             log.warning("torch was imported before eval_learn, so its idle threads spin (OMP_WAIT_POLICY unset): on a "
                         "machine doing other work set num_threads=1, or import eval_learn first")  # fmt: skip
-        return Engine(self, self.layout).run(run_id, timestamp)
+        report = Engine(self, self.layout).run(run_id, timestamp)
+        _say_where(report, self.output_dir / run_id)
+        return report
+
+
+def _say_where(report: dict[str, Any], folder: Path) -> None:
+    """The values and where the report went, as the command line ends (so a Python API user learns it too). Without
+    any logging set up by the program, eval_learn's own messages go to stderr, as a command line's would."""
+    package = logging.getLogger("eval_learn")
+    if not package.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("eval-learn: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+    for line in summary_lines(report, folder):
+        log.info(line)
