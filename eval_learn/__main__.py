@@ -311,6 +311,19 @@ def _validate_jobs(argv: list[str], overrides: list[Any], run_file: Path | None)
                 raise ConfigError(f"{prefix}{err}") from None
 
 
+INJECTED = " metrics=[]"  # what single_metric_overrides adds
+JOB_LINE_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core")
+
+
+class _HideInjected(logging.Filter):
+    """A sweep lists each job's overrides: the ``metrics=[]`` that ``metric=X`` implies is not one the user typed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("\t#"):
+            record.msg = record.msg.replace(INJECTED, "")
+        return True
+
+
 def single_metric_overrides(argv: list[str]) -> list[str]:
     """``metric=X`` runs the single runner on X: it replaces the default metric set (``metrics``)."""
     keys = [a.partition("=")[0].lstrip("+~") if not a.startswith("-") else None for a in argv]
@@ -376,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         argv, run_file = _run_file_argv(argv)
         if run_file is None and not any(arg.startswith(CONFIG_MODE_FLAGS[:4]) for arg in argv):
             argv = single_metric_overrides(argv)
+            for name in JOB_LINE_LOGGERS:
+                logging.getLogger(name).addFilter(_HideInjected())
         overrides = _parse_overrides(argv)
         if overrides is not None and not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
             _check_group_choices(argv, overrides)

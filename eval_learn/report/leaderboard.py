@@ -124,6 +124,7 @@ class Leaderboard:
     shards: list[Skipped] = field(default_factory=list)
     superseded: list[Result] = field(default_factory=list)
     reports_found: int = 0
+    runs_found: int = 0  # a multi run is one run, however many report files (one per metric, and its own) it holds
 
     def where(self, path: Path) -> str:
         try:
@@ -365,6 +366,13 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
     return reports, statuses
 
 
+def _run_folder(report: Path) -> Path:
+    """The run a report belongs to: a multi run keeps its metrics' reports one level down (``<run>/<metric>/``)."""
+    if not (report.parent / "run_status.json").is_file() and (report.parent.parent / "run_status.json").is_file():
+        return report.parent.parent
+    return report.parent
+
+
 def _status(run_dir: Path) -> tuple[str | None, str]:
     """A run's status (None: no status file, e.g. a report copied from elsewhere) and why it is not complete."""
     path = run_dir / "run_status.json"
@@ -393,6 +401,7 @@ def gather(root: Path) -> Leaderboard:
     board = Leaderboard(root)
     reports, statuses = _walk(root)
     board.reports_found = len(reports)
+    board.runs_found = len({_run_folder(p) for p in reports})
     unfinished: dict[Path, str] = {}
     for status_file in statuses:
         status, reason = _status(status_file.parent)
