@@ -48,7 +48,7 @@ class RunSettings:
     cache_dir: str | None = None  # technique weights, images, judgements; null: $EVAL_LEARN_CACHE or ~/.cache/eval_learn
     image_cache: Any = "on"  # on | off | read_only: the image and judgement store
     image_cache_max_gb: float | None = 50.0  # least recently used entries beyond this are removed; null: no bound
-    num_threads: int | None = None  # torch CPU threads (null: torch's default, one per core; idle ones sleep)
+    num_threads: int | None = None  # torch CPU threads (null: torch's default); 1 on a small, busy machine
     shard: ShardSettings = field(default_factory=ShardSettings)  # index/count: this job's part of a split run
 
     def validate(self) -> None:
