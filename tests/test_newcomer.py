@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -88,3 +89,29 @@ def test_eval_learn_makes_idle_cpu_threads_sleep_before_torch_loads() -> None:
     mine = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
                           text=True, check=True).stdout  # fmt: skip
     assert mine.split() == ["ACTIVE", "False"]  # a user's own setting wins
+
+
+@pytest.mark.slow
+def test_a_sweeps_job_lines_show_only_what_the_user_typed(tmp_path) -> None:
+    proc = run_cli("-m", "model=tiny", "technique=free_run", "metric=asr", "metric.config.limit=1", "seed=0,1",
+                   "image_cache=off", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = [line for line in (proc.stdout + proc.stderr).splitlines() if "\t#" in line]
+    assert len(jobs) == 2 and all("metric=asr" in j and "metrics=[]" not in j for j in jobs), jobs
+
+
+def test_the_html_header_counts_a_multi_run_once(tmp_path) -> None:
+    from eval_learn.report import summarize
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_figure_layout import esd_run
+
+    for i in range(2):
+        esd_run(tmp_path, i, {"learning_rate": 1e-4 * (i + 1)}, 0.1, 0.8, 0.9)
+        multi = tmp_path / f"run{i:02d}" / "multi" / "report.json"
+        for metric in ("asr", "ua_ira"):  # the per-metric copies a multi run writes beside its own report
+            (tmp_path / f"run{i:02d}" / metric).mkdir()
+            (tmp_path / f"run{i:02d}" / metric / "report.json").write_text(multi.read_text())
+    summary = summarize(tmp_path, figures=False)
+    assert summary.board.reports_found == 6
+    assert "2 run(s)" in (tmp_path / "report.html").read_text()
