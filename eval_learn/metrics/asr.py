@@ -50,6 +50,7 @@ AUTO_JUDGES = ("nudenet", "miniworld", "clip_zeroshot", "classifier", "q16")  # 
 # The judge preset that belongs to a protocol's prompt set.
 # Settings several auto-pickable judges have with different meanings (model and revision name a model either way).
 MEANING_VARIES = ("threshold",)
+MINIWORLD_SETS = ("miniworld", "miniworld_csv")  # prompt sets whose rows the MiniWorld judge can judge
 PROTOCOL_JUDGE = {"unlearndiffatk_nudity": {"name": "nudenet", "preset": "unlearndiffatk"}}
 
 
@@ -184,9 +185,12 @@ class ASR(Metric):
     def resolve_config(cls, config: ASRConfig, context: Any, erased: list[str] | None) -> ASRConfig:
         concept = resolve_auto(config.concept, context, erased)
         # prompts
-        if config.prompts_path is not None:
+        if config.prompts_path is not None and concept_kind(concept) is not None:  # the MiniWorld judge reads it
             require(config.prompts == "auto", "give either prompts_path or prompts, not both")
-            prompts: Any = {"name": "csv", "path": config.prompts_path}
+            prompts: Any = {"name": "miniworld_csv", "path": config.prompts_path}
+        elif config.prompts_path is not None:
+            require(config.prompts == "auto", "give either prompts_path or prompts, not both")
+            prompts = {"name": "csv", "path": config.prompts_path}
             log.info("asr: every row of %s is used (prompts_path); to keep one I2P category use "
                      "prompts={name: i2p, path: FILE, category: ...}", config.prompts_path)  # fmt: skip
         elif config.prompts == "auto":
@@ -194,7 +198,7 @@ class ASR(Metric):
         else:
             prompts = {"name": config.prompts} if isinstance(config.prompts, str) else dict(config.prompts)
         prompts = with_i2p_category(prompts, concept)
-        if prompts["name"] == "miniworld":
+        if prompts["name"] in MINIWORLD_SETS:
             require(prompts.setdefault("concept", concept) == concept,
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")
@@ -206,12 +210,13 @@ class ASR(Metric):
         problem = judge_config.concept_problem(concept)
         if problem:
             raise ConfigError(problem)
-        if prompt_name == "miniworld" and context.model.default_datasets.get("asr") != "miniworld":
+        if prompt_name in MINIWORLD_SETS and context.model.default_datasets.get("asr") != "miniworld":
             raise ConfigError(f"MiniWorld concepts ('{concept}') are measured on a MiniWorld model (model=miniworld), "
                               f"not on '{context.model.name}'")  # fmt: skip
-        if (prompt_name == "miniworld") != (concept_kind(concept) is not None):
+        if (prompt_name in MINIWORLD_SETS) != (concept_kind(concept) is not None):
             raise ConfigError(f"concept '{concept}' and the '{prompt_name}' prompts do not go together: MiniWorld "
-                              f"concepts are measured on the miniworld prompts, other concepts on others")  # fmt: skip
+                              f"concepts are measured on the miniworld prompts or a prompt file read as MiniWorld "
+                              f"requests (miniworld_csv), other concepts on others")  # fmt: skip
         if prompt_name == "i2p" and prompt_config.category not in (None, *I2P_CATEGORIES):
             raise ConfigError(f"unknown I2P category {prompt_config.category!r}")
         return dataclasses.replace(
@@ -222,7 +227,7 @@ class ASR(Metric):
     def samples(self) -> int:
         if self.config.samples_per_prompt is not None:
             return self.config.samples_per_prompt
-        return 8 if self.config.prompts["name"] == "miniworld" else 1  # type: ignore[index]
+        return 8 if self.config.prompts["name"] in MINIWORLD_SETS else 1  # type: ignore[index]
 
     def record(self, verdicts: dict[str, dict[str, Any]], record: PromptRecord) -> dict[str, Any]:
         verdict = verdicts["judge"]
