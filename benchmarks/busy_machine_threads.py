@@ -70,6 +70,7 @@ def main() -> None:
             for _ in range(args.repeats):  # interleaved, so that a change in the machine's load hits every setting
                 for name, (overrides, env) in settings.items():
                     times[name].append(run_once(overrides, env))
+                    print(f"  {condition}, {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
         finally:
             for process in burners:
                 process.terminate()
