@@ -68,7 +68,6 @@ def _full_error() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    runner = None
     try:
         runner = build_runner(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
         _record_device_and_dtype(runner.context.device, runner.context.dtype)
