@@ -73,7 +73,6 @@ def _full_error() -> bool:
 def hydra_main(cfg: DictConfig) -> float | None:
     # Model code is imported here, when a job runs: --help, --cfg, list, summarize and config errors never pay for it.
     from eval_learn.app import build_runner
-    from eval_learn.report.headline import summary_lines
     from eval_learn.runtime import quiet_libraries
 
     quiet_libraries()
@@ -84,13 +83,38 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except EvalLearnError as err:
         if _full_error():
             raise
-        log.error("%s", err)
+        print(f"eval-learn: error: {err}", file=sys.stderr)  # where config errors go too, not Hydra's stdout log
         _FAILURES.append(err)
+        _tidy_hydra_folder(None)
         return None
-    for line in summary_lines(report, runner.output_dir / report["run_id"]):
-        log.info(line)
+    _tidy_hydra_folder(runner.output_dir / report["run_id"])
     result = report.get("metric_result")
     return result["value"] if result else None
+
+
+def _tidy_hydra_folder(run_folder: Path | None) -> None:
+    """Leave no folder holding only Hydra's saved config and log: when the run's results went elsewhere (its own
+    ``output_dir``), those move into the run's folder beside its report; after a failure with no results, they go."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN:
+        return  # a sweep's job folders belong to the sweep
+    folder = Path(hydra_cfg.runtime.output_dir).resolve()
+    if run_folder is not None and folder in run_folder.resolve().parents or not folder.is_dir():
+        return
+    hydra_files = {hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log"}
+    if not {p.name for p in folder.iterdir()} <= hydra_files:
+        return
+    if run_folder is not None and run_folder.is_dir():
+        for name in hydra_files:
+            if name and (folder / name).exists() and not (run_folder / name).exists():
+                shutil.move(folder / name, run_folder / name)
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):  # outputs/<date>/ and outputs/, when nothing else is there
+        if parent != Path.cwd().resolve() and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
 
 def _record_device_and_dtype(device: str, dtype: Any) -> None:
@@ -415,6 +439,19 @@ def _validate_jobs(argv: list[str], overrides: list[Any], run_file: Path | None)
             checked.add(key)
 
 
+INJECTED = " metrics=[]"  # what single_metric_overrides adds
+JOB_LINE_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core")
+
+
+class _HideInjected(logging.Filter):
+    """A sweep lists each job's overrides: the ``metrics=[]`` that ``metric=X`` implies is not one the user typed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("\t#"):
+            record.msg = record.msg.replace(INJECTED, "")
+        return True
+
+
 def single_metric_overrides(argv: list[str]) -> list[str]:
     """``metric=X`` runs the single runner on X: it replaces the default metric set (``metrics``)."""
     keys = [a.partition("=")[0].lstrip("+~") if not a.startswith("-") else None for a in argv]
@@ -482,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         argv, run_file = _run_file_argv(argv)
         if run_file is None and not any(arg.startswith(CONFIG_MODE_FLAGS[:4]) for arg in argv):
             argv = single_metric_overrides(argv)
+            for name in JOB_LINE_LOGGERS:
+                logging.getLogger(name).addFilter(_HideInjected())
         overrides = _parse_overrides(argv)
         protocols.COMMAND_LINE[:] = protocols.folders(_override_texts(argv))  # protocol/ folders given on it
         if overrides is not None and not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):

@@ -132,6 +132,8 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
                 entry["yaml"] = name in yaml_names
             if kind == "techniques" and entry.get("yaml"):
                 entry["recipes"] = technique_recipes(name, overrides)
+            if kind == "techniques":
+                entry["presets"] = technique_presets(name)
             entries.append(entry)
         if yaml_names is not None:  # a YAML without a class: selectable, but it will fail
             for name in sorted(yaml_names - set(registry.names())):
@@ -170,6 +172,19 @@ def protocol_entries(overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     return entries
 
 
+def technique_presets(technique: str) -> dict[str, dict[str, Any]]:
+    """What ``model=<name>`` changes in a technique's defaults (``conf/preset/<model>_<technique>.yaml``), by model:
+    the class defaults listed are the paper's, and a model's preset replaces some of them."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for path in sorted((CONF_DIR / "preset").glob(f"*_{technique}.yaml")):
+        model = path.stem.removesuffix(f"_{technique}")
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        out[model] = data.get("technique", {}).get("config", {})  # type: ignore[union-attr]
+    return out
+
+
 def _value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
@@ -197,5 +212,8 @@ def render(data: dict[str, list[dict[str, Any]]]) -> str:
             for field, kind_name, default in entry.get("fields", []):
                 typed = f"{field}: {kind_name}" if kind_name else field
                 lines.append(f"      {typed} = {_value(default)}")
+            for model, preset in entry.get("presets", {}).items():
+                lines.append(f"      with model={model} a preset applies (conf/preset/{model}_{entry['name']}.yaml): "
+                             + ", ".join(f"{k}={_value(v)}" for k, v in preset.items()))  # fmt: skip
         lines.append("")
     return "\n".join(lines)

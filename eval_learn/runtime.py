@@ -101,6 +101,7 @@ def _environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "versions": {p: package_version(p) for p in packages},
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)

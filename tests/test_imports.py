@@ -76,7 +76,7 @@ def test_importing_a_module_loads_nothing_above_it(module, forbidden) -> None:
     ("old", "new", "name"),
     [
         ("eval_learn.artifacts", "eval_learn.run_id", "make_run_id"),
-        ("eval_learn.summary", "eval_learn.report.headline", "summary_lines"),
+        ("eval_learn.summary", "eval_learn.engine.headline", "summary_lines"),
         ("eval_learn.engine.store", "eval_learn.engine.image_store", "Store"),
     ],
 )

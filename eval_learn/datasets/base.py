@@ -15,6 +15,7 @@ them). What every metric does with them is shared here, so that it means the sam
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,8 @@ from eval_learn.errors import ConfigError
 from eval_learn.types import PromptDataset, PromptRecord
 
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed accepts [0, 2**64)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,12 @@ def interleave(rows: list[PromptRow], level: int = 0) -> list[PromptRow]:
     return out
 
 
-def select(rows: list[PromptRow], limit: int | None) -> list[PromptRow]:
-    """The first ``limit`` prompts in round-robin order over strata, returned in the set's own order."""
+def select(rows: list[PromptRow], limit: int | None, name: str = "the prompt set") -> list[PromptRow]:
+    """The first ``limit`` prompts in round-robin order over strata, returned in the set's own order. A ``limit`` that
+    keeps everything is said once: a user who asked for more prompts than there are would otherwise see no change."""
+    if limit is not None and limit >= len(rows):
+        log.warning("limit %d keeps all %d prompts of %s (it has no more): the limit changes nothing", limit,
+                    len(rows), name)  # fmt: skip
     if limit is None or limit >= len(rows):
         return rows
     keep = {id(r) for r in interleave(rows)[:limit]}
@@ -141,7 +148,7 @@ def build_dataset(
     rows = prompt_set.rows()
     if not rows:
         raise ConfigError(f"prompt set '{prompt_set.dataset_name()}' has no prompts ({prompt_set.metadata()})")
-    kept = select(rows, limit)
+    kept = select(rows, limit, f"'{prompt_set.dataset_name()}'")
     records = expand(kept, samples, base_seed, occurrences(rows))
     metadata = {
         **prompt_set.metadata(),

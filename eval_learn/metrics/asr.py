@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 # Settings several auto-pickable judges have with different meanings (model and revision name a model either way).
 MEANING_VARIES = ("threshold",)
+MINIWORLD_SETS = ("miniworld", "miniworld_csv")  # prompt sets whose rows the MiniWorld judge can judge
 
 
 @dataclass
@@ -134,15 +135,18 @@ class ASR(Metric):
         concept = resolve_auto(config.concept, context, erased)
         chosen = protocols.chosen("asr", concept, config.protocol)
         # prompts
-        if config.prompts_path is not None:
+        if config.prompts_path is not None and concept_kind(concept) is not None:  # the MiniWorld judge reads it
             require(config.prompts == "auto", "give either prompts_path or prompts, not both")
-            prompts: Any = {"name": "csv", "path": config.prompts_path}
+            prompts: Any = {"name": "miniworld_csv", "path": config.prompts_path}
+        elif config.prompts_path is not None:
+            require(config.prompts == "auto", "give either prompts_path or prompts, not both")
+            prompts = {"name": "csv", "path": config.prompts_path}
         elif config.prompts == "auto":
             prompts = protocols.auto_prompts("asr", concept, context, chosen)
         else:
             prompts = {"name": config.prompts} if isinstance(config.prompts, str) else dict(config.prompts)
         prompts = protocols.as_protocol_rows(prompts, concept, "asr", chosen)
-        if prompts["name"] == "miniworld":
+        if prompts["name"] in MINIWORLD_SETS:
             require(prompts.setdefault("concept", concept) == concept,
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")
@@ -155,12 +159,13 @@ class ASR(Metric):
         problem = judge_config.concept_problem(concept)
         if problem:
             raise ConfigError(problem)
-        if prompt_name == "miniworld" and context.model.default_datasets.get("asr") != "miniworld":
+        if prompt_name in MINIWORLD_SETS and context.model.default_datasets.get("asr") != "miniworld":
             raise ConfigError(f"MiniWorld concepts ('{concept}') are measured on a MiniWorld model (model=miniworld), "
                               f"not on '{context.model.name}'")  # fmt: skip
-        if (prompt_name == "miniworld") != (concept_kind(concept) is not None):
+        if (prompt_name in MINIWORLD_SETS) != (concept_kind(concept) is not None):
             raise ConfigError(f"concept '{concept}' and the '{prompt_name}' prompts do not go together: MiniWorld "
-                              f"concepts are measured on the miniworld prompts, other concepts on others")  # fmt: skip
+                              f"concepts are measured on the miniworld prompts or a prompt file read as MiniWorld "
+                              f"requests (miniworld_csv), other concepts on others")  # fmt: skip
         if prompt_name == "i2p" and prompt_config.category not in (None, *I2P_CATEGORIES):
             raise ConfigError(f"unknown I2P category {prompt_config.category!r}")
         return dataclasses.replace(

@@ -287,7 +287,7 @@ class ERR(Metric):
                     rows.append(tagged)
                 sets.append({**prompt_set.metadata(), "prompts_available": len(own)})
             limit = spec.limit if spec.limit is not None else self.config.limit
-            kept = select(rows, limit)
+            kept = select(rows, limit, f"err's {arm} arm")
             samples = self.samples_for(arm)
             start = len(records)
             for record in expand(kept, samples, self.context.seed, occurrence):

@@ -22,6 +22,8 @@ from eval_learn.report.leaderboard import DETAIL_HIGHER_IS_BETTER, Leaderboard, 
 log = logging.getLogger(__name__)
 TEXT = {"parse_math": False}  # prompts and labels are text, never TeX ('$' stays a dollar sign)
 GOOD, BAD, NEUTRAL = "#1a7f37", "#c62828", "#444444"
+SHORT_ROWS, SHORT_LABEL = 5, 18  # more rows, or a longer label: figures name rows by key (R1, ...) with a key table
+MARKERS = "osD^vP*Xph"
 
 
 def _figure(width: float, height: float) -> Any:
@@ -40,6 +42,31 @@ def _row_label(board: Leaderboard, index: int) -> str:
     row = board.rows[index]
     groups = {(r.model_label, r.concept) for r in board.rows}
     return row.label if len(groups) == 1 else f"{row.label} ({row.model_label}, {row.concept})"
+
+
+def _keys(board: Leaderboard) -> list[str]:
+    """What names a row inside a figure: its label when every label is short and rows are few, else a short key
+    (R1, R2, ...) that the figure's key table spells out (long labels overlap and leave the canvas)."""
+    labels = [_row_label(board, i) for i in range(len(board.rows))]
+    if len(labels) <= SHORT_ROWS and all(len(label) <= SHORT_LABEL for label in labels):
+        return labels
+    return [f"R{i + 1}" for i in range(len(labels))]
+
+
+def _key_table(figure: Any, board: Leaderboard, keys: list[str], handles: list[Any] | None = None) -> None:
+    """Below the plots: each short key with its row's full label (and the row's marker, where it has one)."""
+    from matplotlib.patches import Patch
+
+    labels = [_row_label(board, i) for i in range(len(board.rows))]
+    if keys == labels:
+        return
+    handles = handles or [Patch(visible=False) for _ in keys]
+    texts = [
+        f"{key}  {textwrap.shorten(label, 110, placeholder=' …')}" for key, label in zip(keys, labels, strict=True)
+    ]
+    figure.legend(handles, texts, loc="outside lower center", ncols=1, fontsize=7, frameon=False,
+                  handlelength=1.0 if any(h.get_visible() for h in handles) else 0, title="Rows", title_fontsize=7,
+                  alignment="left")  # fmt: skip
 
 
 # --- trade-off --------------------------------------------------------------------------------------------------
@@ -89,26 +116,29 @@ def tradeoff(board: Leaderboard) -> Any | None:
     if erasure is None or not retention:
         return None
     y_title, y_of = erasure
+    keys = _keys(board)
     panels = []
     for x_title, x_of in retention:
         points = []
         for i, row in enumerate(board.rows):
             (x, _), (y, interval) = _value(x_of(row)), _value(y_of(row))
             if x is not None and y is not None:
-                points.append((x, y, interval, _row_label(board, i)))
+                points.append((x, y, interval, i))
         if points:
             panels.append((x_title, points))
     if not panels:
         return None
-    figure = _figure(4.6 * len(panels), 4.0)
+    figure = _figure(4.6 * len(panels), 4.0 + (0.16 * len(keys) + 0.3 if keys[0] == "R1" else 0))
+    handles: dict[int, Any] = {}
+    notes: list[Any] = []
     for ax, (x_title, points) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-        for k, (x, y, interval, label) in enumerate(points):
-            colour = f"C{k % 10}"
+        for x, y, interval, i in points:
+            style = {"color": f"C{i % 10}", "marker": MARKERS[(i // 10) % len(MARKERS)], "linestyle": "none"}
             if interval is not None:
-                ax.errorbar([x], [y], yerr=[[y - interval[0]], [interval[1] - y]], fmt="o", color=colour, capsize=3)
+                drawn = ax.errorbar([x], [y], yerr=[[y - interval[0]], [interval[1] - y]], capsize=3, **style)[0]
             else:
-                ax.plot([x], [y], "o", color=colour)
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, **TEXT)
+                (drawn,) = ax.plot([x], [y], **style)
+            handles.setdefault(i, drawn)
         ax.set_xlabel(x_title, **TEXT)
         ax.set_ylabel(y_title, **TEXT)
         ax.grid(alpha=0.3)
@@ -116,11 +146,49 @@ def tradeoff(board: Leaderboard) -> Any | None:
         for values, limits in (([p[0] for p in points], ax.set_xlim), ([p[1] for p in points], ax.set_ylim)):
             if all(0 <= v <= 1 for v in values):  # rates: the whole [0, 1] range, so that plots compare at a glance
                 limits(-0.05, 1.05)
+        notes += _annotate(ax, [(x, y, keys[i]) for x, y, _, i in points])
+    _key_table(figure, board, keys, [handles.get(i) for i in range(len(keys))] if len(handles) == len(keys) else None)
     figure.suptitle("Erasure against retention", **TEXT)
+    _separate(figure, notes)
     return figure
 
 
-# --- bars -----------------------------------------------------------------------------------------------------------
+def _annotate(ax: Any, points: list[tuple[float, float, str]]) -> list[Any]:
+    """Each point's name beside it; points on one spot share one note (``R1, R4``). Placed by ``_separate``."""
+    spots: dict[tuple[float, float], list[str]] = {}
+    for x, y, name in points:
+        spots.setdefault((round(x, 6), round(y, 6)), []).append(name)
+    notes = []
+    for (x, y), names in sorted(spots.items(), key=lambda item: (-item[0][1], item[0][0])):
+        note = ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, **TEXT)
+        note.set_in_layout(False)  # placed after the layout, inside its axes
+        notes.append(note)
+    return notes
+
+
+def _separate(figure: Any, notes: list[Any]) -> None:
+    """After the layout: a note that would leave its axes goes to the point's left, and one that would lie on an
+    earlier note moves down until it does not, so that notes of points close together never overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    placed: list[Bbox] = []
+    for note in notes:
+        if note.get_window_extent(renderer).x1 > note.axes.bbox.x1:
+            note.xyann = (-5, note.xyann[1])
+            note.set_horizontalalignment("right")
+        for _ in range(60):
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            note.xyann = (note.xyann[0], note.xyann[1] - 4)
+        placed.append(Bbox(note.get_window_extent(renderer).get_points()).expanded(1.05, 1.3))
+
+
+# --- bars ---# --- bars -----------------------------------------------------------------------------------------------------------
 def bars(board: Leaderboard) -> dict[str, Any]:
     """One bar chart per metric result: the value per row that has it (with its interval), its details beside it."""
     charts = {}
@@ -129,8 +197,10 @@ def bars(board: Leaderboard) -> dict[str, Any]:
         series = [(f"{column.name} {arrow(column.higher_is_better)}", [(r.value, r.interval) for _, r in rows])]
         series += [(f"{d} {arrow(DETAIL_HIGHER_IS_BETTER.get(d))}", [(r.details.get(d), None) for _, r in rows])
                    for d in column.details]  # fmt: skip
-        labels = [_row_label(board, i) for i, _ in rows]
-        figure = _figure(max(4.0, 1.1 * len(labels) * len(series) ** 0.5 + 2), 3.4)
+        keys = _keys(board)
+        labels = [keys[i] for i, _ in rows]
+        extra = 0.16 * len(keys) + 0.3 if keys[0] == "R1" else 0
+        figure = _figure(max(4.0, 0.8 * len(labels) * len(series) ** 0.5 + 2), 3.4 + extra)
         ax = figure.subplots()
         width = 0.8 / len(series)
         for s, (name, values) in enumerate(series):
@@ -148,15 +218,14 @@ def bars(board: Leaderboard) -> dict[str, Any]:
                 xs, heights, width, label=name, yerr=errors if has_errors else None, capsize=3, color=f"C{s}"
             )
             ax.bar_label(drawn, fmt="%.2f", fontsize=6, padding=1)
-        tilt = len(labels) > 3
-        ax.set_xticks(range(len(labels)), labels, rotation=20 if tilt else 0, ha="right" if tilt else "center",
-                      fontsize=8, **TEXT)  # fmt: skip
+        ax.set_xticks(range(len(labels)), labels, fontsize=8, **TEXT)
         if all(0 <= v <= 1 for _, values in series for v, _ in values if v is not None):
             ax.set_ylim(0, 1.1)
         ax.set_title(f"{column.name} {arrow(column.higher_is_better)}", **TEXT)
         ax.grid(axis="y", alpha=0.3)
         if len(series) > 1:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        _key_table(figure, board, keys)
         charts[column.name] = figure
     return charts
 
@@ -248,7 +317,8 @@ def image_grid(title: str, metrics: dict[str, Path], count: int = 8) -> Any | No
         return None
     columns = max(len(cells) for _, cells in rows)
     width = max(1.45 * columns + 0.4, 3.2)
-    figure = _figure(width, 1.95 * len(rows) + 0.4)
+    figure = _figure(width, 2.05 * len(rows) + 0.4)
+    figure.get_layout_engine().set(h_pad=0.07)  # a two-line prompt clear of the verdict of the row above
     axes = figure.subplots(len(rows), columns, squeeze=False)
     for r, (name, cells) in enumerate(rows):
         for c in range(columns):

@@ -35,7 +35,7 @@ def page(board: Leaderboard, figures: list[tuple[str, str, bytes]], grids: list[
         f"<title>eval_learn leaderboard: {escape(str(board.root))}</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>Leaderboard</h1>",
-        f'<p class="note">{escape(str(board.root))} · {board.reports_found} report file(s) · '
+        f'<p class="note">{escape(str(board.root))} · {board.runs_found} run(s) · '
         f"{len(board.rows)} row(s) · written {escape(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
         f'<p class="note">{escape(board.rule())}</p>',
     ]

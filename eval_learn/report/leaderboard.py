@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval_learn.metrics.detail_columns import DETAIL_COLUMNS
 from eval_learn.storage import canonical_json, seal_problem
 from eval_learn.technique_fields import NO_RESULT_FIELDS
 
@@ -38,11 +39,6 @@ log = logging.getLogger(__name__)
 # Model fields that change images (the rest are defaults for other settings).
 MODEL_FIELDS = ("id", "revision", "num_inference_steps", "guidance_scale", "height", "width")
 # Details worth a column of their own, per metric registry name, and which way is better for each.
-DETAIL_COLUMNS: dict[str, dict[str, bool]] = {
-    # ira: all retain prompts (prompt files have no near/far split)
-    "ua_ira": {"ua": True, "ira": True, "ira_near": True, "ira_far": True},
-    "err": {"erasure": True, "retention": True, "robustness": True},
-}
 DETAIL_HIGHER_IS_BETTER = {detail: higher for columns in DETAIL_COLUMNS.values() for detail, higher in columns.items()}
 SKIP_FOLDERS = {"images", "state", ".hydra", "figures"}  # never hold a report: not walked (they can be large)
 
@@ -123,6 +119,7 @@ class Leaderboard:
     shards: list[Skipped] = field(default_factory=list)
     superseded: list[Result] = field(default_factory=list)
     reports_found: int = 0
+    runs_found: int = 0  # a multi run is one run, however many report files (one per metric, and its own) it holds
 
     def where(self, path: Path) -> str:
         try:
@@ -380,6 +377,13 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
     return reports, statuses
 
 
+def _run_folder(report: Path) -> Path:
+    """The run a report belongs to: a multi run keeps its metrics' reports one level down (``<run>/<metric>/``)."""
+    if not (report.parent / "run_status.json").is_file() and (report.parent.parent / "run_status.json").is_file():
+        return report.parent.parent
+    return report.parent
+
+
 def _status(run_dir: Path) -> tuple[str | None, str]:
     """A run's status (None: no status file, e.g. a report copied from elsewhere) and why it is not complete."""
     path = run_dir / "run_status.json"
@@ -408,6 +412,7 @@ def gather(root: Path) -> Leaderboard:
     board = Leaderboard(root)
     reports, statuses = _walk(root)
     board.reports_found = len(reports)
+    board.runs_found = len({_run_folder(p) for p in reports})
     unfinished: dict[Path, str] = {}
     for status_file in statuses:
         status, reason = _status(status_file.parent)

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eval_learn import TORCH_LOADED_FIRST
 from eval_learn.configs import ConfigError, from_mapping
+from eval_learn.engine.headline import summary_lines
 from eval_learn.engine.run import Engine
 from eval_learn.engine.spec import MetricSpec, RunSpec
 from eval_learn.models import resolve_model, technique_preset
@@ -75,8 +77,26 @@ class BaseRunner:
                        self.metrics, self.recipe.record() if self.recipe is not None else None)  # fmt: skip
 
     def _execute(self, run_id: str, timestamp: float) -> dict[str, Any]:
-        if self.settings.num_threads is not None:
-            import torch
+        import torch
 
+        if self.settings.num_threads is not None:
             torch.set_num_threads(self.settings.num_threads)
-        return Engine(self.run_spec(), self.layout).run(run_id, timestamp)
+        elif TORCH_LOADED_FIRST and torch.get_num_threads() > 1:
+            log.warning("torch was imported before eval_learn, so its idle threads spin (OMP_WAIT_POLICY unset): on a "
+                        "machine doing other work set num_threads=1, or import eval_learn first")  # fmt: skip
+        report = Engine(self.run_spec(), self.layout).run(run_id, timestamp)
+        _say_where(report, self.output_dir / run_id)
+        return report
+
+
+def _say_where(report: dict[str, Any], folder: Path) -> None:
+    """The values and where the report went, as the command line ends (so a Python API user learns it too). Without
+    any logging set up by the program, eval_learn's own messages go to stderr, as a command line's would."""
+    package = logging.getLogger("eval_learn")
+    if not package.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("eval-learn: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+    for line in summary_lines(report, folder):
+        log.info(line)
