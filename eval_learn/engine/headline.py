@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval_learn.metrics.detail_columns import DETAIL_COLUMNS
+from eval_learn.detail_columns import DETAIL_COLUMNS
 
 # The details worth a glance, per metric result name prefix: the leaderboard's detail columns, and ASR's count and
 # interval (the leaderboard has columns of its own for those).

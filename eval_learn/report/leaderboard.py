@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval_learn.metrics.detail_columns import DETAIL_COLUMNS
+from eval_learn.detail_columns import DETAIL_COLUMNS
 from eval_learn.storage import canonical_json, seal_problem
 from eval_learn.technique_fields import NO_RESULT_FIELDS
 
