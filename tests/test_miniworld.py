@@ -114,6 +114,7 @@ def test_esd_erases_red_against_free_run_with_the_same_seeds(efficacy) -> None:
     assert esd["value"] <= base["value"] - 0.5  # measured 1.00 -> 0.00 (docs/miniworld.md); a wide margin below it
 
 
+@pytest.mark.slow
 def test_negative_prompt_lowers_red_against_free_run_with_the_same_seeds(efficacy) -> None:
     base = efficacy["free_run"]["metric_results"]["asr"]
     negative = efficacy["negative_prompt"]["metric_results"]["asr"]
