@@ -114,6 +114,7 @@ def test_esd_erases_red_against_free_run_with_the_same_seeds(efficacy) -> None:
     assert esd["value"] <= base["value"] - 0.5  # measured 1.00 -> 0.00 (docs/miniworld.md); a wide margin below it
 
 
+@pytest.mark.slow
 def test_negative_prompt_lowers_red_against_free_run_with_the_same_seeds(efficacy) -> None:
     base = efficacy["free_run"]["metric_results"]["asr"]
     negative = efficacy["negative_prompt"]["metric_results"]["asr"]
@@ -124,6 +125,7 @@ def test_negative_prompt_lowers_red_against_free_run_with_the_same_seeds(efficac
     assert negative["value"] <= base["value"] - 0.14
 
 
+@pytest.mark.slow
 def test_retention_is_reported(efficacy) -> None:
     for technique in ("free_run", "esd", "negative_prompt"):
         details = efficacy[technique]["metric_results"]["ua_ira"]["details"]
@@ -131,6 +133,7 @@ def test_retention_is_reported(efficacy) -> None:
     assert efficacy["free_run"]["metric_results"]["ua_ira"]["details"]["ira"] >= 0.9
 
 
+@pytest.mark.slow
 def test_overlapping_prompt_sets_are_rendered_once(efficacy) -> None:
     # asr asks for 8 samples of each red prompt, ua_ira for 4 of the same prompts (same seeds): 32 shared images.
     stats = efficacy["free_run"]["cache_stats"]
@@ -138,6 +141,7 @@ def test_overlapping_prompt_sets_are_rendered_once(efficacy) -> None:
     assert stats["judgements_reused"] == 32  # the same judge, the same pixels: judged once
 
 
+@pytest.mark.slow
 def test_multi_run_times_each_metric_apart(efficacy) -> None:
     """Each metric's report counts its own generation and judging, not the metrics run before it."""
     combined = efficacy["esd"]
