@@ -175,8 +175,8 @@ def test_bad_esd_configs_fail_clearly() -> None:
         from_mapping(ESDConfig, {"learning_rate": float("inf")}, "esd")
     with pytest.raises(ConfigError, match="negative_guidance must be a finite number"):
         from_mapping(ESDConfig, {"negative_guidance": float("nan")}, "esd")
-    with pytest.raises(ConfigError, match=r"save_path 'esd\.ckpt' must end in one of"):
-        from_mapping(ESDConfig, {"save_path": "esd.ckpt"}, "esd")
+    with pytest.raises(ConfigError, match=r"save_path 'esd\.h5' must end in one of"):
+        from_mapping(ESDConfig, {"save_path": "esd.h5"}, "esd")
 
 
 def test_partial_samples_use_ddim_whatever_the_pipelines_scheduler(tiny_pipe) -> None:

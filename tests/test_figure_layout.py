@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from eval_learn.report import figures, gather
+from eval_learn.storage import sealed
 
 MINIWORLD = {"name": "miniworld", "id": "miniworld", "revision": None, "num_inference_steps": 20, "guidance_scale": 5.0,
              "height": 32, "width": 32, "default_concept": "red", "default_datasets": {}}  # fmt: skip
@@ -19,7 +20,7 @@ MINIWORLD = {"name": "miniworld", "id": "miniworld", "revision": None, "num_infe
 
 def write(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(sealed(data) if isinstance(data, dict) and path.name == "report.json" else data))
 
 
 def esd_run(root: Path, i: int, config: dict[str, Any], asr: float, near: float, far: float) -> None:

@@ -126,7 +126,7 @@ def run_config(**overrides):
         ({"technique": {"name": "free_run", "config": {"guidance_scale": float("nan")}}}, "guidance_scale must be a finite"),
         ({"technique": {"name": "free_run", "config": {"guidance_scale": -1.0}}}, "guidance_scale must be a finite"),
         ({"model": {"name": "x", "id": "tiny", "guidance_scale": float("inf")}}, "guidance_scale must be a finite"),
-        ({"technique": {"name": "esd", "config": {"save_path": "w.ckpt"}}}, "must end in one of .safetensors"),
+        ({"technique": {"name": "esd", "config": {"save_path": "w.h5"}}}, "must end in one of .safetensors"),
         ({"metric": {"name": "asr", "config": {"device": "cuda"}}}, "CUDA is not available"),
     ],
 )

@@ -222,7 +222,9 @@ class Leaderboard:
 
 
 # Markdown's markup characters; ``_`` only where it can start or end emphasis (not inside ``asr_miniworld``).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+# Markup characters; a bracket only where it would close a link or image ("](", "][", "]:"), so that our own
+# interval cells ("0.950 [0.87, 0.98]") read as written in the Markdown source too.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*|~]|\](?=[(\[:])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 
 
 def markdown_text(text: str) -> str:
