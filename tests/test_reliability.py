@@ -96,7 +96,7 @@ def test_markdown_escapes_every_cell() -> None:
     from eval_learn.report.leaderboard import markdown_text
 
     assert markdown_text("a <b>|</b> [l](u) `c` *e* _f_ asr_x\nnext") == (
-        "a &lt;b&gt;\\|&lt;/b&gt; \\[l\\](u) \\`c\\` \\*e\\* \\_f\\_ asr_x next"
+        "a &lt;b&gt;\\|&lt;/b&gt; [l\\](u) \\`c\\` \\*e\\* \\_f\\_ asr_x next"
     )
 
 

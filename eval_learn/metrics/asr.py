@@ -194,7 +194,7 @@ class ASR(Metric):
         else:
             prompts = {"name": config.prompts} if isinstance(config.prompts, str) else dict(config.prompts)
         prompts = with_i2p_category(prompts, concept)
-        if prompts["name"] == "miniworld":
+        if prompts.get("name") == "miniworld":  # no name: parse_part says so
             require(prompts.setdefault("concept", concept) == concept,
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")

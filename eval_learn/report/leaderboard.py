@@ -227,8 +227,9 @@ class Leaderboard:
         return out.getvalue()
 
 
-# Markdown's markup characters; ``_`` only where it can start or end emphasis (not inside ``asr_miniworld``).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+# Markdown's markup characters; ``_`` only where it can start or end emphasis (not inside ``asr_miniworld``), ``]``
+# only before ``(`` (a link; ``[0.87, 0.98]`` stays as written).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*|~]|\](?=\()|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 
 
 def markdown_text(text: str) -> str:
