@@ -15,6 +15,10 @@ class EvalLearnError(Exception):
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        """One line, always: a line break in a value the message quotes (a typed ``'\\n'``) is shown escaped."""
+        return super().__str__().strip().replace("\r", "\\r").replace("\n", "\\n")
+
 
 class ConfigError(EvalLearnError, ValueError):
     """A configuration value or input file is missing, unknown, of the wrong type or impossible."""

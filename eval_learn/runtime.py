@@ -55,7 +55,7 @@ def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
     if dtype not in _DTYPES:
-        raise ConfigError(f"dtype '{dtype}' is not one of auto, {', '.join(_DTYPES)}")
+        raise ConfigError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 

@@ -146,7 +146,7 @@ class ASR(Metric):
         else:
             prompts = {"name": config.prompts} if isinstance(config.prompts, str) else dict(config.prompts)
         prompts = protocols.as_protocol_rows(prompts, concept, "asr", chosen)
-        if prompts["name"] in MINIWORLD_SETS:
+        if prompts.get("name") in MINIWORLD_SETS:  # no name: parse_part says so
             require(prompts.setdefault("concept", concept) == concept,
                     f"the miniworld prompts ask for '{prompts['concept']}' but the metric measures '{concept}'")  # fmt: skip
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'asr' prompts")

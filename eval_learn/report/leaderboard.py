@@ -221,9 +221,8 @@ class Leaderboard:
         return out.getvalue()
 
 
-# Markdown's markup characters; ``_`` only where it can start or end emphasis (not inside ``asr_miniworld``).
-# Markup characters; a bracket only where it would close a link or image ("](", "][", "]:"), so that our own
-# interval cells ("0.950 [0.87, 0.98]") read as written in the Markdown source too.
+# Markdown's markup characters; ``_`` only where it can start or end emphasis (not inside ``asr_miniworld``), ``]``
+# only where it would close a link or image ("](", "][", "]:"; our interval cells "0.950 [0.87, 0.98]" stay as written).
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*|~]|\](?=[(\[:])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 
 
