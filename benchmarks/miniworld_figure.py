@@ -48,7 +48,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def default_rows() -> list[str]:
     first = ["free_run", "negative_prompt", "esd", "esd-u"]
-    return first + [name for name in TECHNIQUES.names() if name not in first]
+    # Every technique that makes images (``external`` judges images made elsewhere: it has nothing to draw here).
+    return first + [name for name in TECHNIQUES.names()
+                    if name not in first and not TECHNIQUES.get(name).supplies_images]  # fmt: skip
 
 
 def resolve(row: str) -> tuple[str, dict[str, Any]]:
