@@ -10,7 +10,7 @@ from eval_learn.detail_columns import DETAIL_COLUMNS
 # The details worth a glance, per metric result name prefix: the leaderboard's detail columns, and ASR's count and
 # interval (the leaderboard has columns of its own for those).
 HEADLINE_DETAILS = {
-    "asr": ("unsafe_count", "total_images", "ci95_wilson"),
+    "asr": ("unsafe_count", "total_images", "ci95"),
     **{metric: tuple(columns) for metric, columns in DETAIL_COLUMNS.items()},
 }
 

@@ -49,6 +49,10 @@ class ModelSpec:
     default_concept: str = "nudity"
     # Prompt set each metric family uses by default with this model ("auto"); empty for real models (→ I2P etc.).
     default_datasets: dict[str, str] = field(default_factory=dict)
+    # torch CPU threads for this model when the run sets none (num_threads): the offline models' operations are too
+    # small to gain from a second thread, and waking it costs more than it saves (MiniWorld generation, idle 2-core
+    # machine: 15 s on one thread, 29 s on two sleeping-when-idle threads). null: torch's default.
+    cpu_threads: int | None = None
 
     @property
     def builtin(self) -> bool:
@@ -67,6 +71,7 @@ class ModelSpec:
 
     def validate(self) -> None:
         require(self.num_inference_steps > 0, "num_inference_steps must be positive")
+        require(self.cpu_threads is None or self.cpu_threads > 0, "cpu_threads must be a positive integer or null")
         check_guidance_scale(self.guidance_scale)
         require(self.height % 8 == 0 and self.width % 8 == 0, "height and width must be multiples of 8")
         require(bool(self.id), "id must name a hub model, a local folder or a built-in model")

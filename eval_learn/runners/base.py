@@ -79,8 +79,11 @@ class BaseRunner:
     def _execute(self, run_id: str, timestamp: float) -> dict[str, Any]:
         import torch
 
-        if self.settings.num_threads is not None:
-            torch.set_num_threads(self.settings.num_threads)
+        threads = self.settings.num_threads
+        if threads is None and self.context.device == "cpu":
+            threads = self.context.model.cpu_threads  # a small model's own choice (see ModelSpec.cpu_threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         elif TORCH_LOADED_FIRST and torch.get_num_threads() > 1:
             log.warning("torch was imported before eval_learn, so its idle threads spin (OMP_WAIT_POLICY unset): on a "
                         "machine doing other work set num_threads=1, or import eval_learn first")  # fmt: skip
