@@ -31,7 +31,9 @@ def cache_dir(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m eval_learn ARGS`` as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "eval_learn", *args],

@@ -110,8 +110,10 @@ def test_a_prompt_gets_the_same_seeds_in_every_set_and_repeats_get_new_ones(tmp_
     assert len({r.seed for r in records}) == 3
     other = tmp_path / "q.csv"
     other.write_text("prompt\na dog\n")
-    assert build_dataset(LocalCSV(CSVConfig(path=str(other))), limit=None, samples=1, base_seed=0).records[0].seed \
+    assert (
+        build_dataset(LocalCSV(CSVConfig(path=str(other))), limit=None, samples=1, base_seed=0).records[0].seed
         == records[1].seed
+    )
 
 
 def test_samples_of_a_prompt_with_its_own_seed() -> None:

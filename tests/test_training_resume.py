@@ -17,12 +17,33 @@ from eval_learn.techniques.mace import MACE, MACEConfig, MACETrainer
 
 TRAINERS = {
     "esd": (ESD, ESDConfig, {"train_steps": 6, "sample_steps": 4, "train_method": "xattn"}),
-    "ca": (ConceptAblation, CAConfig, {"erase_concept": "cat", "anchor_concept": "dog", "train_steps": 6, "batch_size": 2,
-                          "num_anchor_images": 4, "anchor_steps": 2}),  # fmt: skip
+    "ca": (
+        ConceptAblation,
+        CAConfig,
+        {
+            "erase_concept": "cat",
+            "anchor_concept": "dog",
+            "train_steps": 6,
+            "batch_size": 2,
+            "num_anchor_images": 4,
+            "anchor_steps": 2,
+        },
+    ),  # fmt: skip
     # MACE saves after each concept's LoRA: four concepts, killed after the third.
-    "mace": (MACE, MACEConfig, {"erase_concept": ["red", "dog", "car", "tree"], "mapping_concept": "",
-                                "prompt_templates": ["a photo of a {}", "{}"], "num_images": 2, "image_steps": 2,
-                                "train_steps": 2, "preserve_coco": 10, "lamb": 0.5}),  # fmt: skip
+    "mace": (
+        MACE,
+        MACEConfig,
+        {
+            "erase_concept": ["red", "dog", "car", "tree"],
+            "mapping_concept": "",
+            "prompt_templates": ["a photo of a {}", "{}"],
+            "num_images": 2,
+            "image_steps": 2,
+            "train_steps": 2,
+            "preserve_coco": 10,
+            "lamb": 0.5,
+        },
+    ),  # fmt: skip
 }
 
 

@@ -123,7 +123,10 @@ def run_config(**overrides):
         ({"device": "cuda:7"}, "CUDA"),
         ({"image_cache": "sometimes"}, "image_cache must be one of on, off, read_only"),
         ({"image_cache_max_gb": 0}, "image_cache_max_gb must be a positive number"),
-        ({"technique": {"name": "free_run", "config": {"guidance_scale": float("nan")}}}, "guidance_scale must be a finite"),
+        (
+            {"technique": {"name": "free_run", "config": {"guidance_scale": float("nan")}}},
+            "guidance_scale must be a finite",
+        ),
         ({"technique": {"name": "free_run", "config": {"guidance_scale": -1.0}}}, "guidance_scale must be a finite"),
         ({"model": {"name": "x", "id": "tiny", "guidance_scale": float("inf")}}, "guidance_scale must be a finite"),
         ({"technique": {"name": "esd", "config": {"save_path": "w.h5"}}}, "must end in one of .safetensors"),

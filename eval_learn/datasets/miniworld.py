@@ -54,7 +54,9 @@ class MiniWorldPromptsConfig(PromptSetConfig):
     groups: list[str] = field(default_factory=lambda: ["target"])  # target: the concept; near/far: its neighbours
 
     def validate(self) -> None:
-        require(concept_kind(self.concept) is not None, f"'{self.concept}' is not a MiniWorld colour, shape or background")
+        require(
+            concept_kind(self.concept) is not None, f"'{self.concept}' is not a MiniWorld colour, shape or background"
+        )
         require(bool(self.groups) and set(self.groups) <= set(GROUPS), f"groups must be a non-empty subset of {GROUPS}")
 
 
