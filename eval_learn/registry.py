@@ -107,6 +107,7 @@ TECHNIQUES: Registry[Any] = Registry("technique", "eval_learn.techniques")
 METRICS: Registry[Any] = Registry("metric", "eval_learn.metrics")
 JUDGES: Registry[Any] = Registry("judge", "eval_learn.judges")
 PROMPT_SETS: Registry[Any] = Registry("prompt set", "eval_learn.prompt_sets")
+ATTACKS: Registry[Any] = Registry("attack", "eval_learn.attacks")
 
 TECHNIQUES.add("free_run", "eval_learn.techniques.free_run:FreeRun")
 TECHNIQUES.add("esd", "eval_learn.techniques.esd:ESD")
