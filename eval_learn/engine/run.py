@@ -41,7 +41,7 @@ from eval_learn.engine.requests import GenerationRequest, make_plan, request_for
 from eval_learn.engine.sampling import GenerationMode, render
 from eval_learn.engine.spec import MetricSpec, RunSpec
 from eval_learn.errors import RunError
-from eval_learn.models import ensure_available
+from eval_learn.models.availability import ensure_available
 from eval_learn.runtime import environment
 from eval_learn.storage import atomic_write, canonical_json, write_json
 from eval_learn.types import PromptRecord
