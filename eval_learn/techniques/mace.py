@@ -141,7 +141,7 @@ class MACEConfig(WeightsConfig):
     lora_rank: int = 1
     train_steps: int = 120  # per concept
     learning_rate: float = 1.0e-5
-    batch_size: int = 1
+    train_batch_size: int = 1
     weight_decay: float = 0.01  # AdamW's
     max_grad_norm: float = 1.0
     importance_sampling: bool = False  # concept-focal importance sampling of timesteps (else uniform)
@@ -182,7 +182,7 @@ class MACEConfig(WeightsConfig):
                 "string or a non-empty list")  # fmt: skip
         for template in [] if self.image_prompt is None else as_list(self.image_prompt):
             require(_one_slot(template), f"image_prompt {template!r} must contain exactly one '{{}}' (the concept)")
-        for key in ("lora_rank", "train_steps", "batch_size", "num_images", "image_steps"):
+        for key in ("lora_rank", "train_steps", "train_batch_size", "num_images", "image_steps"):
             require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         require(self.preserve_coco >= 0, f"preserve_coco must be >= 0, got {self.preserve_coco}")
         for key in ("learning_rate", "max_grad_norm"):
@@ -687,12 +687,12 @@ class MACETrainer:
         cfis = importance_weights(num_t) if cfg.importance_sampling else None
 
         def step_loss() -> torch.Tensor:
-            images = torch.randint(len(data.latents), (cfg.batch_size,), generator=generator)
-            prompts = torch.randint(len(data.prompts), (cfg.batch_size,), generator=generator)
+            images = torch.randint(len(data.latents), (cfg.train_batch_size,), generator=generator)
+            prompts = torch.randint(len(data.prompts), (cfg.train_batch_size,), generator=generator)
             if cfis is not None:
-                t = torch.multinomial(cfis, cfg.batch_size, replacement=True, generator=generator)
+                t = torch.multinomial(cfis, cfg.train_batch_size, replacement=True, generator=generator)
             else:
-                t = torch.randint(0, num_t, (cfg.batch_size,), generator=generator)
+                t = torch.randint(0, num_t, (cfg.train_batch_size,), generator=generator)
             return self.loss(probe, data, images, prompts, t.to(self.device), generator)
 
         # no checkpoint inside one LoRA's training: the run saves after each concept's LoRA (run())
