@@ -33,12 +33,12 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import hydra  # noqa: E402
-from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from eval_learn import protocols  # noqa: E402
-from eval_learn.catalog import KINDS, catalog, config_options, render, searchpath_overrides  # noqa: E402
+from eval_learn.catalog import KINDS, catalog, config_options, render  # noqa: E402
+from eval_learn.compose import register_schema, searchpath_overrides  # noqa: E402
 from eval_learn.configs import did_you_mean  # noqa: E402
 from eval_learn.errors import ConfigError, EvalLearnError  # noqa: E402
 from eval_learn.models import CONF_DIR  # noqa: E402
@@ -61,7 +61,7 @@ SUBCOMMANDS = ("summarize", "list", "merge")
 MAX_SWEEP_JOBS = 10_000  # every job of a sweep is checked before the first starts; more is refused (split it)
 _FAILURES: list[EvalLearnError] = []  # errors of jobs in this process (a sweep runs its jobs one after another)
 
-ConfigStore.instance().store(name="run_schema", node=RunConfigSchema)
+register_schema()
 OmegaConf.register_new_resolver("unique_run", lambda: os.urandom(3).hex(), use_cache=True, replace=True)
 
 

@@ -128,18 +128,6 @@ def resolve_model(spec: str | dict[str, Any] | ModelSpec) -> ModelSpec:
     return from_mapping(ModelSpec, spec, "model")
 
 
-def technique_preset(model: ModelSpec, technique_name: str) -> dict[str, Any]:
-    """Per-model technique settings (``conf/preset/<model>_<technique>.yaml``) that sit under the user's config.
-
-    Paper defaults stay in the technique's config; a model that needs other values (a random tiny model, the mini
-    world) says so here. Hydra composes the same file through the defaults list; the Python API merges it here.
-    """
-    path = CONF_DIR / "preset" / f"{model.name}_{technique_name}.yaml"
-    if not path.is_file():
-        return {}
-    return dict(yaml.safe_load(path.read_text())["technique"]["config"])
-
-
 def _offline_message(spec: ModelSpec, reason: str) -> str:
     return (
         f"Model '{spec.id}' cannot be loaded: {reason}. It is neither in the local Hugging Face cache nor reachable "
