@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from eval_learn.compose import model_config, options
+from eval_learn.config_fields import Unreadable, config_fields_of
 from eval_learn.errors import ConfigError
 from eval_learn.models import CONF_DIR
 from eval_learn.recipes import find_recipe
@@ -49,8 +50,8 @@ def model_configs(overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _origin(registry: Registry[Any], name: str, cls: Any) -> str:
-    if getattr(cls, "__module__", "").startswith("eval_learn."):
+def _origin(registry: Registry[Any], name: str, target: str) -> str:
+    if target.startswith("eval_learn."):
         return "built-in"
     for ep in entry_points(group=registry.group):
         if ep.name == name:
@@ -102,13 +103,17 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
         for name in registry.names():
             entry: dict[str, Any] = {"name": name}
             try:
-                cls = registry.get(name)
-            except Exception as err:  # noqa: BLE001 - a plugin that fails to import is listed with its error
-                entry.update(origin="plugin", error=f"cannot be loaded: {type(err).__name__}: {err}")
-                entries.append(entry)
-                continue
-            entry.update(origin=_origin(registry, name, cls), target=f"{cls.__module__}:{cls.__qualname__}",
-                         fields=config_fields(cls.config_cls))  # fmt: skip
+                target = registry.target(name)
+                fields = config_fields_of(target)  # read from the source: listing imports no model code
+            except Unreadable:
+                try:
+                    cls = registry.get(name)
+                except Exception as err:  # noqa: BLE001 - a plugin that fails to import is listed with its error
+                    entry.update(origin="plugin", error=f"cannot be loaded: {type(err).__name__}: {err}")
+                    entries.append(entry)
+                    continue
+                target, fields = f"{cls.__module__}:{cls.__qualname__}", config_fields(cls.config_cls)
+            entry.update(origin=_origin(registry, name, target), target=target, fields=fields)
             if yaml_names is not None:
                 entry["yaml"] = name in yaml_names
             if kind == "techniques" and entry.get("yaml"):

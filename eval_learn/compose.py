@@ -139,3 +139,26 @@ def technique_config(option: str, model: str | None = None, overrides: Sequence[
     has_preset = model is not None and model in _options("model", searchpath)
     preset = [f"model={model}"] if has_preset else ["~preset"]
     return copy.deepcopy(_compose((*searchpath, *selected, *preset))["technique"])
+
+
+def config_groups(overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Every config group of the run (``technique``, ``technique/esd``, ``model``, ...; not Hydra's own) on the search
+    path, with its options: what ``--help`` lists."""
+    from hydra.core.object_type import ObjectType
+
+    searchpath = searchpath_overrides(overrides)
+    out: dict[str, list[str]] = {}
+    with hydra_session() as loader:
+
+        def walk(parent: str) -> None:
+            for child in loader.get_group_options(parent, ObjectType.GROUP, CONFIG_NAME, searchpath):
+                group = f"{parent}/{child}" if parent else child
+                if group == "hydra":
+                    continue
+                found = loader.get_group_options(group, ObjectType.CONFIG, CONFIG_NAME, searchpath)
+                if found:
+                    out[group] = sorted(found)
+                walk(group)
+
+        walk("")
+    return dict(sorted(out.items()))

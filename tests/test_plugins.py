@@ -192,13 +192,14 @@ def test_a_plugins_model_technique_and_preset_resolve_the_same_from_the_api_and_
 
 def test_hydra_searchpath_adds_config_folders(tmp_path: Path) -> None:
     """A folder of configs given with hydra.searchpath is seen by the option check (not only by Hydra)."""
-    from eval_learn.__main__ import _check_group_choices, _parse_overrides
     from eval_learn.catalog import config_options
+    from eval_learn.cli.arguments import parse_overrides
+    from eval_learn.cli.precheck import check_group_choices
 
     write(tmp_path / "conf" / "model" / "my_model.yaml", "name: my_model\nid: tiny\n")
     searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
     assert "my_model" in config_options("model", [searchpath]) and "my_model" not in config_options("model")
     argv = [searchpath, "model=my_model"]
-    _check_group_choices(argv, _parse_overrides(argv) or [])
+    check_group_choices(argv, parse_overrides(argv) or [])
     with pytest.raises(ConfigError, match="unknown model 'my_model'"):
-        _check_group_choices(["model=my_model"], _parse_overrides(["model=my_model"]) or [])
+        check_group_choices(["model=my_model"], parse_overrides(["model=my_model"]) or [])
