@@ -59,6 +59,11 @@ class Registry(Generic[T]):
             )
         return key
 
+    def target(self, name: str) -> str:
+        """Where ``name``'s class is, as ``module:Class``, without importing it."""
+        target = self._targets[self.canonical(name)]
+        return target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
     def get(self, name: str) -> type[T]:
         key = self.canonical(name)
         target = self._targets[key]
