@@ -103,7 +103,7 @@ def test_settings_record_model_processor_and_preprocessing(clip_folder) -> None:
 
 
 def test_bad_configs_and_unavailable_weights(clip_folder, tmp_path) -> None:
-    with pytest.raises(ConfigError, match="needs the PickScore judge"):
+    with pytest.raises(ConfigError, match="needs the pickscore judge"):
         make_metric(clip_folder, judge="clip")
     with pytest.raises(ConfigError, match="'yuvalkirstain/PickScore_v1' is not a local folder"):
         SingleBenchmarkRunner("free_run", "pickscore", {}, {}, tmp_path, model="tiny")

@@ -11,43 +11,28 @@ costs on ordinary prompts (COCO-10k captions by default), so it is not tied to t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from eval_learn.configs import ConfigError
 from eval_learn.judges.pickscore import PickScoreJudge
-from eval_learn.metrics.base import Metric, MetricConfig, part_dict, requested_prompts
-from eval_learn.metrics.clip_score import mean_interval
-from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
-from eval_learn.types import MetricResult, PromptRecord
+from eval_learn.metrics.mean_score import MeanScore, MeanScoreConfig
+from eval_learn.types import PromptRecord
 
 
 @dataclass
-class PickScoreMetricConfig(MetricConfig):
-    # auto: coco_10k (COCO captions with their seeds). A prompt set name or {name: ..., <its settings>}.
-    prompts: str | dict[str, Any] = "auto"
-    # {name: pickscore, model: <hub id or folder>, processor: <hub id or folder, null: the model's>, dtype: ...}
+class PickScoreMetricConfig(MeanScoreConfig):
+    # auto: pickscore. {name: pickscore, model: <hub id or folder>, processor: <hub id or folder, null: the model's>,
+    # dtype: ...}
     judge: str | dict[str, Any] = "pickscore"
 
 
-class PickScore(Metric):
+class PickScore(MeanScore):
     name = "pickscore"
     config_cls = PickScoreMetricConfig
-    higher_is_better = True
-    config: PickScoreMetricConfig
-
-    @classmethod
-    def resolve_config(cls, config: PickScoreMetricConfig, context: Any, erased: list[str] | None) -> Any:
-        prompts = requested_prompts(config, {"name": "coco_10k"})
-        prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'pickscore' prompts")
-        judge_name, judge_config = parse_part(JUDGES, config.judge, "metric 'pickscore' judge")
-        if not issubclass(JUDGES.get(judge_name), PickScoreJudge):
-            raise ConfigError(f"pickscore needs the PickScore judge (judge: pickscore), not '{judge_name}'")
-        return dataclasses.replace(config, prompts=part_dict(prompt_name, prompt_config),
-                                   judge=part_dict(judge_name, judge_config))  # fmt: skip
+    judge_cls = PickScoreJudge
+    formula = "mean over images of logit_scale.exp() * cos(image, prompt)"
 
     def reset(self) -> None:
         super().reset()
@@ -65,20 +50,9 @@ class PickScore(Metric):
         scale = self.judges["judge"].logit_scale()  # type: ignore[attr-defined]
         return {"score": scale * cosine, "cosine": cosine, "truncated": truncated}
 
-    def compute(self) -> MetricResult:
-        records = self.judgements.sorted()
-        judge = self.judges["judge"]
-        name = f"pickscore_{self.dataset_name(self.config)}"
-        details: dict[str, Any] = {
-            "formula": "mean over images of logit_scale.exp() * cos(image, prompt)",
-            "interval": "95 % Student-t interval of the mean (n - 1 degrees of freedom)",
+    def extra_details(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
             "truncated_prompts": sum(bool(r["truncated"]) for r in records),
-            "prompts": self.config.prompts,
-            "pickscore_model": judge.config.model,  # type: ignore[attr-defined]
-            "judge": judge.settings(),
+            "pickscore_model": self.judges["judge"].config.model,  # type: ignore[attr-defined]
+            "logit_scale": self.judges["judge"].logit_scale(),  # type: ignore[attr-defined]
         }
-        if not records:
-            return MetricResult(name, None, {**details, "n": 0, "error": "no images were judged"})
-        details["logit_scale"] = judge.logit_scale()  # type: ignore[attr-defined]
-        summary = mean_interval([r["score"] for r in records])
-        return MetricResult(name, summary["mean"], {**summary, **details})
