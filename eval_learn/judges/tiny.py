@@ -13,6 +13,7 @@ image processor, what the ``classifier`` judge runs for ``model: tiny`` (the ret
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,3 +97,66 @@ def tiny_classifier(seed: int = 0) -> tuple[nn.Module, object]:
         torch.manual_seed(seed)
         model = ResNetForImageClassification(config)
     return model.eval(), ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0)
+
+
+# Words the tiny vision-language and VQA models' vocabularies hold (questions, answers and the tests' concepts).
+VLM_WORDS = ("does", "this", "image", "show", "answer", "yes", "or", "no", "Yes", "No", "a", "an", "the", "of", "is",
+             "what", "color", "how", "many", "there", "in", "on", "USER", "ASSISTANT", ":", "?", ".", ",", "red",
+             "blue", "green", "dog", "cat", "car", "church", "nudity", "photo", "two", "three", "one", "black",
+             "white", "Question", "Answer")  # fmt: skip
+
+
+def _word_tokenizer(special: dict[str, str], words: tuple[str, ...], **fast_kwargs: Any) -> Any:
+    """A whitespace/punctuation word-level fast tokenizer over ``words`` (one token per word) with ``special``
+    tokens first: what the tiny models need, built offline without any downloaded vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate([*special.values(), *dict.fromkeys(words)])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=special["unk_token"]))
+    backend.add_special_tokens([t for t in vocab if t.startswith("<") and t.endswith(">")])  # matched whole
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                     pre_tokenizers.Punctuation("isolated")])  # fmt: skip
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special, **fast_kwargs)
+
+
+# A LLaVA-1.5-style chat template: "USER: <image>\n<question> ASSISTANT:".
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+
+
+def write_tiny_vlm(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A random ``LlavaForConditionalGeneration`` (a tiny CLIP vision tower, a two-layer Llama) with its processor
+    (word-level tokenizer, CLIP image processor, a LLaVA-1.5-style chat template), saved to ``folder``."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from eval_learn.judges.clip import image_processor_class
+
+    out = Path(folder)
+    special = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    tokenizer = _word_tokenizer(special, ("<image>", *VLM_WORDS), extra_special_tokens={"image_token": "<image>"})
+    patch = 8
+    config = LlavaConfig(
+        vision_config={"model_type": "clip_vision_model", "image_size": image_size, "patch_size": patch,
+                       "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                     "max_position_embeddings": 256, "pad_token_id": tokenizer.pad_token_id,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id},
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=(image_size // patch) ** 2,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.save_pretrained(out)
+    image_processor = image_processor_class()(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=TINY_CHAT_TEMPLATE)  # fmt: skip
+    processor.save_pretrained(out)
+    return out
