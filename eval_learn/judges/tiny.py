@@ -160,3 +160,57 @@ def write_tiny_vlm(folder: str | Path, seed: int = 0, image_size: int = 32) -> P
                                chat_template=TINY_CHAT_TEMPLATE)  # fmt: skip
     processor.save_pretrained(out)
     return out
+
+
+def write_tiny_blip_vqa(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A random ``BlipForQuestionAnswering`` (tiny ViT, two-layer BERT encoder and decoder) with a ``BlipProcessor``
+    (word-level BERT-style tokenizer, BLIP image processor), saved to ``folder``: TIFA's VQA path offline."""
+    from transformers import BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil, BlipProcessor
+
+    out = Path(folder)
+    special = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+               "bos_token": "[DEC]", "mask_token": "[MASK]"}  # fmt: skip
+    tokenizer = _word_tokenizer(special, VLM_WORDS)
+    from tokenizers import processors
+
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "encoder_hidden_size": 32, "max_position_embeddings": 64,
+            "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "sep_token_id": sep, "eos_token_id": sep}  # fmt: skip
+    vision = {"image_size": image_size, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4}  # fmt: skip
+    config = BlipConfig(text_config=text, vision_config=vision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BlipForQuestionAnswering(config)
+    model.save_pretrained(out)
+    image_processor = BlipImageProcessorPil(size={"height": image_size, "width": image_size})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def write_tiny_sbert(folder: str | Path, seed: int = 0) -> Path:
+    """A random two-layer ``BertModel`` with a word-level tokenizer, saved to ``folder``: the sentence encoder that
+    maps TIFA's free-form answers to choices, offline."""
+    from tokenizers import processors
+    from transformers import BertConfig, BertModel
+
+    out = Path(folder)
+    special = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+    tokenizer = _word_tokenizer(special, VLM_WORDS)
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

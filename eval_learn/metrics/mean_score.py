@@ -27,12 +27,13 @@ class MeanScore(Metric):
 
     judge_cls: ClassVar[type[Judge]]
     formula: ClassVar[str]
+    default_prompts: ClassVar[str] = "coco_10k"
     higher_is_better = True
     config: MeanScoreConfig
 
     @classmethod
     def resolve_config(cls, config: MeanScoreConfig, context: Any, erased: list[str] | None) -> Any:
-        prompts = requested_prompts(config, {"name": "coco_10k"})
+        prompts = requested_prompts(config, {"name": cls.default_prompts})
         prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, f"metric '{cls.name}' prompts")
         judge = config.judge
         if judge == "auto" or isinstance(judge, dict) and judge.get("name") == "auto":
