@@ -143,6 +143,11 @@ def test_end_to_end_on_tiny_over_the_shipped_sample(models, tmp_path, cache_dir)
     assert set(details["accuracy_by_type"]) == {"animal/human", "object", "location", "activity", "color", "counting"}
     assert report["judge"]["judge"] == "vqa" and report["judge"]["architecture"] == "BlipForQuestionAnswering"
     assert report["dataset_metadata"]["questions_available"] == 19
+    assert report["judge"]["image_preprocessing"]["size"] == {"height": 32, "width": 32}
+    from eval_learn.report.leaderboard import gather
+
+    (column,) = gather(tmp_path).columns  # the leaderboard's column, its interval and detail column
+    assert column.name == "tifa_tifa_sample" and column.has_interval and column.details == ("question_accuracy",)
 
 
 def test_an_image_text_to_text_model_answers_with_the_release_blip2_prompt(models, tmp_path) -> None:

@@ -170,7 +170,7 @@ class VLMJudge(Judge):
             "threshold": self.config.threshold,
             "rule": f"shows the concept if p(yes) > {self.config.threshold}",
             "concepts": list(self.config.concepts),
-            "image_preprocessing": {**_image_processor(folder), "images_per_forward": 1},
+            "image_preprocessing": {**processor_settings(folder), "images_per_forward": 1},
             "transformers_version": version("transformers"),
         }
 
@@ -217,7 +217,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _image_processor(folder: Path) -> dict[str, Any]:
+def processor_settings(folder: Path) -> dict[str, Any]:
     """The image processor's saved settings (preprocessor_config.json, or processor_config.json's entry)."""
     return _read_json(folder / "preprocessor_config.json") or _read_json(folder / "processor_config.json").get(
         "image_processor", {}

@@ -40,6 +40,7 @@ from PIL.Image import Image
 from eval_learn.configs import require
 from eval_learn.judges.base import Judge, JudgeConfig
 from eval_learn.judges.clip import DTYPES, model_folder, weight_digests
+from eval_learn.judges.vlm import processor_settings
 from eval_learn.models import ensure_pretrained_available
 
 RELEASE = "Yushi-Hu/tifa tifascore/vqa_models.py, mc_sbert.py @8e37050f44ab4ee681e4251f3c8a9d4cc86e901e"
@@ -115,7 +116,7 @@ class VQAJudge(Judge):
             "kind": self.config.kind,
             "dtype": self.config.dtype,
             "generation": {"decoding": "greedy", **generation},
-            "image_preprocessing": "the model's processor (PIL path), one image and one question per call",
+            "image_preprocessing": {**processor_settings(folder), "images_per_call": 1, "questions_per_call": 1},
             "choice_mapping": "the answer if it is a choice (exact string), else the nearest choice by SBERT "
             "(mean pooling, L2-normalised, argmax dot product)",
             "sbert": {
