@@ -28,6 +28,7 @@ class MeanScore(Metric):
     judge_cls: ClassVar[type[Judge]]
     formula: ClassVar[str]
     default_prompts: ClassVar[str] = "coco_10k"
+    bounds: ClassVar[tuple[float, float] | None] = None  # the range a score lies in: the interval is clipped to it
     higher_is_better = True
     config: MeanScoreConfig
 
@@ -62,4 +63,8 @@ class MeanScore(Metric):
         if not records:
             return MetricResult(name, None, {**details, "n": 0, "error": "no images were judged"})
         summary = mean_interval([r["score"] for r in records])
+        if self.bounds is not None and summary["ci95"] is not None:
+            low, high = self.bounds
+            summary["ci95"] = [max(summary["ci95"][0], low), min(summary["ci95"][1], high)]
+            details["interval"] += f", clipped to [{low:g}, {high:g}]"
         return MetricResult(name, summary["mean"], {**summary, **details, **self.extra_details(records)})

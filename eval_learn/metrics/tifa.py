@@ -46,6 +46,7 @@ class TIFAMetric(MeanScore):
     config_cls = TIFAConfig
     judge_cls = VQAJudge
     default_prompts = "tifa"
+    bounds = (0.0, 1.0)
     formula = "mean over images of the fraction of the caption's questions answered correctly (multiple choice)"
 
     @classmethod
