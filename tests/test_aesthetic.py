@@ -129,4 +129,8 @@ def test_end_to_end_on_tiny_reuses_the_clip_embedding(clip_folder, seeded_weight
     assert result["name"] == "aesthetic_coco_10k" and result["higher_is_better"] is True
     assert result["details"]["n"] == 3 and len(result["details"]["ci95"]) == 2
     assert report["judge"]["judge"] == "aesthetic" and report["judge"]["weights"] == seeded_weights
-    assert AestheticJudge(AestheticConfig(model=clip_folder, weights=seeded_weights)).parts()["clip"].name == "clip"
+    # The CLIP embeddings are the clip judge's cached verdicts: clip_score on the same images reuses all three.
+    clip = {"name": "clip", "model": clip_folder}
+    again = SingleBenchmarkRunner("free_run", "clip_score", {}, {"limit": 3, "judge": clip, "scale": "cosine"},
+                                  tmp_path / "clip", model="tiny", cache_dir=cache_dir).run()  # fmt: skip
+    assert again["cache_stats"] == {"images_generated": 0, "images_reused": 3, "judgements_reused": 3}
