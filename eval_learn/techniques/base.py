@@ -33,7 +33,7 @@ import torch
 from eval_learn.configs import require
 from eval_learn.errors import ConfigError, NonFiniteError, RunError
 from eval_learn.guidance import check_guidance_scale, effective_guidance_scale
-from eval_learn.models import load_pipeline
+from eval_learn.models.pipeline import load_pipeline
 from eval_learn.runtime import RunContext, resolve_device
 from eval_learn.storage import digest_of, locked, remove_quietly
 from eval_learn.technique_fields import NON_IMAGE_FIELDS

@@ -53,10 +53,11 @@ import torch
 from tqdm.auto import tqdm
 
 from eval_learn.configs import require
-from eval_learn.errors import ConfigError, NonFiniteError
+from eval_learn.errors import ConfigError
 from eval_learn.techniques import weights as weight_files
 from eval_learn.techniques.base import Technique, WeightsConfig
-from eval_learn.techniques.checkpoint import TrainingCheckpoint, optimiser_state, restore_optimiser_state
+from eval_learn.techniques.checkpoint import TrainingCheckpoint
+from eval_learn.techniques.training import TrainingLoop
 from eval_learn.techniques.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -377,36 +378,15 @@ class CATrainer:
         cfg = self.config
         optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate, betas=(0.9, 0.999),
                                       weight_decay=cfg.weight_decay, eps=1e-8)  # fmt: skip
-        losses: list[float] = []
-        generators = {"train": self.generator}
-        if checkpoint is not None and (saved := checkpoint.load()) is not None:
-            losses = restore_optimiser_state(saved, optimizer, self.params, generators)
+        loop = TrainingLoop(
+            "CA", cfg.train_steps, optimizer, self.params,
+            f"learning_rate={cfg.learning_rate}, train_method={cfg.train_method}", max_grad_norm=cfg.max_grad_norm,
+            checkpoint=checkpoint, generators={"train": self.generator}, after_step=self.keep_frozen_rows,
+        )  # fmt: skip
         self.unet.train()
         hooks = block_start_token_gradient(self.unet)
-        steps = tqdm(range(len(losses), cfg.train_steps), desc="CA steps", leave=False, mininterval=2.0,
-                     initial=len(losses), total=cfg.train_steps)  # fmt: skip
         try:
-            for step in steps:
-                batch = self.sample_batch()
-                optimizer.zero_grad(set_to_none=True)
-                loss = self.loss(batch)
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(
-                        f"CA: the loss became {loss.item()} at step {step + 1} of {cfg.train_steps} "
-                        f"(learning_rate={cfg.learning_rate}, train_method={cfg.train_method}); training stopped and "
-                        f"nothing was cached. A smaller learning rate usually fixes it."
-                    )
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm)
-                optimizer.step()
-                if self.frozen_rows is not None:  # only the target concept's token rows may move (weight decay too)
-                    weight = next(iter(self.params.values()))
-                    with torch.no_grad():
-                        weight[self.frozen_rows] = self.embedding_before[self.frozen_rows]
-                losses.append(loss.item())
-                steps.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-                if checkpoint is not None:
-                    checkpoint.maybe_save(step + 1, lambda: optimiser_state(optimizer, self.params, generators, losses))
+            losses = loop.run(lambda: self.loss(self.sample_batch()))
         finally:
             for hook in hooks:
                 hook.remove()
@@ -414,6 +394,13 @@ class CATrainer:
         for p in self.params.values():
             p.requires_grad_(False)
         return losses
+
+    def keep_frozen_rows(self) -> None:
+        """With ``train_method=embedding`` only the target concept's token rows may move (weight decay too)."""
+        if self.frozen_rows is not None:
+            weight = next(iter(self.params.values()))
+            with torch.no_grad():
+                weight[self.frozen_rows] = self.embedding_before[self.frozen_rows]
 
     def trained_state(self) -> Weights:
         return {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in self.params.items()}

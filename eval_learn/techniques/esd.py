@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from eval_learn.configs import require
-from eval_learn.errors import NonFiniteError
 from eval_learn.techniques.base import Technique, WeightsConfig
-from eval_learn.techniques.checkpoint import TrainingCheckpoint, optimiser_state, restore_optimiser_state
+from eval_learn.techniques.checkpoint import TrainingCheckpoint
+from eval_learn.techniques.training import TrainingLoop
 from eval_learn.techniques.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -229,30 +228,14 @@ class ESDTrainer:
         return torch.nn.functional.mse_loss(prediction, self.target(x_t, t))
 
     def train(self, checkpoint: TrainingCheckpoint | None = None) -> list[float]:
-        optimizer = torch.optim.Adam(self.params.values(), lr=self.config.learning_rate)
-        losses: list[float] = []
-        generators = {"train": self.generator}
-        if checkpoint is not None and (saved := checkpoint.load()) is not None:
-            losses = restore_optimiser_state(saved, optimizer, self.params, generators)
+        cfg = self.config
+        loop = TrainingLoop(
+            "ESD", cfg.train_steps, torch.optim.Adam(self.params.values(), lr=cfg.learning_rate), self.params,
+            f"learning_rate={cfg.learning_rate}, negative_guidance={cfg.negative_guidance}", checkpoint=checkpoint,
+            generators={"train": self.generator},
+        )  # fmt: skip
         self.unet.train()
-        steps = tqdm(range(len(losses), self.config.train_steps), desc="ESD steps", leave=False, mininterval=2.0,
-                     initial=len(losses), total=self.config.train_steps)  # fmt: skip
-        for step in steps:
-            x_t, t = self.sample_xt()
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(x_t, t)
-            if not torch.isfinite(loss):
-                raise NonFiniteError(
-                    f"ESD: the loss became {loss.item()} at step {step + 1} of {self.config.train_steps} "
-                    f"(learning_rate={self.config.learning_rate}, negative_guidance={self.config.negative_guidance}); "
-                    f"training stopped and nothing was cached. A smaller learning rate usually fixes it."
-                )
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            steps.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-            if checkpoint is not None:
-                checkpoint.maybe_save(step + 1, lambda: optimiser_state(optimizer, self.params, generators, losses))
+        losses = loop.run(lambda: self.loss(*self.sample_xt()))
         self.unet.eval().requires_grad_(False)
         return losses
 

@@ -71,10 +71,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval_learn.configs import as_list, check_concepts_and_targets, one_each, require
-from eval_learn.errors import ConfigError, NonFiniteError, RunError
+from eval_learn.errors import ConfigError, RunError
 from eval_learn.storage import digest_of
 from eval_learn.techniques.base import NON_IMAGE_FIELDS, Technique, WeightsConfig
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
+from eval_learn.techniques.training import TrainingLoop
 from eval_learn.techniques.uce import cross_attention_projections
 from eval_learn.techniques.weights import Weights
 
@@ -704,28 +705,21 @@ class MACETrainer:
                                       eps=1e-8)  # fmt: skip
         num_t = self.scheduler.config.num_train_timesteps
         cfis = importance_weights(num_t) if cfg.importance_sampling else None
-        losses: list[float] = []
-        steps = tqdm(range(cfg.train_steps), desc=f"MACE LoRA '{data.concept}'", leave=False, mininterval=2.0)
-        for step in steps:
+
+        def step_loss() -> torch.Tensor:
             images = torch.randint(len(data.latents), (cfg.batch_size,), generator=generator)
             prompts = torch.randint(len(data.prompts), (cfg.batch_size,), generator=generator)
             if cfis is not None:
                 t = torch.multinomial(cfis, cfg.batch_size, replacement=True, generator=generator)
             else:
                 t = torch.randint(0, num_t, (cfg.batch_size,), generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(probe, data, images, prompts, t.to(self.device), generator)
-            if not torch.isfinite(loss):
-                raise NonFiniteError(
-                    f"MACE: the attention loss of '{data.concept}' became {loss.item()} at step {step + 1} of "
-                    f"{cfg.train_steps} (learning_rate={cfg.learning_rate}); training stopped and nothing was cached."
-                )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            losses.append(loss.item())
-            steps.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-        return losses
+            return self.loss(probe, data, images, prompts, t.to(self.device), generator)
+
+        # no checkpoint inside one LoRA's training: the run saves after each concept's LoRA (run())
+        named = {str(i): p for i, p in enumerate(params)}
+        loop = TrainingLoop(f"MACE LoRA '{data.concept}'", cfg.train_steps, optimizer, named,
+                            f"learning_rate={cfg.learning_rate}", max_grad_norm=cfg.max_grad_norm)  # fmt: skip
+        return loop.run(step_loss)
 
     # --- all three ---
     def data(self, probe: AttentionProbe, checkpoint: TrainingCheckpoint | None) -> list[ConceptData]:
