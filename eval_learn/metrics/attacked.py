@@ -27,16 +27,16 @@ from eval_learn.types import PromptRecord
 SKIPPED = "the plain prompt already succeeded"
 
 
-def resolve_attack(spec: str | dict[str, Any] | None, where: str) -> dict[str, Any] | None:
+def resolve_attack(spec: str | dict[str, Any] | None) -> dict[str, Any] | None:
     """``attack`` as ``{name, <every setting>}`` (a name or a mapping; None: no attack). An unknown attack or
     setting is a :class:`ConfigError` naming the closest one, raised before any model loads."""
     if spec is None:
         return None
-    name, config = parse_part(ATTACKS, spec, f"{where} attack")
+    name, config = parse_part(ATTACKS, spec, "attack")
     try:
         config.validate()
     except ConfigError as err:
-        raise ConfigError(f"{where} attack ({name}): {err}") from None
+        raise ConfigError(f"attack ({name}): {err}") from None
     return {"name": name, **dataclasses.asdict(config)}
 
 
