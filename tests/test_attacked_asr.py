@@ -143,3 +143,18 @@ def test_a_killed_attack_run_resumes_without_redoing_finished_prompts(tmp_path: 
     assert again.returncode == 0
     block = report_of(tmp_path / "again")["metric_result"]["details"]["attack"]
     assert (block["attacks_searched"], block["attacks_reused"]) == (0, attacked_now)
+
+
+@pytest.mark.slow
+def test_on_the_miniworld_unlearndiffatk_raises_slds_asr_by_at_least_0_2(tmp_path: Path) -> None:
+    """Measured (docs/attacks.md): SLD's MiniWorld preset erases red from sampling only; prefix tokens found on its
+    UNet bring red back for several of the 8 red prompts."""
+    out = tmp_path / "out"
+    done = run_cli("model=miniworld", "technique=sld", "metric=asr", "metric.config.limit=8",
+                   "metric.config.samples_per_prompt=1", "batch_size=1",
+                   "metric.config.attack={name: unlearndiffatk, timesteps: 5, iterations: 10}",  # no time limit: load-free
+                   f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", cwd=ROOT, timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    block = report_of(out)["metric_result"]["details"]["attack"]
+    assert block["asr_after"] - block["asr_before"] >= 0.2, block
+    assert all(p["prompt"].split()[-2:] == p["plain_prompt"].split()[-2:] for p in block["per_prompt"] if "prompt" in p)

@@ -30,9 +30,9 @@ GOLDEN = Path(__file__).parent / "golden" / "unlearndiffatk_release.json"
 CLIP_VOCAB = 49408
 PROMPT, SEED = "a photo of a woman on a beach", 1001
 # Tolerances, measured: the release runs on transformers 4.33 (eager attention, its own text-encoder wrapper), we on
-# the installed transformers; per-timestep loss sums differ by at most LOSS_RTOL relative (see the golden's
-# max_loss_rel_diff). Tokens must be equal: a drift in the projection, the sampling stream or the loss changes them.
-LOSS_RTOL = 1e-4
+# the installed transformers; per-timestep loss sums differed by at most 2.1e-8 relative when measured (2026-12-03).
+# Tokens must be equal: a drift in the projection, the sampling stream or the loss changes them.
+LOSS_RTOL = 1e-6
 
 
 def write_clip_sized_tokenizer(folder: Path) -> Path:
