@@ -23,7 +23,7 @@ def rece_config(**overrides) -> RECEConfig:
 
 
 def make_context(cache_dir=None) -> RunContext:
-    return RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float64, seed=0, cache_dir=cache_dir)
+    return RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0, cache_dir=cache_dir)
 
 
 def attack_objective(edited: dict, original: dict, e: torch.Tensor, c: torch.Tensor, regular_scale: float) -> float:
@@ -159,3 +159,15 @@ def test_miniworld_rece_erases_red_against_free_run_with_the_same_seeds(miniworl
     assert base["value"] >= 0.85  # the base model draws red when asked (measured 1.00, n = 64)
     # The preset measured 0.08 (5 of 64; 95 % CI [0.02, 0.27]) against 1.00: the bar is the issue's, at most half.
     assert erased["value"] <= base["value"] / 2
+
+
+def test_load_path_reads_a_release_saved_unet(tiny_pipe, cache_dir, tmp_path) -> None:
+    """train.py saves torch.save(unet.state_dict()) (the authors' released models): a whole UNet with plain keys."""
+    weights = RECE(rece_config(epochs=1), make_context(cache_dir)).build_weights(tiny_pipe)
+    state = {**tiny_pipe.unet.state_dict(), **{k.removeprefix("unet."): v.float() for k, v in weights.items()}}
+    torch.save(state, tmp_path / "0.0000-0.pt")
+    technique = RECE(rece_config(load_path=str(tmp_path / "0.0000-0.pt")), make_context(cache_dir))
+    technique.prepare()
+    unet = dict(technique.pipeline().unet.named_parameters())
+    assert technique.info["trained"] is False
+    assert all(torch.equal(unet[k.removeprefix("unet.")], v.float()) for k, v in weights.items())
