@@ -121,8 +121,6 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
                 entry["recipes"] = technique_recipes(name, overrides)
             if kind == "techniques":
                 entry["presets"] = technique_presets(name)
-            if kind == "attacks" and cls.follows:
-                entry["follows"] = cls.follows
             entries.append(entry)
         if yaml_names is not None:  # a YAML without a class: selectable, but it will fail
             for name in sorted(yaml_names - set(registry.names())):
