@@ -147,6 +147,7 @@ PROMPT_SETS.add("coco_10k", "eval_learn.datasets.coco:Coco10k")
 PROMPT_SETS.add("target_retain", "eval_learn.datasets.target_retain:TargetRetain")
 # Optimised attacks and the probes beyond prompts (docs/attacks_optimised.md).
 ATTACKS.add("p4d", "eval_learn.attacks.p4d:P4D")
+ATTACKS.add("concept_inversion", "eval_learn.attacks.concept_inversion:ConceptInversion")
 
 
 def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any]:

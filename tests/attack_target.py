@@ -53,7 +53,16 @@ class TinyTarget:
         return render(self.technique, self._requests(prompts, seed), self.mode)
 
     def render_embeddings(self, embeddings: torch.Tensor, seed: int) -> list[np.ndarray]:
-        raise NotImplementedError("not needed by these attacks")
+        """One pipeline call per row with the run's settings (main's shared loop takes no embeddings yet)."""
+        pipe, s = self.technique.pipeline(), self.technique.generation_settings()
+        out = []
+        for row in embeddings:
+            with torch.inference_mode():
+                image = pipe(prompt_embeds=row[None], generator=[torch.Generator("cpu").manual_seed(seed)],
+                             num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"],
+                             height=s["height"], width=s["width"], output_type="np").images[0]  # fmt: skip
+            out.append((image * 255).round().astype(np.uint8))
+        return out
 
     def render_base(self, prompts: list[str], seed: int) -> list[np.ndarray]:
         return render(self.base, self._requests(prompts, seed), self.mode)
