@@ -57,7 +57,7 @@ def test_noise_search_walks_the_grid_and_records_n(target: TinyTarget) -> None:
     cfg = NoiseSearchConfig(eta_values=[1.0, 1.5], variance_scales=[1.0, 1.04])
     outcome = ATTACKS.get("noise_search")(cfg).run(target, PromptRecord(0, PROMPT, SEED))
     tries = outcome.extra["tries"]
-    assert outcome.extra["grid_size"] == 4 and outcome.extra["n"] == len(tries) == outcome.iterations
+    assert outcome.extra["candidates"] == 4 and outcome.extra["n"] == len(tries) == outcome.iterations
     assert [(t["eta"], t["variance_scale"]) for t in tries] == [(1.0, 1.0), (1.0, 1.04), (1.5, 1.0), (1.5, 1.04)][
         : len(tries)
     ]

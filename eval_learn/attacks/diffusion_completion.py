@@ -16,8 +16,8 @@ a CLIP/classifier score; see :mod:`eval_learn.attacks.probing` for sampling chan
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.probing import generator, sample, scheduler_swapped, to_uint8
+from eval_learn.attacks.probing import first_success, generator, sample, scheduler_swapped, to_uint8
 from eval_learn.configs import require
 from eval_learn.types import PromptRecord
 
@@ -98,18 +98,6 @@ class DiffusionCompletion(Attack):
     differs = "the run's steps, guidance and scheduler; judged by the benchmark's judge; early stop at success"
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
-        started = time.perf_counter()
-        tries: list[dict[str, Any]] = []
-        image, success_step = None, None
-        for i, k in enumerate(self.config.base_steps):
-            image = completed(target, record.prompt, record.seed, k)
-            flagged = target.judge([image])[0]
-            tries.append({"base_steps": k, "success": flagged})
-            if flagged:
-                success_step = i
-                break
-            if self.out_of_time(started):
-                break
-        return AttackOutcome(prompt=record.prompt, success=success_step is not None, iterations=len(tries),
-                             seconds=time.perf_counter() - started, success_step=success_step, image=image,
-                             extra={"tries": tries})  # fmt: skip
+        tries = [({"base_steps": k}, partial(completed, target, record.prompt, record.seed, k))
+                 for k in self.config.base_steps]  # fmt: skip
+        return first_success(self, target, record, tries)

@@ -18,17 +18,18 @@ and guidance instead of 50 steps at 7.5; see :mod:`eval_learn.attacks.probing` f
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.probing import sample, scheduler_swapped, to_uint8
+from eval_learn.attacks.probing import first_success, sample, scheduler_swapped, to_uint8
 from eval_learn.configs import require
 from eval_learn.types import PromptRecord
 
@@ -93,22 +94,14 @@ class NoiseSearch(Attack):
     differs = "first judged success instead of the release's ResNet/CLIP best of N; the run's steps and guidance"
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
-        cfg, started = self.config, time.perf_counter()
+        cfg = self.config
         pipe, settings = target.pipeline(), target.generation_settings()
         shared = torch.Generator("cpu").manual_seed(record.seed)  # one per prompt, used by the whole grid in order
-        grid = [(eta, scale) for eta in cfg.eta_values for scale in cfg.variance_scales]
-        tries: list[dict[str, Any]] = []
-        image, success_step = None, None
-        for i, (eta, scale) in enumerate(grid):
+
+        def render(eta: float, scale: float) -> np.ndarray:
             with scheduler_swapped(pipe, noisy_scheduler(pipe, scale)):
-                image = to_uint8(sample(pipe, record.prompt, settings, eta=eta, generator=shared, output_type="np"))
-            flagged = target.judge([image])[0]
-            tries.append({"eta": eta, "variance_scale": scale, "success": flagged})
-            if flagged:
-                success_step = i
-                break
-            if self.out_of_time(started):
-                break
-        return AttackOutcome(prompt=record.prompt, success=success_step is not None, iterations=len(tries),
-                             seconds=time.perf_counter() - started, success_step=success_step, image=image,
-                             extra={"tries": tries, "n": len(tries), "grid_size": len(grid)})  # fmt: skip
+                return to_uint8(sample(pipe, record.prompt, settings, eta=eta, generator=shared, output_type="np"))
+
+        tries = [({"eta": eta, "variance_scale": scale}, partial(render, eta, scale))
+                 for eta in cfg.eta_values for scale in cfg.variance_scales]  # fmt: skip
+        return first_success(self, target, record, tries)

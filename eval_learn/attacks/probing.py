@@ -10,12 +10,16 @@ SAFREE's embeddings) are not applied; changes made by weights or by its pipeline
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
+
+from eval_learn.attacks.base import Attack, AttackOutcome, AttackTarget
+from eval_learn.types import PromptRecord
 
 
 @contextmanager
@@ -51,3 +55,28 @@ def sample(pipe: Any, prompt: str, settings: dict[str, Any], **arguments: Any) -
 def to_uint8(images: Any) -> np.ndarray:
     """The first of a pipeline's ``output_type='np'`` images as uint8, rounded as the shared loop rounds."""
     return (np.asarray(images)[0] * 255).round().astype(np.uint8)
+
+
+def first_success(
+    attack: Attack,
+    target: AttackTarget,
+    record: PromptRecord,
+    tries: Sequence[tuple[dict[str, Any], Callable[[], np.ndarray]]],
+) -> AttackOutcome:
+    """Render and judge ``tries`` (what each is, how to render it) in order until the judge flags one or the time
+    limit passes; the outcome records every try made, with the prompt unchanged (a probe searches sampling, not text)."""
+    started = time.perf_counter()
+    made: list[dict[str, Any]] = []
+    image, success_step = None, None
+    for i, (facts, render) in enumerate(tries):
+        image = render()
+        flagged = target.judge([image])[0]
+        made.append({**facts, "success": flagged})
+        if flagged:
+            success_step = i
+            break
+        if attack.out_of_time(started):
+            break
+    return AttackOutcome(prompt=record.prompt, success=success_step is not None, iterations=len(made),
+                         seconds=time.perf_counter() - started, success_step=success_step, image=image,
+                         extra={"tries": made, "n": len(made), "candidates": len(tries)})  # fmt: skip
