@@ -23,12 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.attack_target
 
 from eval_learn.datasets.miniworld import concept_rows  # noqa: E402
-from eval_learn.engine.sampling import GenerationMode  # noqa: E402
-from eval_learn.judges.miniworld import MiniWorldJudgeConfig, MiniWorldJudgePart  # noqa: E402
 from eval_learn.registry import ATTACKS  # noqa: E402
 from eval_learn.runners import SingleBenchmarkRunner  # noqa: E402
-from eval_learn.techniques.base import TechniqueConfig  # noqa: E402
-from eval_learn.techniques.free_run import FreeRun  # noqa: E402
 from eval_learn.types import PromptRecord  # noqa: E402
 from tests.attack_target import TinyTarget  # noqa: E402
 
@@ -42,18 +38,6 @@ BUDGETS = {
 }
 
 
-class MiniWorldTarget(TinyTarget):
-    """The test target over an already prepared technique (its own model) and the MiniWorld judge."""
-
-    def __init__(self, technique) -> None:  # noqa: ANN001
-        self.concept = "red"
-        self.technique = technique
-        self.base = FreeRun(TechniqueConfig(), technique.context)
-        self.judge_part = MiniWorldJudgePart(MiniWorldJudgeConfig())
-        self.judge_part.load()
-        self.mode = GenerationMode("strict", 1)
-
-
 def main(techniques: list[str]) -> None:
     torch.set_num_threads(1)
     cache = Path(tempfile.mkdtemp())
@@ -62,7 +46,7 @@ def main(techniques: list[str]) -> None:
         runner = SingleBenchmarkRunner(name, "asr", {}, {}, output_dir=cache, model="miniworld", cache_dir=cache)
         technique = runner.technique_cls(runner.technique_config, runner.context)
         technique.prepare()
-        target = MiniWorldTarget(technique)
+        target = TinyTarget(cache, "red", technique)
         before = [target.judge(target.render([r.prompt], r.seed))[0] for r in records]
         for label, (attack_name, settings) in BUDGETS.items():
             cls = ATTACKS.get(attack_name)

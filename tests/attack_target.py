@@ -16,7 +16,7 @@ from eval_learn.engine.sampling import GenerationMode, render
 from eval_learn.judges.miniworld import MiniWorldJudgeConfig, MiniWorldJudgePart
 from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
-from eval_learn.techniques.base import TechniqueConfig
+from eval_learn.techniques.base import Technique, TechniqueConfig
 from eval_learn.techniques.free_run import FreeRun
 from eval_learn.techniques.uce import UCE, UCEConfig
 from eval_learn.types import GenerationRequest, PromptRecord
@@ -29,12 +29,14 @@ def tiny_context(cache_dir) -> RunContext:
 class TinyTarget:
     """UCE (erasing ``concept``) on ``model=tiny`` against ``free_run``; one render per call, one row per prompt."""
 
-    def __init__(self, cache_dir, concept: str = "red") -> None:
-        context = tiny_context(cache_dir)
+    def __init__(self, cache_dir, concept: str = "red", technique: Technique | None = None) -> None:
+        """``technique``: another prepared technique (on its own model) instead of UCE on tiny."""
         self.concept = concept
-        self.technique = UCE(UCEConfig(erase_concept=[concept]), context)
-        self.technique.prepare()
-        self.base = FreeRun(TechniqueConfig(), context)
+        if technique is None:
+            technique = UCE(UCEConfig(erase_concept=[concept]), tiny_context(cache_dir))
+            technique.prepare()
+        self.technique = technique
+        self.base = FreeRun(TechniqueConfig(), technique.context)
         self.judge_part = MiniWorldJudgePart(MiniWorldJudgeConfig())
         self.judge_part.load()
         self.mode = GenerationMode("strict", 1)
