@@ -26,7 +26,7 @@ from eval_learn.datasets.miniworld import concept_rows  # noqa: E402
 from eval_learn.registry import ATTACKS  # noqa: E402
 from eval_learn.runners import SingleBenchmarkRunner  # noqa: E402
 from eval_learn.types import PromptRecord  # noqa: E402
-from tests.attack_target import TinyTarget  # noqa: E402
+from tests.attack_target import tiny_target  # noqa: E402
 
 BUDGETS = {
     "p4d (N, 8 tokens)": ("p4d", {"variant": "n", "prompt_len": 8, "iterations": 150, "eval_step": 25}),
@@ -46,7 +46,7 @@ def main(techniques: list[str]) -> None:
         runner = SingleBenchmarkRunner(name, "asr", {}, {}, output_dir=cache, model="miniworld", cache_dir=cache)
         technique = runner.technique_cls(runner.technique_config, runner.context)
         technique.prepare()
-        target = TinyTarget(cache, "red", technique)
+        target = tiny_target(cache, "red", technique)
         before = [target.judge(target.render([r.prompt], r.seed))[0] for r in records]
         for label, (attack_name, settings) in BUDGETS.items():
             cls = ATTACKS.get(attack_name)

@@ -59,6 +59,11 @@ class Registry(Generic[T]):
             )
         return key
 
+    def target(self, name: str) -> str:
+        """Where ``name``'s class is, as ``module:Class``, without importing it."""
+        target = self._targets[self.canonical(name)]
+        return target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
     def get(self, name: str) -> type[T]:
         key = self.canonical(name)
         target = self._targets[key]
@@ -119,12 +124,18 @@ TECHNIQUES.add("sld", "eval_learn.techniques.sld:SLD")
 TECHNIQUES.add("safree", "eval_learn.techniques.safree:SAFREE")
 TECHNIQUES.add("ca", "eval_learn.techniques.ca:ConceptAblation")
 TECHNIQUES.add("mace", "eval_learn.techniques.mace:MACE")
+TECHNIQUES.add("trasce", "eval_learn.techniques.trasce:TraSCE")
+TECHNIQUES.add("rece", "eval_learn.techniques.rece:RECE")
 TECHNIQUES.add("external", "eval_learn.techniques.external:External")
+TECHNIQUES.add("ssd", "eval_learn.techniques.ssd:SSD")
 METRICS.add("asr", "eval_learn.metrics.asr:ASR", aliases=("asr_i2p",))
 METRICS.add("ua_ira", "eval_learn.metrics.ua_ira:UAIRA")
 METRICS.add("clip_score", "eval_learn.metrics.clip_score:CLIPScore")
 METRICS.add("fid", "eval_learn.metrics.fid:FID")
 METRICS.add("err", "eval_learn.metrics.err:ERR")
+METRICS.add("pickscore", "eval_learn.metrics.pickscore:PickScore")
+METRICS.add("aesthetic", "eval_learn.metrics.aesthetic:Aesthetic")
+METRICS.add("tifa", "eval_learn.metrics.tifa:TIFAMetric")
 JUDGES.add("nudenet", "eval_learn.judges.nudenet:NudeNetJudge")
 JUDGES.add("miniworld", "eval_learn.judges.miniworld:MiniWorldJudgePart")
 JUDGES.add("classifier", "eval_learn.judges.classifier:ClassifierJudge")
@@ -133,6 +144,10 @@ JUDGES.add("clip_zeroshot", "eval_learn.judges.clip_zeroshot:CLIPZeroShotJudge")
 JUDGES.add("q16", "eval_learn.judges.q16:Q16Judge")
 JUDGES.add("any_of", "eval_learn.judges.any_of:AnyOfJudge")
 JUDGES.add("fid_features", "eval_learn.judges.fid_features:FIDFeatures")
+JUDGES.add("pickscore", "eval_learn.judges.pickscore:PickScoreJudge")
+JUDGES.add("aesthetic", "eval_learn.judges.aesthetic:AestheticJudge")
+JUDGES.add("vlm", "eval_learn.judges.vlm:VLMJudge")
+JUDGES.add("vqa", "eval_learn.judges.vqa:VQAJudge")
 PROMPT_SETS.add("i2p", "eval_learn.datasets.i2p:I2P")
 PROMPT_SETS.add("unlearndiffatk_nudity", "eval_learn.datasets.i2p:UnlearnDiffAtkNudity")
 PROMPT_SETS.add("demo", "eval_learn.datasets.i2p:Demo")
@@ -141,6 +156,7 @@ PROMPT_SETS.add("miniworld", "eval_learn.datasets.miniworld:MiniWorldPrompts")
 PROMPT_SETS.add("miniworld_variants", "eval_learn.datasets.miniworld:MiniWorldVariants")
 PROMPT_SETS.add("miniworld_csv", "eval_learn.datasets.miniworld_file:MiniWorldCSV")
 MASKED_IMAGES.add("miniworld", "eval_learn.miniworld.masked_images:MiniWorldImages")
+ATTACKS.add("unlearndiffatk", "eval_learn.attacks.unlearndiffatk:UnlearnDiffAtk")
 PROMPT_SETS.add("church", "eval_learn.datasets.objects:Church")
 PROMPT_SETS.add("garbage_truck", "eval_learn.datasets.objects:GarbageTruck")
 PROMPT_SETS.add("parachute", "eval_learn.datasets.objects:Parachute")
@@ -148,6 +164,7 @@ PROMPT_SETS.add("tench", "eval_learn.datasets.objects:Tench")
 PROMPT_SETS.add("vangogh", "eval_learn.datasets.objects:VanGogh")
 PROMPT_SETS.add("coco_10k", "eval_learn.datasets.coco:Coco10k")
 PROMPT_SETS.add("target_retain", "eval_learn.datasets.target_retain:TargetRetain")
+PROMPT_SETS.add("tifa", "eval_learn.datasets.tifa:TIFA")
 # Optimised attacks and the probes beyond prompts (docs/attacks_optimised.md).
 ATTACKS.add("p4d", "eval_learn.attacks.p4d:P4D")
 ATTACKS.add("concept_inversion", "eval_learn.attacks.concept_inversion:ConceptInversion")

@@ -10,7 +10,7 @@ from eval_learn.attacks.concept_inversion import ConceptInversion, ConceptInvers
 from eval_learn.datasets.miniworld import concept_rows
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.types import PromptRecord
-from tests.attack_target import TinyTarget
+from tests.attack_target import tiny_target
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_concept_inversion_undoes_uce_on_the_miniworld(tmp_path) -> None:
     runner = SingleBenchmarkRunner("uce", "asr", {}, {}, output_dir=tmp_path, model="miniworld", cache_dir=tmp_path)
     technique = runner.technique_cls(runner.technique_config, runner.context)
     technique.prepare()
-    target = TinyTarget(tmp_path, "red", technique)
+    target = tiny_target(tmp_path, "red", technique)
     records = [PromptRecord(i, row.prompt, 0) for i, row in enumerate(concept_rows("red", "target")[:4])]
     before = [target.judge(target.render([r.prompt], r.seed))[0] for r in records]
     attack = ConceptInversion(ConceptInversionConfig(steps=300, images=8, batch_size=4))

@@ -14,21 +14,22 @@ from PIL import Image
 
 from eval_learn.attacks.concept_inversion import ConceptInversion, ConceptInversionConfig, Inversion, caption_ids
 from eval_learn.configs import ConfigError, from_mapping
+from eval_learn.engine.attacking import ModelTarget
 from eval_learn.registry import ATTACKS
 from eval_learn.types import PromptRecord
-from tests.attack_target import TinyTarget
+from tests.attack_target import tiny_target
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory) -> TinyTarget:
-    return TinyTarget(tmp_path_factory.mktemp("cache"))
+def target(tmp_path_factory) -> ModelTarget:
+    return tiny_target(tmp_path_factory.mktemp("cache"))
 
 
 def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_only_the_new_row_is_learned_and_the_model_is_untouched(target: TinyTarget) -> None:
+def test_only_the_new_row_is_learned_and_the_model_is_untouched(target: ModelTarget) -> None:
     pipe = target.pipeline()
     before = {name: state(getattr(pipe, name)) for name in ("text_encoder", "unet", "vae")}
     attack = ATTACKS.get("concept_inversion")(ConceptInversionConfig(steps=4, images=2, batch_size=2))
@@ -41,7 +42,7 @@ def test_only_the_new_row_is_learned_and_the_model_is_untouched(target: TinyTarg
     assert attack.learn(target)[0] is row  # once per concept: the second prompt reuses it
 
 
-def test_encoding_with_the_row_in_place_equals_a_resized_embedding_matrix(target: TinyTarget) -> None:
+def test_encoding_with_the_row_in_place_equals_a_resized_embedding_matrix(target: ModelTarget) -> None:
     pipe = target.pipeline()
     row = torch.randn(pipe.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
     inversion = Inversion(pipe, row, lr=0.1, weight_decay=0.0)
@@ -55,7 +56,7 @@ def test_encoding_with_the_row_in_place_equals_a_resized_embedding_matrix(target
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
 
 
-def test_the_row_fits_a_fixed_batch(target: TinyTarget) -> None:
+def test_the_row_fits_a_fixed_batch(target: ModelTarget) -> None:
     pipe = target.pipeline()
     start = pipe.text_encoder.get_input_embeddings().weight[5]
     inversion = Inversion(pipe, start, lr=0.05, weight_decay=0.01)
@@ -66,7 +67,7 @@ def test_the_row_fits_a_fixed_batch(target: TinyTarget) -> None:
     assert min(losses[-5:]) < losses[0], losses
 
 
-def test_training_images_from_a_folder(target: TinyTarget, tmp_path) -> None:
+def test_training_images_from_a_folder(target: ModelTarget, tmp_path) -> None:
     for i in range(3):
         Image.fromarray(np.full((80, 80, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
     cfg = from_mapping(ConceptInversionConfig, {"image_folder": str(tmp_path), "images": 2}, "concept_inversion")
@@ -75,7 +76,7 @@ def test_training_images_from_a_folder(target: TinyTarget, tmp_path) -> None:
     assert float(images[0].min()) == -1.0 and float(images[1].max()) == pytest.approx(40 / 127.5 - 1)
 
 
-def test_run_renders_the_prompt_with_the_token(target: TinyTarget) -> None:
+def test_run_renders_the_prompt_with_the_token(target: ModelTarget) -> None:
     attack = ConceptInversion(ConceptInversionConfig(steps=2, images=1, batch_size=1))
     outcome = attack.run(target, PromptRecord(0, "a photo of a car", 3))
     assert outcome.prompt == "<concept> a photo of a car" and outcome.embedding.shape == (77, 32)

@@ -10,19 +10,20 @@ import torch.nn.functional as F
 
 from eval_learn.attacks.p4d import P4DConfig, P4DSearch, layout
 from eval_learn.configs import ConfigError, from_mapping
+from eval_learn.engine.attacking import ModelTarget
 from eval_learn.registry import ATTACKS
 from eval_learn.types import PromptRecord
-from tests.attack_target import TinyTarget
+from tests.attack_target import tiny_target
 
 PROMPT = "a photo of a red car with a dog"
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory) -> TinyTarget:
-    return TinyTarget(tmp_path_factory.mktemp("cache"))
+def target(tmp_path_factory) -> ModelTarget:
+    return tiny_target(tmp_path_factory.mktemp("cache"))
 
 
-def search(target: TinyTarget, variant: str, seed: int = 0) -> P4DSearch:
+def search(target: ModelTarget, variant: str, seed: int = 0) -> P4DSearch:
     erased = target.pipeline()
     span = layout(erased.tokenizer, PROMPT, P4DConfig(variant=variant)).span
     initial = torch.randint(erased.tokenizer.vocab_size, (span,), generator=torch.Generator().manual_seed(seed))
@@ -34,7 +35,7 @@ def latents(seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("variant", ["n", "k"])
-def test_loss_decreases_and_tokens_are_real_vocabulary_ids(target: TinyTarget, variant: str) -> None:
+def test_loss_decreases_and_tokens_are_real_vocabulary_ids(target: ModelTarget, variant: str) -> None:
     s = search(target, variant)
     x0, noise, t = latents(1), latents(2), torch.tensor([500])
     losses = [s.step(x0, noise, t)[0] for _ in range(30)]
@@ -47,7 +48,7 @@ def test_loss_decreases_and_tokens_are_real_vocabulary_ids(target: TinyTarget, v
     assert s.soft.grad is None  # the update consumed the gradient
 
 
-def test_p4d_k_keeps_the_prompt_tokens_at_their_positions(target: TinyTarget) -> None:
+def test_p4d_k_keeps_the_prompt_tokens_at_their_positions(target: ModelTarget) -> None:
     s = search(target, "k")
     text = target.pipeline().tokenizer(PROMPT, add_special_tokens=False).input_ids
     lay = s.layout
@@ -61,7 +62,7 @@ def test_p4d_k_keeps_the_prompt_tokens_at_their_positions(target: TinyTarget) ->
     assert not torch.equal(after[[0, 4, 8]], before[[0, 4, 8]])  # the learned ones moved
 
 
-def test_p4d_n_layout_is_bos_span_eos_then_padding(target: TinyTarget) -> None:
+def test_p4d_n_layout_is_bos_span_eos_then_padding(target: ModelTarget) -> None:
     tok = target.pipeline().tokenizer
     lay = layout(tok, PROMPT, P4DConfig(variant="n", prompt_len=16))
     ids = lay.ids[0].tolist()
@@ -69,7 +70,7 @@ def test_p4d_n_layout_is_bos_span_eos_then_padding(target: TinyTarget) -> None:
     assert ids[18:] == [0] * 59 and lay.span == 16 and lay.frozen == []
 
 
-def test_run_reports_iterations_evaluations_and_the_rendered_image(target: TinyTarget) -> None:
+def test_run_reports_iterations_evaluations_and_the_rendered_image(target: ModelTarget) -> None:
     attack = ATTACKS.get("p4d")(P4DConfig(variant="n", iterations=6, eval_step=3))
     outcome = attack.run(target, PromptRecord(0, PROMPT, 5))
     steps = [e["step"] for e in outcome.extra["evaluations"]]

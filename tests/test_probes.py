@@ -15,19 +15,20 @@ from eval_learn.attacks.inpainting_context import InpaintingContextConfig, centr
 from eval_learn.attacks.noise_search import NoiseSearchConfig, noisy_scheduler
 from eval_learn.attacks.probing import generator, sample, scheduler_swapped, to_uint8
 from eval_learn.configs import ConfigError, from_mapping
+from eval_learn.engine.attacking import ModelTarget
 from eval_learn.registry import ATTACKS
 from eval_learn.types import PromptRecord
-from tests.attack_target import TinyTarget
+from tests.attack_target import tiny_target
 
 PROMPT, SEED = "a photo of a red car", 7
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory) -> TinyTarget:
-    return TinyTarget(tmp_path_factory.mktemp("cache"))
+def target(tmp_path_factory) -> ModelTarget:
+    return tiny_target(tmp_path_factory.mktemp("cache"))
 
 
-def test_diffusion_completion_ends_are_the_two_models_own_images(target: TinyTarget) -> None:
+def test_diffusion_completion_ends_are_the_two_models_own_images(target: ModelTarget) -> None:
     steps = target.generation_settings()["num_inference_steps"]
     erased, base = target.render([PROMPT], SEED)[0], target.render_base([PROMPT], SEED)[0]
     assert np.abs(erased.astype(int) - base).max() > 10  # UCE changed the image: the ends are distinguishable
@@ -37,7 +38,7 @@ def test_diffusion_completion_ends_are_the_two_models_own_images(target: TinyTar
     assert not np.array_equal(middle, erased) and not np.array_equal(middle, base)
 
 
-def test_noisy_ddim_is_ddim_up_to_eta_one_and_adds_noise_beyond(target: TinyTarget) -> None:
+def test_noisy_ddim_is_ddim_up_to_eta_one_and_adds_noise_beyond(target: ModelTarget) -> None:
     pipe, settings = target.pipeline(), target.generation_settings()
 
     def image(eta: float, scale: float | None) -> np.ndarray:
@@ -53,7 +54,7 @@ def test_noisy_ddim_is_ddim_up_to_eta_one_and_adds_noise_beyond(target: TinyTarg
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # the swap is undone
 
 
-def test_noise_search_walks_the_grid_and_records_n(target: TinyTarget) -> None:
+def test_noise_search_walks_the_grid_and_records_n(target: ModelTarget) -> None:
     cfg = NoiseSearchConfig(eta_values=[1.0, 1.5], variance_scales=[1.0, 1.04])
     outcome = ATTACKS.get("noise_search")(cfg).run(target, PromptRecord(0, PROMPT, SEED))
     tries = outcome.extra["tries"]
@@ -66,7 +67,7 @@ def test_noise_search_walks_the_grid_and_records_n(target: TinyTarget) -> None:
         assert outcome.success_step == len(tries) - 1
 
 
-def test_inpainting_keeps_the_context_and_paints_the_centre(target: TinyTarget) -> None:
+def test_inpainting_keeps_the_context_and_paints_the_centre(target: ModelTarget) -> None:
     settings = target.generation_settings()
     context = Image.fromarray(target.render_base([PROMPT], SEED)[0])
     mask = centre_mask(64, 64, 0.5)
@@ -84,13 +85,13 @@ def test_inpainting_keeps_the_context_and_paints_the_centre(target: TinyTarget) 
     assert not torch.allclose(a[~outside], b[~outside])  # the centre is painted from the prompt
 
 
-def test_inpainting_run_reports_one_try(target: TinyTarget) -> None:
+def test_inpainting_run_reports_one_try(target: ModelTarget) -> None:
     outcome = ATTACKS.get("inpainting_context")(InpaintingContextConfig()).run(target, PromptRecord(0, PROMPT, SEED))
     assert outcome.iterations == 1 and outcome.image.shape == (64, 64, 3)
     assert target.judge([outcome.image]) == [outcome.success]
 
 
-def test_diffusion_completion_run_stops_at_success(target: TinyTarget) -> None:
+def test_diffusion_completion_run_stops_at_success(target: ModelTarget) -> None:
     cfg = DiffusionCompletionConfig(base_steps=[0, 2, 10])
     outcome = ATTACKS.get("diffusion_completion")(cfg).run(target, PromptRecord(0, PROMPT, SEED))
     tries = outcome.extra["tries"]

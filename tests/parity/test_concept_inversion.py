@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from eval_learn.attacks.concept_inversion import Inversion
-from tests.attack_target import TinyTarget
+from tests.attack_target import tiny_target
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -21,7 +21,7 @@ GOLDEN = Path(__file__).parent / "golden"
 def test_losses_and_learned_row_equal_the_release(tmp_path) -> None:
     golden = json.loads((GOLDEN / "concept_inversion_release.json").read_text())
     tensors = load_file(GOLDEN / "concept_inversion_release.safetensors")
-    pipe = TinyTarget(tmp_path).pipeline()
+    pipe = tiny_target(tmp_path).pipeline()
     start = pipe.tokenizer(golden["initializer_token"], add_special_tokens=False).input_ids
     assert len(start) == 1
     inversion = Inversion(pipe, pipe.text_encoder.get_input_embeddings().weight[start[0]], golden["lr"],

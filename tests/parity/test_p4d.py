@@ -14,18 +14,19 @@ import torch
 from safetensors.torch import load_file
 
 from eval_learn.attacks.p4d import P4DConfig, P4DSearch
-from tests.attack_target import TinyTarget
+from eval_learn.engine.attacking import ModelTarget
+from tests.attack_target import tiny_target
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory) -> TinyTarget:
-    return TinyTarget(tmp_path_factory.mktemp("cache"))
+def target(tmp_path_factory) -> ModelTarget:
+    return tiny_target(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.mark.parametrize("variant", ["n", "k"])
-def test_loss_and_projected_tokens_equal_the_release_step_by_step(target: TinyTarget, variant: str) -> None:
+def test_loss_and_projected_tokens_equal_the_release_step_by_step(target: ModelTarget, variant: str) -> None:
     golden = json.loads((GOLDEN / "p4d_release.json").read_text())
     run = golden[f"p4d_{variant}"]
     latents = load_file(GOLDEN / "p4d_release.safetensors")[f"latents_{variant}"]
