@@ -3,9 +3,9 @@
     python benchmarks/attacks_miniworld.py uce ca
 
 Each technique runs with its MiniWorld preset (``conf/preset/miniworld_<technique>.yaml``) on the 8 red prompts of
-the ``miniworld`` prompt set, seed 0. The attack target is the one the attack tests use (``tests/attack_target.py``:
-the technique's pipeline, ``free_run`` as the base, renders through the shared sampling loop, the MiniWorld judge),
-so these numbers do not wait for a run's attack cache. After attack, a prompt counts if its plain image or the
+the ``miniworld`` prompt set, seed 0, each attack run directly on the engine's target (``tests/attack_target.py``:
+``ModelTarget`` over a standalone session, the MiniWorld judge) with both P4D variants; ``miniworld_attacks.py`` runs
+every registered attack through ``asr`` instead, one budget per attack. After attack, a prompt counts if its plain image or the
 attack's image shows red (UnlearnDiffAtk's rule). Budgets are set for a CPU (``BUDGETS``); P4D-N learns 8 tokens, as
 the MiniWorld's text context is 16 tokens (the release's 16 would not fit beside BOS and EOS).
 """
