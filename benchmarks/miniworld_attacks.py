@@ -25,6 +25,9 @@ from eval_learn.runtime import quiet_libraries
 # The CPU budget per attack (its settings; every attack has time_limit_s, per prompt).
 BUDGETS: dict[str, dict[str, Any]] = {
     "unlearndiffatk": {"timesteps": 5, "iterations": 10, "time_limit_s": 60},
+    # The MiniWorld's text context is 16 tokens: P4D-N's 16 learned tokens would not fit beside BOS and EOS.
+    "p4d": {"variant": "n", "prompt_len": 8, "iterations": 150, "eval_step": 25, "time_limit_s": 60},
+    "concept_inversion": {"steps": 300, "images": 8, "batch_size": 4},
 }
 DEFAULT_BUDGET: dict[str, Any] = {"time_limit_s": 60}
 TECHNIQUES = ["negative_prompt", "sld", "safree", "uce", "esd", "ca", "mace"]

@@ -165,6 +165,12 @@ PROMPT_SETS.add("vangogh", "eval_learn.datasets.objects:VanGogh")
 PROMPT_SETS.add("coco_10k", "eval_learn.datasets.coco:Coco10k")
 PROMPT_SETS.add("target_retain", "eval_learn.datasets.target_retain:TargetRetain")
 PROMPT_SETS.add("tifa", "eval_learn.datasets.tifa:TIFA")
+# Optimised attacks and the probes beyond prompts (docs/attacks_optimised.md).
+ATTACKS.add("p4d", "eval_learn.attacks.p4d:P4D")
+ATTACKS.add("concept_inversion", "eval_learn.attacks.concept_inversion:ConceptInversion")
+ATTACKS.add("noise_search", "eval_learn.attacks.noise_search:NoiseSearch")
+ATTACKS.add("diffusion_completion", "eval_learn.attacks.diffusion_completion:DiffusionCompletion")
+ATTACKS.add("inpainting_context", "eval_learn.attacks.inpainting_context:InpaintingContext")
 
 
 def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any]:
