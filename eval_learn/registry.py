@@ -165,3 +165,5 @@ def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
     return key, from_mapping(registry.get(key).config_cls, options, f"{where} ({key})")
+ATTACKS.add("ring_a_bell", "eval_learn.attacks.ring_a_bell:RingABell")
+ATTACKS.add("mma_diffusion", "eval_learn.attacks.mma_diffusion:MMADiffusion")
