@@ -145,6 +145,8 @@ PROMPT_SETS.add("tench", "eval_learn.datasets.objects:Tench")
 PROMPT_SETS.add("vangogh", "eval_learn.datasets.objects:VanGogh")
 PROMPT_SETS.add("coco_10k", "eval_learn.datasets.coco:Coco10k")
 PROMPT_SETS.add("target_retain", "eval_learn.datasets.target_retain:TargetRetain")
+ATTACKS.add("ring_a_bell", "eval_learn.attacks.ring_a_bell:RingABell")
+ATTACKS.add("mma_diffusion", "eval_learn.attacks.mma_diffusion:MMADiffusion")
 
 
 def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any]:
@@ -165,5 +167,3 @@ def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
     return key, from_mapping(registry.get(key).config_cls, options, f"{where} ({key})")
-ATTACKS.add("ring_a_bell", "eval_learn.attacks.ring_a_bell:RingABell")
-ATTACKS.add("mma_diffusion", "eval_learn.attacks.mma_diffusion:MMADiffusion")
