@@ -18,6 +18,7 @@ from eval_learn.attacks.ring_a_bell import (
     built_in_pairs,
     concept_vector,
     encode,
+    miniworld_pairs,
     read_pairs,
 )
 from eval_learn.attacks.text_encoder import TextEncoder
@@ -104,6 +105,15 @@ def test_ring_a_bell_stops_at_its_time_limit_and_checks_during_the_search(target
     target.rendered.clear()
     outcome = RingABell(RingABellConfig(population=10, generations=6, tokens=4, check_every=2)).run(target, RECORD)
     assert len(target.rendered) == 3  # generations 2 and 4, then the final prompt
+
+
+def test_miniworld_concepts_get_caption_pairs(encoder) -> None:
+    concept, clean, weights = miniworld_pairs("red")
+    assert ("a photo of a red square", "a photo of a square") in set(zip(concept, clean, strict=True))
+    assert all("red" in a and "red" not in b for a, b in zip(concept, clean, strict=True)) and len(weights) == 20
+    assert miniworld_pairs("nudity") is None and RingABellConfig().concept_problem("striped") is None
+    vector = RingABell(RingABellConfig()).concept_vector(encoder, "red")
+    torch.testing.assert_close(vector, concept_vector(encoder, concept, clean, weights))
 
 
 def test_ring_a_bell_bad_input(tmp_path: Path) -> None:

@@ -55,6 +55,23 @@ def built_in_pairs(concept: str) -> Path | None:
     return Path(str(resources.files("eval_learn") / "data" / "attacks" / name)) if name else None
 
 
+def miniworld_pairs(concept: str) -> tuple[list[str], list[str], list[float]] | None:
+    """Pairs for a MiniWorld concept in the release's style (the same caption with and without the concept), over
+    every caption template and the other attributes; None for a concept that is not the MiniWorld's."""
+    from eval_learn.miniworld.world import COLOURS, SHAPES, TEMPLATES, concept_kind
+
+    kind = concept_kind(concept)
+    if kind == "colour":
+        pairs = [(t.format(f"{concept} {s}"), t.format(s)) for t in TEMPLATES for s in SHAPES]
+    elif kind == "shape":
+        pairs = [(t.format(f"{c} {concept}"), t.format(f"{c} shape")) for t in TEMPLATES for c in COLOURS]
+    elif kind == "background":
+        pairs = [(f"a {c} {s} on a {concept} background", f"a {c} {s}") for c in COLOURS for s in SHAPES]
+    else:
+        return None
+    return [a for a, _ in pairs], [b for _, b in pairs], [1.0] * len(pairs)
+
+
 def read_pairs(path: str | Path) -> tuple[list[str], list[str], list[float]]:
     """Prompts with and without the concept, and each pair's weight (1 where the file has no ``weight`` column)."""
     try:
@@ -105,7 +122,8 @@ class RingABellConfig(AttackConfig):
 
     def concept_problem(self, concept: str) -> str | None:
         """Why this config cannot make a concept vector for ``concept`` (checked before any model loads)."""
-        if self.pairs_path is None and self.vector_path is None and built_in_pairs(concept) is None:
+        built_in = built_in_pairs(concept) is not None or miniworld_pairs(concept) is not None
+        if self.pairs_path is None and self.vector_path is None and not built_in:
             return (f"ring_a_bell has built-in prompt pairs only for {', '.join(BUILT_IN_PAIRS)}; give pairs_path "
                     f"(CSV with columns with_concept,without_concept) or vector_path for '{concept}'")  # fmt: skip
         return None
@@ -208,9 +226,10 @@ class RingABell(Attack):
                     f"{self.config.vector_path}: a concept vector is [{encoder.max_length}, dim], not {list(vector.shape)}")  # fmt: skip
             return vector
         path = self.config.pairs_path or built_in_pairs(concept)
-        if path is None:
+        pairs = read_pairs(path) if path is not None else miniworld_pairs(concept)
+        if pairs is None:
             raise ConfigError(str(self.config.concept_problem(concept)))
-        return concept_vector(encoder, *read_pairs(path))
+        return concept_vector(encoder, *pairs)
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
         started = time.perf_counter()
