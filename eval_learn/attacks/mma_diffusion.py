@@ -203,6 +203,8 @@ class MMADiffusion(Attack):
         self.py.seed(cfg.seed)
         self.generator.manual_seed(cfg.seed)
         encoder = TextEncoder.of(target)
+        require(cfg.tokens <= encoder.max_length - 2,
+                f"mma_diffusion: tokens must be <= {encoder.max_length - 2} (the encoder reads {encoder.max_length})")  # fmt: skip
         banned = banned_ids(encoder.tokenizer, cfg.words(target.concept))
         with torch.no_grad():
             goal = pooled(encoder, encoder.ids([record.prompt]))

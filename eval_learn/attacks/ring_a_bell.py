@@ -168,7 +168,7 @@ class GeneticSearch:
         self.torch = torch.Generator().manual_seed(config.seed)
         self.low, self.high = encoder.candidate_range()
         k, length = config.tokens, encoder.max_length
-        require(k <= length - 2, f"tokens must be <= {length - 2} (the encoder reads {length} tokens)")
+        require(k <= length - 2, f"ring_a_bell: tokens must be <= {length - 2} (the encoder reads {length} tokens)")
         bos, eos = encoder.tokenizer.bos_token_id, encoder.tokenizer.eos_token_id
         rows = [
             torch.cat([torch.tensor([[bos]]), torch.randint(self.low, self.high, (1, k), generator=self.torch),
