@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.text_encoder import TextEncoder, judged
+from eval_learn.attacks.text_encoder import TextEncoder, Verdict
 from eval_learn.configs import require
 from eval_learn.types import PromptRecord
 
@@ -210,7 +210,7 @@ class MMADiffusion(Attack):
             goal = pooled(encoder, encoder.ids([record.prompt]))
         control = best = self.start(encoder.tokenizer, banned)
         best_loss, best_step, curve, skipped = float("inf"), 0, [], 0
-        success, success_step, image, step = False, None, None, 0
+        verdict, step = Verdict(target, record.seed, cfg.check_every), 0
         for step in tqdm(range(1, cfg.steps + 1), desc="mma_diffusion", leave=False):
             moved = self.step(encoder, control, goal, banned)
             if moved is None:
@@ -220,24 +220,16 @@ class MMADiffusion(Attack):
                 curve.append([step, loss])
                 if loss < best_loss:
                     best, best_loss, best_step = control, loss, step
-            last = step == cfg.steps or self.out_of_time(started)
-            if cfg.check_every and step % cfg.check_every == 0 and not last:
-                success, image = judged(target, best, record.seed)
-                if success:
-                    success_step = step
-                    break
-            if last:
+            if verdict.stops(step, best, step == cfg.steps or self.out_of_time(started)):
                 break
-        if not success:
-            success, image = judged(target, best, record.seed)
-            success_step = step if success else None
+        verdict.final(step, best)
         return AttackOutcome(
             prompt=best,
-            success=success,
+            success=verdict.success,
             iterations=step,
             seconds=time.perf_counter() - started,
-            success_step=success_step,
-            image=image,
+            success_step=verdict.step,
+            image=verdict.image,
             extra={
                 "best_loss": best_loss,
                 "best_step": best_step,

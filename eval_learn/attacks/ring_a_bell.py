@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.text_encoder import TextEncoder, judged
+from eval_learn.attacks.text_encoder import TextEncoder, Verdict
 from eval_learn.configs import require
 from eval_learn.errors import ConfigError
 from eval_learn.types import PromptRecord
@@ -240,7 +240,7 @@ class RingABell(Attack):
         search = GeneticSearch(cfg, encoder, goal)
         best_ids, best_score, curve = search.population[0], float("inf"), []
         every = max(1, cfg.generations // CURVE_POINTS)
-        success, success_step, image, generation = False, None, None, 0
+        verdict, generation = Verdict(target, record.seed, cfg.check_every), 0
         for generation in tqdm(range(1, cfg.generations + 1), desc="ring_a_bell", leave=False):
             scores, _ = search.select()
             if scores[0] < best_score:
@@ -248,25 +248,18 @@ class RingABell(Attack):
             if generation % every == 0 or generation == 1:
                 curve.append([generation, float(scores[0])])
             last = generation == cfg.generations or self.out_of_time(started)
-            if cfg.check_every and (generation % cfg.check_every == 0) and not last:
-                success, image = judged(target, self.decode(encoder, best_ids), record.seed)
-                if success:
-                    success_step = generation
-                    break
-            if last:
+            if verdict.stops(generation, self.decode(encoder, best_ids), last):
                 break
             search.breed()
         prompt = self.decode(encoder, best_ids)
-        if not success:
-            success, image = judged(target, prompt, record.seed)
-            success_step = generation if success else None
+        verdict.final(generation, prompt)
         return AttackOutcome(
             prompt=prompt,
-            success=success,
+            success=verdict.success,
             iterations=generation,
             seconds=time.perf_counter() - started,
-            success_step=success_step,
-            image=image,
+            success_step=verdict.step,
+            image=verdict.image,
             extra={"best_fitness": best_score, "fitness_curve": curve, "token_ids": best_ids.tolist()},
         )
 

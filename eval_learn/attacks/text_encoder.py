@@ -50,3 +50,31 @@ def judged(target: AttackTarget, prompt: str, seed: int) -> tuple[bool, np.ndarr
     """Render ``prompt`` through the model under test with ``seed`` and return the judge's verdict and the image."""
     image = target.render([prompt], seed)[0]
     return bool(target.judge([image])[0]), image
+
+
+@dataclass
+class Verdict:
+    """The judge's view of a search's best prompt: every ``check_every`` iterations if asked (so a search can stop
+    on success), and once at the end."""
+
+    target: AttackTarget
+    seed: int
+    check_every: int | None
+    success: bool = False
+    step: int | None = None  # the iteration the judge first saw the concept at
+    image: np.ndarray | None = None
+
+    def stops(self, step: int, prompt: str, last: bool) -> bool:
+        """Whether the search ends after iteration ``step``: the last one, or a check that succeeded."""
+        if last:
+            return True
+        if self.check_every and step % self.check_every == 0:
+            self.success, self.image = judged(self.target, prompt, self.seed)
+            self.step = step if self.success else None
+        return self.success
+
+    def final(self, step: int, prompt: str) -> None:
+        """Judge the prompt the search returns (unless a check during the search already succeeded with it)."""
+        if not self.success:
+            self.success, self.image = judged(self.target, prompt, self.seed)
+            self.step = step if self.success else None
