@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from eval_learn.errors import ConfigError
-from eval_learn.models import CONF_DIR
+from eval_learn.models.locations import CONF_DIR
 from eval_learn.recipes import find_recipe
 from eval_learn.registry import JUDGES, METRICS, PROMPT_SETS, TECHNIQUES, Registry
 

@@ -25,7 +25,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from eval_learn.configs import ConfigError, did_you_mean, from_mapping, require
-from eval_learn.models import CONF_DIR
+from eval_learn.models.locations import CONF_DIR
 
 RECIPE_KEYS = ("recipe", "follows", "differs")
 _COMMIT = re.compile(r"[0-9a-f]{40}")

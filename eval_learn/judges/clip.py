@@ -39,7 +39,8 @@ from PIL.Image import Image
 from eval_learn.configs import require
 from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge, JudgeConfig
-from eval_learn.models import ensure_pretrained_available, file_sha256
+from eval_learn.models.availability import ensure_pretrained_available
+from eval_learn.models.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,9 @@ from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.target_retain import TargetRetain
 from eval_learn.judges.clip_zeroshot import label_key
-from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
+from eval_learn.metrics.base import Metric, MetricConfig, resolve_auto
 from eval_learn.metrics.intervals import Clustered, joint_bootstrap, rate_details
 from eval_learn.miniworld.world import concept_kind
-from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
 from eval_learn.types import MetricResult, PromptRecord
 
 ATTRIBUTES = ("colour", "shape", "background")
@@ -107,21 +106,17 @@ class UAIRA(Metric):
             prompts["name"] = "miniworld"
         require(prompts["name"] == "miniworld", "ua_ira takes the miniworld or the target_retain prompts")
         prompts = {**prompts, "concept": concept, "groups": ["target", "near", "far"]}
-        prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
-        judge_name, judge_config = parse_part(JUDGES, picked or "miniworld" if config.judge == "auto" else config.judge,
-                                              "metric 'ua_ira' judge")  # fmt: skip
-        require(judge_name == "miniworld", "on the MiniWorld prompts ua_ira is judged by the miniworld judge")
-        return dataclasses.replace(
-            config, concept=concept, prompts=part_dict(prompt_name, prompt_config),
-            judge=part_dict(judge_name, judge_config),
-        )  # fmt: skip
+        prompt = cls.parse_prompts(prompts)
+        judge = cls.parse_judge(picked or "miniworld" if config.judge == "auto" else config.judge)
+        require(judge[0] == "miniworld", "on the MiniWorld prompts ua_ira is judged by the miniworld judge")
+        return cls.resolved(config, prompt, judge, concept=concept)
 
     @classmethod
     def _resolve_files(
         cls, config: UAIRAConfig, concept: str, prompts: dict[str, Any], picked: dict[str, Any] | None
     ) -> UAIRAConfig:
         """Target/retain files judged by CLIP zero-shot: every retain label and the concept must be nameable."""
-        prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
+        prompt_name, prompt_config = cls.parse_prompts(prompts)
         prompt_set = TargetRetain(prompt_config)
         # A target row's label must name the erased concept: another label (a synonym such as "Vincent van Gogh", or
         # another concept) would either compete with the concept in the label set, so that an image still showing it
@@ -152,15 +147,12 @@ class UAIRA(Metric):
                 if label_key(label) not in map(label_key, labels):
                     labels.append(label)
             judge["labels"] = labels
-        judge_name, judge_config = parse_part(JUDGES, judge, "metric 'ua_ira' judge")
+        judge_name, judge_config = cls.parse_judge(judge)
         for label in [concept, *found["retain"]]:
             problem = judge_config.concept_problem(label)
             if problem:
                 raise ConfigError(f"ua_ira: {problem}")
-        return dataclasses.replace(
-            config, concept=concept, prompts=part_dict(prompt_name, prompt_config),
-            judge=part_dict(judge_name, judge_config),
-        )  # fmt: skip
+        return cls.resolved(config, (prompt_name, prompt_config), (judge_name, judge_config), concept=concept)
 
     def on_files(self) -> bool:
         return self.config.prompts["name"] == "target_retain"  # type: ignore[index]

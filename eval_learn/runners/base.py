@@ -12,7 +12,7 @@ from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.engine.headline import summary_lines
 from eval_learn.engine.run import Engine
 from eval_learn.engine.spec import MetricSpec, RunSpec
-from eval_learn.models import resolve_model, technique_preset
+from eval_learn.models.config_files import resolve_model, technique_preset
 from eval_learn.recipes import find_recipe, split_option
 from eval_learn.registry import TECHNIQUES, check_compatible
 from eval_learn.runtime import RunContext, resolve_device, resolve_dtype
