@@ -18,14 +18,19 @@ copy, the run stops before any model loads with the same advice as I2P.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from eval_learn.datasets.base import PromptRow, PromptSet, PromptSetConfig
-from eval_learn.datasets.i2p import _offline
 from eval_learn.datasets.tables import prompt_rows, read_table
 from eval_learn.errors import ConfigError, RunError
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it, but read now (a test or a caller may set it after import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
 @dataclass
