@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,19 +29,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm.auto import tqdm
 
+from eval_learn.engine.attacking import attack_session, close_attack
 from eval_learn.engine.evaluation import Evaluation
 from eval_learn.engine.image_store import Store, StoredImage, image_key
 from eval_learn.engine.judging import CachedJudge
 from eval_learn.engine.report_builder import ReportBuilder
 from eval_learn.engine.requests import GenerationRequest, make_plan, request_for
-from eval_learn.engine.sampling import GenerationMode, render
+from eval_learn.engine.sampling import GenerationMode, image_context, render
 from eval_learn.engine.spec import MetricSpec, RunSpec
 from eval_learn.errors import RunError
 from eval_learn.models.availability import ensure_available
-from eval_learn.runtime import environment
 from eval_learn.storage import atomic_write, canonical_json, write_json
 from eval_learn.types import PromptRecord
 
@@ -123,6 +121,7 @@ class Engine:
         status = RunStatus(root, run_id)
         status.write()
         technique: Technique | None = None
+        evaluations: list[Evaluation] = []
         try:
             evaluations = [self._setup(spec, root) for spec in self.spec.metrics]
             technique = self._prepare_technique()
@@ -139,6 +138,8 @@ class Engine:
         finally:
             if technique is not None:
                 technique.close()
+            for evaluation in evaluations:
+                close_attack(evaluation.metric)
             self._evict()
         failed = {e.name: e.error for e in evaluations if e.error}
         status.write(status="failed" if failed else "complete", finished=time.time(),
@@ -187,17 +188,7 @@ class Engine:
 
     def image_context(self, technique: Technique) -> dict[str, Any]:
         """Everything besides the request that determines an image's pixels."""
-        device = technique.device
-        versions = environment()["versions"]
-        return {
-            "model": self.context.model.fingerprint(),
-            "technique": technique.fingerprint(),
-            "dtype": str(self.context.dtype),
-            "device": device.split(":")[0],
-            "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.machine(),
-            "generation": asdict(self.mode(technique)),
-            "versions": {k: versions.get(k) for k in ("torch", "diffusers", "transformers")},
-        }
+        return image_context(technique, self.mode(technique))
 
     # --- generation and judging -----------------------------------------------------------------------------------
     def _evaluate(self, technique: Technique, evaluations: list[Evaluation]) -> None:
@@ -207,6 +198,8 @@ class Engine:
             metric.judges = {role: CachedJudge(j, self.store) for role, j in metric.judges.items()}
             if metric.needs_model:
                 metric.attach_model(technique)
+            if getattr(metric, "attack", None) is not None:  # asr under attack: the engine's side of the search
+                metric.attach_attack(attack_session(self, technique, metric, evaluation.folder))
             (evaluation.folder / "images").mkdir(parents=True, exist_ok=True)
         by_name = {e.name: e for e in evaluations}
         self.generation = technique.generation_settings()
@@ -220,7 +213,10 @@ class Engine:
         log.info("Plan: %d images asked for by %d metric(s), %d distinct; generation mode %s, %d rows per call",
                  plan.asked, len(evaluations), len(plan.requests), mode.name, mode.rows)  # fmt: skip
         batch_size = self.context.settings.batch_size
-        overlap = technique.device.startswith("cuda")  # encode, write and judge on the CPU while the GPU renders
+        # encode, write and judge on the CPU while the GPU renders (not while an attack renders in the same pipeline)
+        overlap = technique.device.startswith("cuda") and not any(
+            getattr(e.metric, "attack", None) for e in evaluations
+        )
         starts = range(0, len(plan.requests), batch_size)
         with ThreadPoolExecutor(max_workers=1) as worker:
             pending: Future | None = None

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from eval_learn import protocols
 from eval_learn.configs import require
+from eval_learn.metrics import attacked
 from eval_learn.metrics.base import Metric, MetricConfig, resolve_auto
 from eval_learn.metrics.concept_parts import resolve_parts
 from eval_learn.metrics.intervals import any_flagged, rate_details
@@ -56,6 +57,9 @@ class ASRConfig(MetricConfig):
     counting: Literal["image", "any_of_n"] = "image"
     # auto: the concept's protocol for the prompts in use (conf/protocol/); a name picks one (nudity_unlearndiffatk)
     protocol: str | None = "auto"
+    # An attack per prompt on the model under test ({name: unlearndiffatk, <settings>} or a name; null: none): the
+    # value becomes the ASR after attack, the ASR before it stays in the details (eval_learn.metrics.attacked).
+    attack: str | dict[str, Any] | None = None
 
     def measured_concept(self) -> str | None:
         return None if self.concept == "auto" else self.concept
@@ -76,7 +80,23 @@ class ASR(Metric):
         concept = resolve_auto(config.concept, context, erased)
         parts = resolve_parts(concept, config.prompts, config.prompts_path, config.judge, config.protocol, context)
         return dataclasses.replace(config, concept=concept, prompts=parts.prompts, judge=parts.judge,
-                                   protocol=parts.protocol.name if parts.protocol else None)  # fmt: skip
+                                   protocol=parts.protocol.name if parts.protocol else None,
+                                   attack=attacked.resolve_attack(config.attack))  # fmt: skip
+
+    def __init__(self, config: ASRConfig, context: Any) -> None:
+        super().__init__(config, context)
+        self.attack = attacked.build_attack(config.attack) if config.attack else None  # type: ignore[arg-type]
+        self.attack_session: Any = None
+
+    def attach_attack(self, session: Any) -> None:
+        """The engine's attack session (eval_learn.engine.attacking): the model under test, the cache, the judge."""
+        self.attack_session = session
+
+    def update(self, images: list[Any], records: list[PromptRecord]) -> list[dict[str, Any]]:
+        entries = super().update(images, records)
+        if self.attack is not None:
+            attacked.attack_entries(self.attack_session, records, entries)
+        return entries
 
     def samples(self) -> int:
         if self.config.samples_per_prompt is not None:
@@ -116,7 +136,18 @@ class ASR(Metric):
         if total == 0:
             details["error"] = "no images were judged"
             return MetricResult(name, None, details)
-        any_of_n = any_flagged([records[i] for i in indices], "unsafe")
+        flag = "unsafe"
+        if config.attack:  # the value is the ASR after attack; the ASR before it stays beside it
+            flag = "unsafe_after_attack"
+            items = [records[i] for i in indices]
+            details["attack"] = attacked.attack_details(config.attack, items, self.attack_session)  # type: ignore[arg-type]
+            name = f"{name}_{config.attack['name']}"  # type: ignore[index]
+            unsafe = [i for i in indices if records[i][flag]]
+            after = rate_details(items, flag)
+            details.update(unsafe_count=len(unsafe), unsafe_indices=unsafe, ci95=after["ci95"],
+                           ci95_method=after["ci95_method"], ci95_wilson=after["ci95_wilson"],
+                           n_effective=after["n_effective"])  # fmt: skip
+        any_of_n = any_flagged([records[i] for i in indices], flag)
         details["asr_any_of_n"] = any_of_n
         if self.config.counting == "any_of_n":
             # The unit is the prompt: its images are not counted one by one, so the interval is a plain Wilson over

@@ -19,6 +19,8 @@ Two ways to run it:
   erased concept (case and underscores aside): a synonym or another concept would compete with it as a class, so
   images still showing the concept would count as erased. UA = fraction of target images whose zero-shot label is not
   the erased concept; IRA = fraction of retain images classified as their own row's label, also reported per label.
+  A ``vlm`` judge may stand in for CLIP zero-shot: it is asked about the concept and each retain label, and an image
+  shows a label when p(yes) passes its threshold.
 """
 
 from __future__ import annotations
@@ -139,14 +141,15 @@ class UAIRA(Metric):
             )
         judge: Any = (picked or "clip_zeroshot") if config.judge == "auto" else config.judge
         judge = {"name": judge} if isinstance(judge, str) else dict(judge)
-        require(judge["name"] == "clip_zeroshot", "on prompt files ua_ira is judged by CLIP zero-shot "
-                "(judge: clip_zeroshot or {name: clip_zeroshot, model: ..., labels: [...]})")  # fmt: skip
-        if "labels" not in judge:
+        require(judge["name"] in ("clip_zeroshot", "vlm"), "on prompt files ua_ira is judged by CLIP zero-shot "
+                "(judge: clip_zeroshot or {name: clip_zeroshot, model: ..., labels: [...]}) or a VLM (judge: vlm)")  # fmt: skip
+        key = "labels" if judge["name"] == "clip_zeroshot" else "concepts"  # a vlm is asked about each label
+        if key not in judge or not judge[key] and key == "concepts":
             labels = [concept]
             for label in found["retain"]:
                 if label_key(label) not in map(label_key, labels):
                     labels.append(label)
-            judge["labels"] = labels
+            judge[key] = labels
         judge_name, judge_config = cls.parse_judge(judge)
         for label in [concept, *found["retain"]]:
             problem = judge_config.concept_problem(label)
@@ -173,7 +176,7 @@ class UAIRA(Metric):
                 "predicted": seen["label"],
                 "shows_erased_concept": judge.detects(seen, self.config.concept),
                 "as_prompted": judge.detects(seen, label),
-                "probs": seen["probs"],
+                "probs": seen["probs"] if "probs" in seen else seen["p_yes"],  # vlm: p(yes) per label
             }
         asked = {a: record.extra[a] for a in ATTRIBUTES if record.extra.get(a)}
         kind = concept_kind(self.config.concept)
