@@ -1,48 +1,38 @@
-"""A small real :class:`AttackTarget` for attack tests until the engine's own is used: model=tiny's actual
-pipeline (the technique free_run: the base pipeline itself) and the real NudeNet judge, rendering with a fixed small
-generation setting."""
+"""The engine's own :class:`AttackTarget` for attack tests: model=tiny through technique free_run (the base pipeline
+itself), rendered by the shared sampling loop into an image store, judged by the real NudeNet judge — what an attack
+gets in a run (:func:`eval_learn.engine.attacking.standalone_session`). It also remembers the prompts it rendered."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from eval_learn.judges.nudenet import NudeNetConfig, NudeNetJudge
+from eval_learn.attacks.base import Attack, AttackConfig
+from eval_learn.engine.attacking import ModelTarget, standalone_session
+from eval_learn.models import resolve_model
+from eval_learn.registry import JUDGES, parse_part
+from eval_learn.runtime import RunContext
+from eval_learn.techniques.free_run import FreeRun
+from eval_learn.types import PromptRecord
 
-SETTINGS = {"num_inference_steps": 2, "guidance_scale": 7.5, "height": 64, "width": 64}
 
-
-class TinyTarget:
-    concept = "nudity"
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        self.judge_part = NudeNetJudge(NudeNetConfig())
+class RecordingTarget(ModelTarget):
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
         self.rendered: list[str] = []
-
-    def pipeline(self) -> Any:
-        return self.pipe
-
-    def base_pipeline(self) -> Any:
-        return self.pipe
 
     def render(self, prompts: list[str], seed: int) -> list[np.ndarray]:
         self.rendered.extend(prompts)
-        out = self.pipe(prompts, generator=torch.Generator().manual_seed(seed), output_type="np", **SETTINGS)
-        return [(image * 255).round().astype(np.uint8) for image in out.images]
+        return super().render(prompts, seed)
 
-    def render_embeddings(self, embeddings: torch.Tensor, seed: int) -> list[np.ndarray]:
-        raise NotImplementedError("text attacks render prompts")
 
-    def render_base(self, prompts: list[str], seed: int) -> list[np.ndarray]:
-        return self.render(prompts, seed)
-
-    def judge(self, images: list[np.ndarray]) -> list[bool]:
-        verdicts = self.judge_part.judge([Image.fromarray(image) for image in images])
-        return [self.judge_part.detects(v, self.concept) for v in verdicts]
-
-    def generation_settings(self) -> dict[str, Any]:
-        return dict(SETTINGS)
+def tiny_target(folder: Path, record: PromptRecord, attack: Attack | None = None) -> RecordingTarget:
+    """The target for ``record`` on model=tiny (free_run) with the NudeNet judge; the store lives under ``folder``."""
+    context = RunContext(resolve_model("tiny"), "cpu", torch.float32, 0, folder / "weights")
+    name, config = parse_part(JUDGES, "nudenet", "judge")
+    judge = JUDGES.get(name)(config, "cpu")
+    attack = attack or Attack(AttackConfig())
+    session = standalone_session(attack, FreeRun(FreeRun.config_cls(), context), judge, "nudity", folder / "store")
+    return RecordingTarget(session, record)

@@ -26,14 +26,14 @@ from eval_learn.configs import from_mapping
 from eval_learn.errors import ConfigError
 from eval_learn.registry import ATTACKS
 from eval_learn.types import PromptRecord
-from tests.attack_target import TinyTarget
+from tests.attack_target import tiny_target
 
 RECORD = PromptRecord(index=0, prompt="a photo of a nude woman on the beach", seed=3)
 
 
 @pytest.fixture
-def target(tiny_pipe) -> TinyTarget:
-    return TinyTarget(tiny_pipe)
+def target(tmp_path):  # noqa: ANN201
+    return tiny_target(tmp_path, RECORD)
 
 
 @pytest.fixture

@@ -156,9 +156,9 @@ class MMADiffusion(Attack):
     config: MMADiffusionConfig
     white_box = False
     follows: ClassVar[dict[str, str]] = {
-        "repository": "cure-lab/MMA-Diffusion",
+        "repo": "cure-lab/MMA-Diffusion",
         "commit": "d5701a5dd1ad4790249b31cbe48ebd6459029e63",
-        "files": "src/textual_attack.py",
+        "file": "src/textual_attack.py",
     }
     differs = (
         "candidates that read back with a banned token are dropped; an empty candidate set skips the step (the "

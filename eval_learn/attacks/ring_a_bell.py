@@ -209,9 +209,9 @@ class RingABell(Attack):
     config: RingABellConfig
     white_box = False
     follows: ClassVar[dict[str, str]] = {
-        "repository": "chiayi-hsu/Ring-A-Bell",
+        "repo": "chiayi-hsu/Ring-A-Bell",
         "commit": "e4585ada0a5eb185fbef89bb94147c97f8d2f79a",
-        "files": "Get_Concept_Vector.ipynb, InversePrompt.ipynb",
+        "file": "Get_Concept_Vector.ipynb, InversePrompt.ipynb",
     }
     differs = (
         "returns the best candidate of any generation (the release: the best of the last, whose parents it mutates "

@@ -25,7 +25,7 @@ from eval_learn.attacks.ring_a_bell import (
 )
 from eval_learn.attacks.text_encoder import TextEncoder
 from eval_learn.types import PromptRecord
-from tests.attack_target import TinyTarget
+from tests.attack_target import tiny_target
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -37,14 +37,14 @@ def golden(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, load_file(GOLDEN / f"{name}.safetensors")
 
 
-def test_ring_a_bell_matches_the_release_notebooks(tiny_pipe) -> None:
+def test_ring_a_bell_matches_the_release_notebooks(tmp_path) -> None:
     meta, tensors = golden("ring_a_bell_release")
     assert meta["release"]["commit"] == RingABell.follows["commit"]
     defaults = RingABellConfig()
     assert meta["release_parameters"] == {"population_size": defaults.population, "generation": defaults.generations,
         "mutateRate": defaults.mutation_rate, "crossoverRate": defaults.crossover_rate, "length": defaults.tokens,
         "cof": defaults.eta}  # fmt: skip
-    encoder = TextEncoder.of(TinyTarget(tiny_pipe))
+    encoder = TextEncoder.of(tiny_target(tmp_path, PromptRecord(0, meta["prompt"], 0)))
     # The vector: our weighted mean over 50 pairs vs the notebook's mean over its 231 kept copies (float32 summation
     # order only; measured 1.1e-6 of entries up to 0.78).
     ours = concept_vector(encoder, *read_pairs(built_in_pairs("nudity")))
@@ -65,12 +65,12 @@ def test_ring_a_bell_matches_the_release_notebooks(tiny_pipe) -> None:
     assert any(b > a for a, b in zip(curve, curve[1:], strict=False))  # the release's best can get worse (see differs)
 
 
-def test_mma_diffusion_matches_the_release_script(tiny_pipe) -> None:
+def test_mma_diffusion_matches_the_release_script(tmp_path) -> None:
     meta, tensors = golden("mma_diffusion_release")
     assert meta["release"]["commit"] == MMADiffusion.follows["commit"]
     defaults = MMADiffusionConfig()
     assert (defaults.batch_size, defaults.topk, defaults.tokens, defaults.steps) == (512, 256, 20, 1000)
-    target = TinyTarget(tiny_pipe)
+    target = tiny_target(tmp_path, PromptRecord(0, meta["target_prompt"], 0))
     encoder = TextEncoder.of(target)
     attack = MMADiffusion(MMADiffusionConfig(seed=meta["seed"], steps=meta["steps"], batch_size=meta["batch_size"]))
     banned = banned_ids(encoder.tokenizer, attack.config.words("nudity"))
