@@ -103,6 +103,7 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
         entries = []
         for name in registry.names():
             entry: dict[str, Any] = {"name": name}
+            cls: Any = None  # set below only when the source cannot be read (listing imports no model code)
             try:
                 target = registry.target(name)
                 fields = config_fields_of(target)  # read from the source: listing imports no model code
@@ -121,6 +122,8 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
                 entry["recipes"] = technique_recipes(name, overrides)
             if kind == "techniques":
                 entry["presets"] = technique_presets(name)
+            if kind == "attacks" and (follows := getattr(cls, "follows", None)):  # only a class already imported
+                entry["follows"] = follows
             entries.append(entry)
         if yaml_names is not None:  # a YAML without a class: selectable, but it will fail
             for name in sorted(yaml_names - set(registry.names())):

@@ -102,7 +102,9 @@ def _read(path: str, size: int, mtime_ns: int) -> Table:  # size and mtime: an e
     return Table(path, header, tuple(rows))
 
 
-def read_table(path: str | Path) -> Table:
+def read_table(path: str | Path, prompt_column: str = "prompt") -> Table:
+    """The table in ``path``; ``prompt_column`` names the column read as the prompt where a published set calls it
+    otherwise (MMA-Diffusion's ``adv_prompt``)."""
     file = Path(path)
     if file.is_dir():
         raise ConfigError(f"prompt file '{file}' is a folder; give the path of a CSV file in it")
@@ -110,8 +112,14 @@ def read_table(path: str | Path) -> Table:
         raise ConfigError(f"prompt file '{file}' does not exist")
     stat = file.stat()
     table = _read(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-    if "prompt" not in table.header:
-        raise ConfigError(f"prompt file '{file}' has no 'prompt' column (header: {list(table.header)})")
+    column = normalise(prompt_column)
+    if column != "prompt" and column in table.header:
+        header = tuple(h for h in table.header if h != "prompt") + ("prompt",)
+        table = Table(
+            table.path, header, tuple((line, {**row, "prompt": row.get(column, "")}) for line, row in table.rows)
+        )
+    if column not in table.header:
+        raise ConfigError(f"prompt file '{file}' has no '{column}' column (header: {list(table.header)})")
     return table
 
 
