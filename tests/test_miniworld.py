@@ -40,6 +40,7 @@ def test_judge_reads_fresh_renders() -> None:
         assert hits >= floor, (attribute, hits)  # these 288 renders: colour 0.997, shape 1.00, background 1.00
 
 
+@pytest.mark.slow
 def test_training_code_path_runs(tmp_path, monkeypatch) -> None:
     """A few steps of every stage: the script that made the shipped weights still works end to end."""
     from eval_learn.miniworld import train
