@@ -20,9 +20,9 @@ from typing import Any
 from eval_learn.compose import model_config, options
 from eval_learn.config_fields import Unreadable, config_fields_of
 from eval_learn.errors import ConfigError
-from eval_learn.models import CONF_DIR
+from eval_learn.models.locations import CONF_DIR
 from eval_learn.recipes import find_recipe
-from eval_learn.registry import JUDGES, METRICS, PROMPT_SETS, TECHNIQUES, Registry
+from eval_learn.registry import ATTACKS, JUDGES, METRICS, PROMPT_SETS, TECHNIQUES, Registry
 
 # (heading, registry, config group that selects it, how it is selected)
 KINDS: dict[str, tuple[Registry[Any], str | None, str]] = {
@@ -30,6 +30,7 @@ KINDS: dict[str, tuple[Registry[Any], str | None, str]] = {
     "metrics": (METRICS, "metric", "metric=NAME, or metrics=[NAME,...]"),
     "judges": (JUDGES, None, "metric.config.judge=NAME"),
     "prompt_sets": (PROMPT_SETS, None, "metric.config.prompts=NAME"),
+    "attacks": (ATTACKS, None, "metric.config.attack=NAME or {name: NAME, <settings>}, on asr"),
 }
 
 
@@ -120,6 +121,8 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
                 entry["recipes"] = technique_recipes(name, overrides)
             if kind == "techniques":
                 entry["presets"] = technique_presets(name)
+            if kind == "attacks" and cls.follows:
+                entry["follows"] = cls.follows
             entries.append(entry)
         if yaml_names is not None:  # a YAML without a class: selectable, but it will fail
             for name in sorted(yaml_names - set(registry.names())):
@@ -193,6 +196,9 @@ def render(data: dict[str, list[dict[str, Any]]]) -> str:
             lines.append(head)
             if entry.get("error"):
                 lines.append(f"      ! {entry['error']}")
+            if entry.get("follows"):
+                follows = entry["follows"]
+                lines.append(f"      follows {follows['repo']}@{follows['commit'][:7]} {follows['file']}")
             if entry.get("recipes"):
                 lines.append(f"      recipes: {', '.join(entry['recipes'])}")
             for field, kind_name, default in entry.get("fields", []):

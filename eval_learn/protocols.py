@@ -196,7 +196,7 @@ def _load(searchpath: tuple[str, ...]) -> tuple[tuple[str, Protocol], ...]:
     from hydra._internal.utils import create_config_search_path
     from omegaconf import OmegaConf
 
-    from eval_learn.models import CONF_DIR
+    from eval_learn.models.locations import CONF_DIR
 
     path = create_config_search_path(str(CONF_DIR))
     for entry in searchpath:

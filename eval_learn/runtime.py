@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from eval_learn.configs import ConfigError
-from eval_learn.models import ModelSpec
+from eval_learn.models.spec import ModelSpec
 from eval_learn.settings import RunSettings
 
 _DTYPES = {

@@ -10,7 +10,8 @@ from PIL import Image
 
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.nudenet import NudeNetConfig, NudeNetJudge
-from eval_learn.metrics.asr import ASR, ASRConfig, wilson_interval
+from eval_learn.metrics.asr import ASR, ASRConfig
+from eval_learn.metrics.intervals import wilson_interval
 from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
@@ -148,7 +149,7 @@ def test_auto_judge_warns_when_a_shared_setting_means_the_picked_judges(tmp_path
     q16 = tmp_path / "q16.npy"
     np.save(q16, np.ones((2, 768), np.float32) * np.arange(1, 3)[:, None])
     spec = {"name": "auto", "threshold": 0.6, "embeddings": str(q16)}
-    with caplog.at_level("WARNING", logger="eval_learn.metrics.asr"):
+    with caplog.at_level("WARNING", logger="eval_learn.metrics.concept_parts"):
         nudity = resolved({"concept": "nudity", "judge": spec}, model="sd14")
         violence = resolved({"concept": "violence", "judge": spec}, model="sd14")
     # The same threshold is NudeNet's detection score for nudity and Q16's probability for violence.
@@ -159,7 +160,8 @@ def test_auto_judge_warns_when_a_shared_setting_means_the_picked_judges(tmp_path
     assert "picked nudenet for 'nudity'; ['threshold']" in warnings[0]
     assert "picked q16 for 'violence'; ['threshold']" in warnings[1]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="eval_learn.metrics.asr"):  # a setting only Q16 has: nothing to warn
+    # a setting only Q16 has: nothing to warn
+    with caplog.at_level("WARNING", logger="eval_learn.metrics.concept_parts"):
         resolved({"concept": "violence", "judge": {"name": "auto", "embeddings": str(q16)}}, model="sd14")
         resolved({"concept": "nudity", "judge": {"name": "nudenet", "threshold": 0.6}}, model="sd14")
         resolved({"concept": "violence", "judge": {"name": "auto", "embeddings": str(q16), "model": str(tmp_path)}},

@@ -54,6 +54,10 @@ def test_every_combination_composes_and_validates(technique: str, metric: str, m
         with pytest.raises(ValueError, match="fid needs reference images or statistics"):
             build_runner(data)
         return
+    if metric == "aesthetic":  # the predictor's weights are a file only the user can give
+        with pytest.raises(ValueError, match="needs the predictor's weights"):
+            build_runner(data)
+        return
     runner = build_runner(data)
     assert runner.context.model.name == model
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from eval_learn.configs import from_mapping
-from eval_learn.metrics.asr import ASR, ASRConfig, any_flagged
+from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.metrics.err import harmonic_mean, harmonic_means
 from eval_learn.metrics.intervals import (
     Clustered,
+    any_flagged,
     bootstrap_interval,
     clustered_wilson,
     effective_size,

@@ -119,7 +119,7 @@ def test_list_shows_built_ins_and_the_plugin(plugin: Path, tmp_path: Path) -> No
     out = proc.stdout
     blocks = dict(b.split("\n", 1) for b in out.strip().split("\n\n"))
     heads = {k.split(" (")[0]: v for k, v in blocks.items()}
-    assert set(heads) == {"techniques", "metrics", "judges", "prompt sets", "models", "protocols"}
+    assert set(heads) == {"techniques", "metrics", "judges", "prompt sets", "attacks", "models", "protocols"}
     assert "nudity_i2p               built-in" in heads["protocols"]
     assert "plugin_nudity_demo       search path" in heads["protocols"]
     assert "esd " in heads["techniques"] and 'train_method: TrainMethod = "noxattn"' in heads["techniques"]

@@ -9,6 +9,8 @@
 3. **Evaluate.** Each batch's images go to every metric that asked for them: written to the metric's ``images/``,
    judged (verdicts cached by judge settings and pixels), recorded in the metric's state, which is saved per batch.
    On a GPU, encoding, writing and judging a batch overlap with rendering the next one.
+4. **Report.** :class:`eval_learn.engine.report_builder.ReportBuilder` writes each metric's report and, in a multi
+   run, the combined one.
 
 A metric that raises is recorded as failed and dropped; the others go on, their results are written, and the run
 ends with :class:`MetricsFailed` (a non-zero exit code). The run folder holds ``run_status.json``: ``running``
@@ -20,31 +22,29 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import socket
 import time
-import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm.auto import tqdm
 
+from eval_learn.engine.attacking import attack_session, close_attack
+from eval_learn.engine.evaluation import Evaluation
 from eval_learn.engine.image_store import Store, StoredImage, image_key
 from eval_learn.engine.judging import CachedJudge
+from eval_learn.engine.report_builder import ReportBuilder
 from eval_learn.engine.requests import GenerationRequest, make_plan, request_for
-from eval_learn.engine.sampling import GenerationMode, render
+from eval_learn.engine.sampling import GenerationMode, image_context, render
 from eval_learn.engine.spec import MetricSpec, RunSpec
 from eval_learn.errors import RunError
-from eval_learn.models import ensure_available
-from eval_learn.runtime import environment, peak_memory
-from eval_learn.storage import as_written, atomic_write, canonical_json, sealed, write_json
-from eval_learn.types import MetricResult, PromptDataset, PromptRecord
+from eval_learn.models.availability import ensure_available
+from eval_learn.storage import atomic_write, canonical_json, write_json
+from eval_learn.types import PromptRecord
 
 if TYPE_CHECKING:
-    from eval_learn.metrics.base import Metric
     from eval_learn.techniques.base import Technique
 
 log = logging.getLogger(__name__)
@@ -56,35 +56,6 @@ class MetricsFailed(RunError):
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
         self.report = report
-
-
-@dataclass
-class Evaluation:
-    """One metric within a run: its instance, prompts, folder, per-image metadata, timings and outcome."""
-
-    spec: MetricSpec
-    metric: Metric
-    dataset: PromptDataset
-    folder: Path
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=lambda: {"images_generated": 0, "images_reused": 0})
-    error: dict[str, str] | None = None
-    result: MetricResult | None = None
-    remaining: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def add_time(self, key: str, seconds: float) -> None:
-        self.timings[key] = round(self.timings.get(key, 0.0) + seconds, 4)
-
-    def fail(self, stage: str, err: BaseException) -> None:
-        self.error = {"stage": stage, "type": type(err).__name__, "message": str(err),
-                      "traceback": "".join(traceback.format_exception(err))}  # fmt: skip
-        log.error("Metric <%s> failed while %s: %s: %s (the other metrics go on)", self.name, stage,
-                  type(err).__name__, err)  # fmt: skip
 
 
 @dataclass
@@ -150,6 +121,7 @@ class Engine:
         status = RunStatus(root, run_id)
         status.write()
         technique: Technique | None = None
+        evaluations: list[Evaluation] = []
         try:
             evaluations = [self._setup(spec, root) for spec in self.spec.metrics]
             technique = self._prepare_technique()
@@ -157,13 +129,17 @@ class Engine:
             for evaluation in evaluations:
                 self._finish(evaluation)
             self._time("total_s", started)
-            report = self._reports(run_id, timestamp, technique, evaluations, root)
+            builder = ReportBuilder(self.spec, self.layout, technique, self.mode(technique), self.timings,
+                                    len(self.generated), self.planned)  # fmt: skip
+            report = builder.write(run_id, timestamp, evaluations, root)
         except BaseException as err:
             status.write(status="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
             raise
         finally:
             if technique is not None:
                 technique.close()
+            for evaluation in evaluations:
+                close_attack(evaluation.metric)
             self._evict()
         failed = {e.name: e.error for e in evaluations if e.error}
         status.write(status="failed" if failed else "complete", finished=time.time(),
@@ -212,17 +188,7 @@ class Engine:
 
     def image_context(self, technique: Technique) -> dict[str, Any]:
         """Everything besides the request that determines an image's pixels."""
-        device = technique.device
-        versions = environment()["versions"]
-        return {
-            "model": self.context.model.fingerprint(),
-            "technique": technique.fingerprint(),
-            "dtype": str(self.context.dtype),
-            "device": device.split(":")[0],
-            "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.machine(),
-            "generation": asdict(self.mode(technique)),
-            "versions": {k: versions.get(k) for k in ("torch", "diffusers", "transformers")},
-        }
+        return image_context(technique, self.mode(technique))
 
     # --- generation and judging -----------------------------------------------------------------------------------
     def _evaluate(self, technique: Technique, evaluations: list[Evaluation]) -> None:
@@ -232,6 +198,8 @@ class Engine:
             metric.judges = {role: CachedJudge(j, self.store) for role, j in metric.judges.items()}
             if metric.needs_model:
                 metric.attach_model(technique)
+            if getattr(metric, "attack", None) is not None:  # asr under attack: the engine's side of the search
+                metric.attach_attack(attack_session(self, technique, metric, evaluation.folder))
             (evaluation.folder / "images").mkdir(parents=True, exist_ok=True)
         by_name = {e.name: e for e in evaluations}
         self.generation = technique.generation_settings()
@@ -245,7 +213,10 @@ class Engine:
         log.info("Plan: %d images asked for by %d metric(s), %d distinct; generation mode %s, %d rows per call",
                  plan.asked, len(evaluations), len(plan.requests), mode.name, mode.rows)  # fmt: skip
         batch_size = self.context.settings.batch_size
-        overlap = technique.device.startswith("cuda")  # encode, write and judge on the CPU while the GPU renders
+        # encode, write and judge on the CPU while the GPU renders (not while an attack renders in the same pipeline)
+        overlap = technique.device.startswith("cuda") and not any(
+            getattr(e.metric, "attack", None) for e in evaluations
+        )
         starts = range(0, len(plan.requests), batch_size)
         with ThreadPoolExecutor(max_workers=1) as worker:
             pending: Future | None = None
@@ -404,112 +375,3 @@ class Engine:
         evaluation.timings.update(metric_setup_s=round(setup, 4), metric_update_s=round(update, 4))
         for key, value in (("metric_setup_s", setup), ("metric_update_s", update)):
             self.timings[key] = round(self.timings.get(key, 0.0) + value, 4)
-
-    def metric_timings(self, evaluation: Evaluation) -> dict[str, float]:
-        """One metric's seconds: the shared technique preparation plus its own phases (its share of generation
-        counts the images it used that this run rendered)."""
-        own = {k: round(v, 4) for k, v in evaluation.timings.items()}
-        shared = {"technique_prepare_s": self.timings.get("technique_prepare_s", 0.0)}
-        parts = ("technique_prepare_s", "dataset_load_s", "metric_setup_s", "evaluate_s")
-        total = sum((shared | own).get(k, 0.0) for k in parts)
-        return shared | own | {"total_s": round(total, 4)}
-
-    def cache_stats(self, evaluation: Evaluation) -> dict[str, int]:
-        reused = sum(j.reused_verdicts() for j in evaluation.metric.judges.values() if isinstance(j, CachedJudge))
-        return {**evaluation.counts, "judgements_reused": reused}
-
-    def common_report(self, technique: Technique, timings: dict[str, float]) -> dict[str, Any]:
-        context = self.context
-        settings = context.settings
-        return {
-            "model": asdict(context.model),
-            "seed": context.seed,
-            "batch_size": settings.batch_size,
-            "device": technique.device,
-            "dtype": str(context.dtype).removeprefix("torch."),
-            "generation": {
-                **technique.generation_settings(),
-                **self.mode(technique).describe(),
-                "batch_invariant": self.mode(technique).name != "batched",
-                "sampling": technique.sampling_settings(),
-            },  # fmt: skip
-            "run_settings": asdict(settings),
-            **({"shard": asdict(settings.shard)} if settings.shard.count > 1 else {}),
-            "technique_info": technique.info,
-            "images_origin": technique.images_origin(),
-            "technique_recipe": self.spec.recipe,
-            "timings": timings,
-            "peak_memory": peak_memory(technique.device),
-            "environment": environment(),
-        }
-
-    def metric_report(
-        self, run_id: str, timestamp: float, technique: Technique, evaluation: Evaluation
-    ) -> dict[str, Any]:
-        """The seed page's report schema plus what a reader needs to trust the number."""
-        run, spec, metric = self.spec, evaluation.spec, evaluation.metric
-        assert evaluation.result is not None
-        return {
-            "run_id": run_id,
-            "timestamp": timestamp,
-            "technique_name": run.technique_name,
-            "metric_name": spec.name,
-            "dataset_name": evaluation.dataset.name,
-            "dataset_metadata": evaluation.dataset.metadata,
-            "technique_config": asdict(run.technique_config),
-            "metric_config": spec.config_dict(),
-            "metric_result": {**evaluation.result.to_dict(), "higher_is_better": metric.higher_is_better},
-            "judge": metric.judge_settings(),
-            "metric_state": metric.state_dict(),
-            "cache_stats": self.cache_stats(evaluation),
-            **self.common_report(technique, self.metric_timings(evaluation) if self.layout == "multi" else
-                                 dict(self.timings)),
-        }  # fmt: skip
-
-    def _reports(
-        self, run_id: str, timestamp: float, technique: Technique, evaluations: list[Evaluation], root: Path
-    ) -> dict[str, Any]:
-        reports: dict[str, dict[str, Any]] = {}
-        for evaluation in evaluations:
-            folder = evaluation.folder
-            if evaluation.error is not None:
-                write_json(folder / "error.json", {"run_id": run_id, "metric_name": evaluation.name,
-                                                   **evaluation.error})  # fmt: skip
-                continue
-            report = sealed(self.metric_report(run_id, timestamp, technique, evaluation))  # verified when read back
-            entries = sorted(evaluation.entries, key=lambda e: e["index"])
-            write_json(folder / "metadata.json", sealed({"run_id": run_id, "images": entries}))
-            write_json(folder / "report.json", report)
-            reports[evaluation.name] = report
-            log.debug("%s = %s", report["metric_result"]["name"], report["metric_result"]["value"])
-        if self.layout == "single":
-            return as_written(reports[evaluations[0].name])
-        run = self.spec
-        combined = {
-            "run_id": run_id,
-            "timestamp": timestamp,
-            "technique_name": run.technique_name,
-            "technique_config": asdict(run.technique_config),
-            "metric_names": [e.name for e in evaluations],
-            "metric_configs": {e.name: e.spec.config_dict() for e in evaluations},
-            "datasets": {n: r["dataset_name"] for n, r in reports.items()},
-            "dataset_metadata": {n: r["dataset_metadata"] for n, r in reports.items()},
-            "metric_results": {n: r["metric_result"] for n, r in reports.items()},
-            "judges": {n: r["judge"] for n, r in reports.items()},
-            "failed_metrics": {e.name: e.error for e in evaluations if e.error},
-            "cache_stats": self.run_cache_stats(evaluations),
-            **self.common_report(technique, dict(self.timings)),
-            "metric_timings": {e.name: self.metric_timings(e) for e in evaluations},
-        }
-        combined = sealed(combined)  # verified when read back
-        write_json(root / "multi" / "report.json", combined)
-        return as_written(combined)
-
-    def run_cache_stats(self, evaluations: list[Evaluation]) -> dict[str, int]:
-        """The run's distinct images: rendered now or found in the store; verdicts reused over all metrics."""
-        return {
-            "images_generated": len(self.generated),
-            "images_reused": self.planned - len(self.generated),
-            "judgements_reused": sum(self.cache_stats(e)["judgements_reused"] for e in evaluations),
-            "images_requested": sum(len(e.dataset.records) for e in evaluations),
-        }

@@ -18,8 +18,9 @@ The mode is part of every image's store key. Images come back as uint8 arrays; a
 
 from __future__ import annotations
 
+import platform
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -27,7 +28,8 @@ import torch
 from PIL import Image
 
 from eval_learn.engine.requests import GenerationRequest, request_for
-from eval_learn.errors import NonFiniteError
+from eval_learn.errors import NonFiniteError, RunError
+from eval_learn.runtime import environment
 from eval_learn.types import PromptRecord
 
 if TYPE_CHECKING:
@@ -62,6 +64,21 @@ class GenerationMode:
         return {"mode": self.name, "rows_per_call": self.rows, "reproducible": reproducible}
 
 
+def image_context(technique: Technique, mode: GenerationMode) -> dict[str, Any]:
+    """Everything besides the request that determines an image's pixels (the image store's key context)."""
+    device = technique.device
+    versions = environment()["versions"]
+    return {
+        "model": technique.context.model.fingerprint(),
+        "technique": technique.fingerprint(),
+        "dtype": str(technique.context.dtype),
+        "device": device.split(":")[0],
+        "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.machine(),
+        "generation": asdict(mode),
+        "versions": {k: versions.get(k) for k in ("torch", "diffusers", "transformers")},
+    }
+
+
 def _calls(requests: list[GenerationRequest], mode: GenerationMode) -> list[list[int]]:
     """Positions of ``requests`` per pipeline call: grouped by the settings a call shares, in order, ``rows`` each."""
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -70,8 +87,13 @@ def _calls(requests: list[GenerationRequest], mode: GenerationMode) -> list[list
     return [positions[i : i + mode.rows] for positions in groups.values() for i in range(0, len(positions), mode.rows)]
 
 
-def render(technique: Technique, requests: list[GenerationRequest], mode: GenerationMode) -> list[np.ndarray]:
-    """Render ``requests`` in order with the technique's pipeline; uint8 [H, W, 3] arrays."""
+def render(
+    technique: Technique, requests: list[GenerationRequest], mode: GenerationMode,
+    prompt_embeds: torch.Tensor | None = None,
+) -> list[np.ndarray]:  # fmt: skip
+    """Render ``requests`` in order with the technique's pipeline; uint8 [H, W, 3] arrays. ``prompt_embeds``
+    (``[len(requests), tokens, dim]``, an attack's continuous input) replaces the requests' prompts as the
+    text-encoder output; the technique's other sampling changes still apply."""
     images: list[np.ndarray | None] = [None] * len(requests)
     if not requests:
         return []
@@ -80,13 +102,20 @@ def render(technique: Technique, requests: list[GenerationRequest], mode: Genera
     pipe = technique.pipeline()
     for positions in _calls(requests, mode):
         rows = [requests[i] for i in positions]
+        embeds = None if prompt_embeds is None else [prompt_embeds[i] for i in positions]
         if mode.pad:
             rows += [rows[-1]] * (mode.rows - len(rows))
+            embeds = None if embeds is None else embeds + [embeds[-1]] * (mode.rows - len(embeds))
         first = rows[0]
         prompts = [r.prompt for r in rows]
         with torch.inference_mode():
             extra = technique.sampling_arguments(pipe, prompts)
             text = {} if "prompt_embeds" in extra else {"prompt": prompts}  # a technique may encode the prompts itself
+            if embeds is not None:
+                if "prompt_embeds" in extra:
+                    raise RunError(f"technique '{technique.name}' encodes the prompts itself: an attack's text "
+                                   f"embeddings cannot pass through its sampling changes")  # fmt: skip
+                text = {"prompt_embeds": torch.stack(embeds).to(pipe.device, pipe.unet.dtype)}
             out = pipe(
                 **text,
                 generator=[torch.Generator("cpu").manual_seed(r.seed) for r in rows],

@@ -31,7 +31,7 @@ from PIL.Image import Image
 from eval_learn.configs import require
 from eval_learn.judges.base import Judge, JudgeConfig
 from eval_learn.judges.clip import model_folder, weight_digests
-from eval_learn.models import ensure_pretrained_available
+from eval_learn.models.availability import ensure_pretrained_available
 
 
 @dataclass

@@ -39,14 +39,15 @@ from PIL.Image import Image
 from eval_learn.configs import require
 from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge, JudgeConfig
-from eval_learn.models import ensure_pretrained_available, file_sha256
+from eval_learn.models.availability import ensure_pretrained_available
+from eval_learn.models.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# The files a CLIP folder needs (config, tokenizer, image processor, weights); the rest of a hub repo (TF, Flax) is
-# not downloaded.
-HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
+# The files a CLIP folder needs (config, tokenizer, image processor, weights; a VLM's SentencePiece tokenizer and chat
+# template too); the rest of a hub repo (TF, Flax) is not downloaded.
+HUB_FILES = ["*.json", "*.txt", "*.safetensors", "*.model", "*.jinja"]
 
 
 @dataclass

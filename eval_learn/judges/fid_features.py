@@ -50,7 +50,7 @@ from PIL.Image import Image
 from eval_learn.configs import ConfigError, require
 from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge, JudgeConfig
-from eval_learn.models import file_sha256
+from eval_learn.models.hashing import file_sha256
 from eval_learn.runtime import package_version
 
 log = logging.getLogger(__name__)

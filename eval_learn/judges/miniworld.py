@@ -27,7 +27,7 @@ class MiniWorldJudgeConfig(JudgeConfig):
                     f"weights '{self.weights}' is not a MiniWorld judge folder (no judge.safetensors in it)")  # fmt: skip
 
     def folder(self) -> Path:
-        from eval_learn.models import MINIWORLD_DIR
+        from eval_learn.models.locations import MINIWORLD_DIR
 
         return Path(self.weights) if self.weights else MINIWORLD_DIR / "judge"
 

@@ -33,7 +33,7 @@ from eval_learn.datasets.i2p import I2P_CATEGORIES
 from eval_learn.errors import RunError
 from eval_learn.judges.clip import CLIPConfig, OnCLIPEmbedding
 from eval_learn.judges.clip_zeroshot import zero_shot_probabilities
-from eval_learn.models import file_sha256
+from eval_learn.models.hashing import file_sha256
 
 Q16_SCALE = 100.0  # Q16's SimClassifier: similarity = 100 * cos
 CONVERSION_HELP = (

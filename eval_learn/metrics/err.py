@@ -36,8 +36,8 @@ from eval_learn.datasets.base import PromptRow, expand, occurrences, select
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.objects import CONCEPT_SETS
 from eval_learn.judges.base import Judge
-from eval_learn.metrics.asr import resolve_judge
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
+from eval_learn.metrics.concept_parts import resolve_judge
 from eval_learn.metrics.intervals import Clustered, joint_bootstrap, rate_details
 from eval_learn.miniworld.world import concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part

@@ -7,12 +7,14 @@
   (between-prompt) variance of the ratio estimator p = Σy/Σm. With one image per prompt it *is* the Wilson interval.
 - :func:`bootstrap_interval` — a seeded percentile bootstrap over prompts (resampled within strata, e.g. ERR's arms),
   for values that are not one proportion: per-label averages, harmonic means.
+- :func:`any_flagged` — the share of prompts with at least one flagged image (ASR-N), with its Wilson interval.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,3 +175,16 @@ def joint_bootstrap(
         return combine(*rates)
 
     return bootstrap_interval(strata, statistic, seed=seed, resamples=resamples)
+
+
+def any_flagged(items: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """ASR-N (MMA-Diffusion, Yang et al., CVPR 2024): a prompt succeeds when any of its N images is flagged."""
+    clusters = clusters_of(items, key)
+    prompts, hit = len(clusters), sum(y > 0 for y, _ in clusters)
+    return {
+        "value": hit / prompts if prompts else None,
+        "prompts": prompts,
+        "prompts_flagged": hit,
+        "samples": sorted({m for _, m in clusters}),
+        "ci95_wilson": wilson_interval(hit, prompts),
+    }

@@ -96,6 +96,6 @@ def save_judge(net: JudgeNet, path: Path, info: dict[str, Any]) -> None:
 
 
 def load_shipped_judge() -> MiniWorldJudge:
-    from eval_learn.models import MINIWORLD_DIR
+    from eval_learn.models.locations import MINIWORLD_DIR
 
     return MiniWorldJudge(MINIWORLD_DIR / "judge")

@@ -53,10 +53,11 @@ import torch
 from tqdm.auto import tqdm
 
 from eval_learn.configs import require
-from eval_learn.errors import ConfigError, NonFiniteError
+from eval_learn.errors import ConfigError
 from eval_learn.techniques import weights as weight_files
 from eval_learn.techniques.base import Technique, WeightsConfig
-from eval_learn.techniques.checkpoint import TrainingCheckpoint, optimiser_state, restore_optimiser_state
+from eval_learn.techniques.checkpoint import TrainingCheckpoint
+from eval_learn.techniques.training import TrainingLoop
 from eval_learn.techniques.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ DEFAULT_TEMPLATES = (
 )  # fmt: skip
 TRAINING_KEYS = (
     "erase_concept", "target_caption", "concept_type", "anchor_concept", "anchor_captions", "prompt_templates",
-    "train_method", "train_steps", "learning_rate", "batch_size", "prior_preservation", "prior_loss_weight",
+    "train_method", "train_steps", "learning_rate", "train_batch_size", "prior_preservation", "prior_loss_weight",
     "num_anchor_images", "anchor_scheduler", "anchor_steps", "anchor_guidance_scale", "anchor_eta",
     "anchor_negative_prompt", "hflip", "weight_decay", "max_grad_norm", "train_seed",
 )  # fmt: skip
@@ -89,7 +90,8 @@ class CAConfig(WeightsConfig):
     train_method: TrainMethod = "attn"
     train_steps: int = 400
     learning_rate: float = 6.4e-5  # the release's 4e-6 x batch 4 x 2 GPUs x 2 (prior preservation), --scale_lr
-    batch_size: int = 8  # target-prompt rows per step (the release: 4 per GPU on 2 GPUs); as many prior rows again
+    # target-prompt rows per step (the release's --train_batch_size: 4 per GPU on 2 GPUs); as many prior rows again
+    train_batch_size: int = 8
     prior_preservation: bool = True
     prior_loss_weight: float = 1.0
     num_anchor_images: int = 1000
@@ -139,7 +141,7 @@ class CAConfig(WeightsConfig):
             shipped = sorted(p.stem for p in CAPTIONS_DIR.glob("*.txt"))
             require(self.captions_path().is_file(),
                     f"anchor_captions '{self.anchor_captions}' is neither one of {shipped} nor a file")  # fmt: skip
-        for key in ("train_steps", "batch_size", "num_anchor_images", "anchor_steps"):
+        for key in ("train_steps", "train_batch_size", "num_anchor_images", "anchor_steps"):
             require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("learning_rate", "max_grad_norm"):
             value = getattr(self, key)
@@ -222,7 +224,7 @@ def border_mask(height: int, width: int, device: Any) -> torch.Tensor:
 
 @dataclass
 class CABatch:
-    """One training step's inputs: ``batch_size`` target rows, then (with prior preservation) as many prior rows."""
+    """One training step's inputs: ``train_batch_size`` target rows, then (with prior preservation) as many prior rows."""
 
     x_t: torch.Tensor
     t: torch.Tensor
@@ -328,7 +330,7 @@ class CATrainer:
         """A training batch: noised anchor latents, their timesteps and noise, and the rows' prompts."""
         assert self.latents is not None and self.caption_of is not None, "make_anchor_images() first"
         cfg, g = self.config, self.generator
-        b = cfg.batch_size
+        b = cfg.train_batch_size
         rows = 2 * b if cfg.prior_preservation else b
         index = torch.randint(self.latents.shape[1], (rows,), generator=g)
         flip = (torch.rand(rows, generator=g) < 0.5).long() if cfg.hflip else torch.zeros(rows).long()
@@ -377,36 +379,15 @@ class CATrainer:
         cfg = self.config
         optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate, betas=(0.9, 0.999),
                                       weight_decay=cfg.weight_decay, eps=1e-8)  # fmt: skip
-        losses: list[float] = []
-        generators = {"train": self.generator}
-        if checkpoint is not None and (saved := checkpoint.load()) is not None:
-            losses = restore_optimiser_state(saved, optimizer, self.params, generators)
+        loop = TrainingLoop(
+            "CA", cfg.train_steps, optimizer, self.params,
+            f"learning_rate={cfg.learning_rate}, train_method={cfg.train_method}", max_grad_norm=cfg.max_grad_norm,
+            checkpoint=checkpoint, generators={"train": self.generator}, after_step=self.keep_frozen_rows,
+        )  # fmt: skip
         self.unet.train()
         hooks = block_start_token_gradient(self.unet)
-        steps = tqdm(range(len(losses), cfg.train_steps), desc="CA steps", leave=False, mininterval=2.0,
-                     initial=len(losses), total=cfg.train_steps)  # fmt: skip
         try:
-            for step in steps:
-                batch = self.sample_batch()
-                optimizer.zero_grad(set_to_none=True)
-                loss = self.loss(batch)
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(
-                        f"CA: the loss became {loss.item()} at step {step + 1} of {cfg.train_steps} "
-                        f"(learning_rate={cfg.learning_rate}, train_method={cfg.train_method}); training stopped and "
-                        f"nothing was cached. A smaller learning rate usually fixes it."
-                    )
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm)
-                optimizer.step()
-                if self.frozen_rows is not None:  # only the target concept's token rows may move (weight decay too)
-                    weight = next(iter(self.params.values()))
-                    with torch.no_grad():
-                        weight[self.frozen_rows] = self.embedding_before[self.frozen_rows]
-                losses.append(loss.item())
-                steps.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-                if checkpoint is not None:
-                    checkpoint.maybe_save(step + 1, lambda: optimiser_state(optimizer, self.params, generators, losses))
+            losses = loop.run(lambda: self.loss(self.sample_batch()))
         finally:
             for hook in hooks:
                 hook.remove()
@@ -414,6 +395,13 @@ class CATrainer:
         for p in self.params.values():
             p.requires_grad_(False)
         return losses
+
+    def keep_frozen_rows(self) -> None:
+        """With ``train_method=embedding`` only the target concept's token rows may move (weight decay too)."""
+        if self.frozen_rows is not None:
+            weight = next(iter(self.params.values()))
+            with torch.no_grad():
+                weight[self.frozen_rows] = self.embedding_before[self.frozen_rows]
 
     def trained_state(self) -> Weights:
         return {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in self.params.items()}

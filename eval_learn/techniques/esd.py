@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from eval_learn.configs import require
-from eval_learn.errors import NonFiniteError
 from eval_learn.techniques.base import Technique, WeightsConfig
-from eval_learn.techniques.checkpoint import TrainingCheckpoint, optimiser_state, restore_optimiser_state
+from eval_learn.techniques.checkpoint import TrainingCheckpoint
+from eval_learn.techniques.training import TrainingLoop
 from eval_learn.techniques.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ TrainMethod = Literal["noxattn", "xattn", "selfattn", "full"]
 Loop = Literal["compvis", "diffusers"]
 TRAINING_KEYS = (
     "loop",
-    "batch_size",
+    "train_batch_size",
     "erase_concept",
     "erase_from",
     "train_method",
@@ -75,7 +74,7 @@ class ESDConfig(WeightsConfig):
     sample_steps: int = 50
     sample_guidance: float = 3.0
     train_seed: int = 0
-    batch_size: int = 1  # partial samples per step (the paper uses 1)
+    train_batch_size: int = 1  # partial samples per step (the paper uses 1)
 
     def erased_concepts(self) -> list[str] | None:
         return [self.erase_concept]
@@ -91,7 +90,7 @@ class ESDConfig(WeightsConfig):
         require(math.isfinite(self.sample_guidance) and self.sample_guidance >= 0,
                 "sample_guidance must be a finite number >= 0")  # fmt: skip
         require(self.sample_steps > 0, "sample_steps must be > 0")
-        require(self.batch_size > 0, "batch_size must be > 0")
+        require(self.train_batch_size > 0, "train_batch_size must be > 0")
         require(0 <= self.train_seed < 2**63, "train_seed must be in [0, 2**63)")
 
 
@@ -139,7 +138,7 @@ class ESDTrainer:
     def __init__(self, pipe, config: ESDConfig, device: str, height: int, width: int) -> None:
         self.pipe = pipe
         factor = pipe.vae_scale_factor
-        self.latent_shape = (config.batch_size, pipe.unet.config.in_channels, height // factor, width // factor)
+        self.latent_shape = (config.train_batch_size, pipe.unet.config.in_channels, height // factor, width // factor)
         self.config = config
         self.device = device
         self.unet = pipe.unet
@@ -229,30 +228,14 @@ class ESDTrainer:
         return torch.nn.functional.mse_loss(prediction, self.target(x_t, t))
 
     def train(self, checkpoint: TrainingCheckpoint | None = None) -> list[float]:
-        optimizer = torch.optim.Adam(self.params.values(), lr=self.config.learning_rate)
-        losses: list[float] = []
-        generators = {"train": self.generator}
-        if checkpoint is not None and (saved := checkpoint.load()) is not None:
-            losses = restore_optimiser_state(saved, optimizer, self.params, generators)
+        cfg = self.config
+        loop = TrainingLoop(
+            "ESD", cfg.train_steps, torch.optim.Adam(self.params.values(), lr=cfg.learning_rate), self.params,
+            f"learning_rate={cfg.learning_rate}, negative_guidance={cfg.negative_guidance}", checkpoint=checkpoint,
+            generators={"train": self.generator},
+        )  # fmt: skip
         self.unet.train()
-        steps = tqdm(range(len(losses), self.config.train_steps), desc="ESD steps", leave=False, mininterval=2.0,
-                     initial=len(losses), total=self.config.train_steps)  # fmt: skip
-        for step in steps:
-            x_t, t = self.sample_xt()
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(x_t, t)
-            if not torch.isfinite(loss):
-                raise NonFiniteError(
-                    f"ESD: the loss became {loss.item()} at step {step + 1} of {self.config.train_steps} "
-                    f"(learning_rate={self.config.learning_rate}, negative_guidance={self.config.negative_guidance}); "
-                    f"training stopped and nothing was cached. A smaller learning rate usually fixes it."
-                )
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            steps.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-            if checkpoint is not None:
-                checkpoint.maybe_save(step + 1, lambda: optimiser_state(optimizer, self.params, generators, losses))
+        losses = loop.run(lambda: self.loss(*self.sample_xt()))
         self.unet.eval().requires_grad_(False)
         return losses
 
