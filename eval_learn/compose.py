@@ -67,14 +67,26 @@ def options(group: str, overrides: Sequence[str] = ()) -> list[str]:
 
 @functools.lru_cache(maxsize=256)
 def _options(group: str, searchpath: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(_listing(group, searchpath, config=True)))
+
+
+def _listing(group: str, searchpath: Sequence[str], config: bool) -> set[str]:
+    """The configs (or subgroups) of ``group``. Without ``hydra.searchpath`` overrides, read from the search path's
+    sources directly: Hydra's loader copies its whole repository for every question (tens of ms each)."""
+    from hydra.core.object_type import ObjectType
+
+    kind = ObjectType.CONFIG if config else ObjectType.GROUP
     with hydra_session() as loader:
-        return tuple(sorted(loader.get_group_options(group, config_name=CONFIG_NAME, overrides=list(searchpath))))
+        if searchpath:
+            return set(loader.get_group_options(group, kind, CONFIG_NAME, list(searchpath)))
+        return {o for source in loader.get_sources() if source.is_group(group) for o in source.list(group, kind)}
 
 
 @functools.lru_cache(maxsize=256)
-def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
-    """The run config's ``model`` and ``technique`` nodes, resolved, as ``overrides`` compose them (once per
-    process: a sweep's validation builds a runner per job)."""
+def _compose(option: str, searchpath: tuple[str, ...]) -> dict[str, Any]:
+    """The config ``+<group>=<name>`` composes alone (its own defaults list included), resolved; once per process
+    (a sweep's validation builds a runner per job). The command line composes the same files into ``config.yaml``
+    (model, then technique, then the optional preset), so merging these in that order gives what it gives."""
     from hydra import compose
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -82,8 +94,7 @@ def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
 
     try:
         with hydra_session():
-            cfg = compose(CONFIG_NAME, overrides=["metrics=[]", *overrides])
-            return {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "technique")}
+            return OmegaConf.to_container(compose(None, overrides=[*searchpath, f"+{option}"]), resolve=True)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(str(err).strip().split("\n")[0]) from None
 
@@ -93,7 +104,7 @@ def model_config(name: str, overrides: Sequence[str] = ()) -> dict[str, Any] | N
     searchpath = tuple(searchpath_overrides(overrides))
     if name not in _options("model", searchpath):
         return None
-    return copy.deepcopy(_compose((*searchpath, f"model={name}", "~preset"))["model"])
+    return copy.deepcopy(_compose(f"model={name}", searchpath)["model"])
 
 
 def model_spec(model: str | Mapping[str, Any] | ModelSpec, overrides: Sequence[str] = ()) -> tuple[ModelSpec, str]:
@@ -127,38 +138,41 @@ def technique_config(option: str, model: str | None = None, overrides: Sequence[
             raise ConfigError(f"unknown technique recipe '{option}': technique '{name}' has no recipes on the config "
                               f"search path")  # fmt: skip
         return None
-    selected = [f"technique={name}"]
+    selected = name
     if recipe:
         recipes = _options(f"technique/{name}", searchpath)
         if recipe in recipes:
-            selected = [f"technique={option}"]
-        elif recipe != _compose((*searchpath, *selected, "~preset"))["technique"].get("recipe"):
+            selected = option
+        elif recipe != _compose(f"technique={name}", searchpath)["technique"].get("recipe"):
             available = [name, *(f"{name}/{r}" for r in recipes)]
             raise ConfigError(f"unknown technique recipe '{option}'.{did_you_mean(option, available)} "
                               f"Recipes of {name}: {', '.join(available)}")  # fmt: skip
-    has_preset = model is not None and model in _options("model", searchpath)
-    preset = [f"model={model}"] if has_preset else ["~preset"]
-    return copy.deepcopy(_compose((*searchpath, *selected, *preset))["technique"])
+    node = copy.deepcopy(_compose(f"technique={selected}", searchpath)["technique"])
+    preset = f"{model}_{name}"
+    if model is not None and model in _options("model", searchpath) and preset in _options("preset", searchpath):
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.to_container(
+            OmegaConf.merge(node, _compose(f"preset={preset}", searchpath).get("technique", {}))
+        )
+    return node  # type: ignore[return-value]
 
 
 def config_groups(overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """Every config group of the run (``technique``, ``technique/esd``, ``model``, ...; not Hydra's own) on the search
     path, with its options: what ``--help`` lists."""
-    from hydra.core.object_type import ObjectType
-
-    searchpath = searchpath_overrides(overrides)
+    searchpath = tuple(searchpath_overrides(overrides))
     out: dict[str, list[str]] = {}
-    with hydra_session() as loader:
 
-        def walk(parent: str) -> None:
-            for child in loader.get_group_options(parent, ObjectType.GROUP, CONFIG_NAME, searchpath):
-                group = f"{parent}/{child}" if parent else child
-                if group == "hydra":
-                    continue
-                found = loader.get_group_options(group, ObjectType.CONFIG, CONFIG_NAME, searchpath)
-                if found:
-                    out[group] = sorted(found)
-                walk(group)
+    def walk(parent: str) -> None:
+        for child in sorted(_listing(parent, searchpath, config=False)):
+            group = f"{parent}/{child}" if parent else child
+            if group == "hydra":
+                continue
+            found = _options(group, searchpath)
+            if found:
+                out[group] = list(found)
+            walk(group)
 
-        walk("")
+    walk("")
     return dict(sorted(out.items()))

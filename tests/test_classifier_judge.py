@@ -47,6 +47,7 @@ def test_verdicts_and_top_k(tmp_path, top_k, church_seen) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_object_asr_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
     folder = make_classifier(tmp_path / "clf", 1, 0)  # every image "is" a church
     report = SingleBenchmarkRunner("free_run", "asr", {}, {"concept": "church", "limit": 3,

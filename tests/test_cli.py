@@ -134,8 +134,8 @@ def test_seed_page_config_file_runs_as_is(tmp_path, suffix) -> None:
         ("batch_sise=2", "the run config has no 'batch_sise'. Did you mean 'batch_size'?"),
         ("technique=esdd", "unknown technique 'esdd'. Did you mean 'esd'?"),
         ("metric=asr,ua_iraa", "unknown metric 'ua_iraa'. Did you mean 'ua_ira'?"),
-        ("metric=asr metric.config.limit=0", "limit must be a positive integer"),
-        ("metric=ua_ira", "ua_ira measures MiniWorld concepts on model=miniworld"),
+        pytest.param("metric=asr metric.config.limit=0", "limit must be a positive integer", marks=pytest.mark.slow),
+        pytest.param("metric=ua_ira", "ua_ira measures MiniWorld concepts on model=miniworld", marks=pytest.mark.slow),
     ],
 )
 def test_bad_overrides_fail_with_a_clear_message(tmp_path, override, message) -> None:

@@ -177,6 +177,7 @@ def test_bad_configs_and_an_unavailable_model(clip_folder, tmp_path) -> None:
         SingleBenchmarkRunner("free_run", "clip_score", {}, {"scale": "unlearndiffatk"}, tmp_path, model="tiny")
 
 
+@pytest.mark.slow
 def test_end_to_end_on_tiny(clip_folder, tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("free_run", "clip_score", {}, {"limit": 4, "judge": {"name": "clip",
                                    "model": clip_folder}}, tmp_path, model="tiny", cache_dir=cache_dir).run()  # fmt: skip

@@ -105,6 +105,7 @@ def failing_metric(monkeypatch):
     return "failing_asr"
 
 
+@pytest.mark.slow
 def test_a_metric_that_raises_does_not_lose_the_others(tmp_path, cache_dir, failing_metric) -> None:
     runner = MultiBenchmarkRunner("free_run", ["asr", failing_metric], {}, {"asr": {"limit": 4},
                                   failing_metric: {"limit": 4}}, output_dir=tmp_path, model="tiny",

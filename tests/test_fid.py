@@ -208,6 +208,7 @@ def test_inception_without_torch_fidelity_is_a_config_error(tmp_path) -> None:
         FID.preflight(FID.resolve_config(parsed, context(), None), context())
 
 
+@pytest.mark.slow
 def test_multi_runner_renders_each_image_once_for_clip_score_and_fid(tmp_path, cache_dir) -> None:
     clip = str(write_tiny_clip(tmp_path / "clip"))
     reference = save_images(tmp_path / "ref", images(5, seed=3, size=(48, 64)))

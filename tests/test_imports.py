@@ -53,8 +53,14 @@ def test_no_module_imports_another_modules_private_name() -> None:
 @pytest.mark.parametrize(
     ("module", "forbidden"),
     [
-        ("eval_learn.miniworld.train", ("eval_learn.metrics", "eval_learn.techniques", "eval_learn.engine", *ABOVE)),
-        ("eval_learn.metrics.asr", (*ABOVE, "eval_learn.engine", "eval_learn.techniques")),
+        pytest.param(
+            "eval_learn.miniworld.train",
+            ("eval_learn.metrics", "eval_learn.techniques", "eval_learn.engine", *ABOVE),
+            marks=pytest.mark.slow,
+        ),  # lint-imports checks the same in the fast tier
+        pytest.param(
+            "eval_learn.metrics.asr", (*ABOVE, "eval_learn.engine", "eval_learn.techniques"), marks=pytest.mark.slow
+        ),
         ("eval_learn.techniques.esd", (*ABOVE, "eval_learn.metrics", "eval_learn.engine")),
         ("eval_learn.judges.nudenet", (*ABOVE, "eval_learn.metrics", "eval_learn.engine", "eval_learn.techniques")),
         ("eval_learn.datasets.i2p", (*ABOVE, "eval_learn.metrics", "eval_learn.engine", "eval_learn.techniques")),

@@ -52,3 +52,24 @@ def test_light_commands_import_no_model_code(command: str, runs: Path, tmp_path:
     assert not [m for m in modules if m.split(".")[0] in HEAVY], f"{command} imported model code"
     if command == "config error":
         assert "unknown technique 'usd'" in proc.stderr.lower()
+
+
+def test_help_in_process_lists_the_groups_and_the_composed_config() -> None:
+    from eval_learn.cli.app_help import app_help
+
+    text = app_help(["model=tiny", "technique=esd/esd_x"])
+    assert "== Configuration groups ==" in text and "technique/esd: esd_sd, esd_x\n" in text
+    assert "model: miniworld, sd14, sd15, sd21, tiny\n" in text
+    config = text[text.index("== Config ==") :]
+    assert "id: tiny" in config and "train_method: xattn" in config  # the overrides' composition is shown
+
+
+def test_cfg_job_through_the_hydra_app_in_process(capsys) -> None:
+    """``--cfg job`` goes through the Hydra app (eval_learn.cli.hydra_app) and prints the config it would run."""
+    import yaml
+
+    from eval_learn.__main__ import main
+
+    assert main(["model=tiny", "technique=free_run", "metric=asr", "--cfg", "job"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert data["model"]["id"] == "tiny" and data["technique"]["name"] == "free_run" and data["metric"]["name"] == "asr"

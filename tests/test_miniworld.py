@@ -40,6 +40,7 @@ def test_judge_reads_fresh_renders() -> None:
         assert hits >= floor, (attribute, hits)  # these 288 renders: colour 0.997, shape 1.00, background 1.00
 
 
+@pytest.mark.slow
 def test_training_code_path_runs(tmp_path, monkeypatch) -> None:
     """A few steps of every stage: the script that made the shipped weights still works end to end."""
     from eval_learn.miniworld import train
@@ -152,6 +153,23 @@ def test_multi_run_times_each_metric_apart(efficacy) -> None:
         assert timings["technique_prepare_s"] == combined["timings"]["technique_prepare_s"]
         assert timings["generation_s"] < combined["timings"]["generation_s"]
         assert timings["total_s"] < combined["timings"]["total_s"]
+
+
+def test_the_trainer_builds_the_shipped_architecture_and_its_schedule_warms_up_then_decays() -> None:
+    """The fast tier's check of the training script (the slow test above runs it): its networks have the shipped
+    weights' shapes, and its learning rate rises linearly to the peak, then follows a cosine down to 0.3 of it."""
+    from eval_learn.miniworld import train
+    from eval_learn.models import MINIWORLD_DIR
+
+    for folder, model in (("unet", train.build_unet()), ("vae", train.build_vae())):
+        shipped = json.loads((MINIWORLD_DIR / folder / "config.json").read_text())
+        built = dict(model.config)
+        keys = ("block_out_channels", "layers_per_block", "sample_size", "in_channels", "out_channels")
+        assert {k: list(built[k]) if isinstance(built[k], tuple) else built[k] for k in keys if k in shipped} == {
+            k: shipped[k] for k in keys if k in shipped
+        }, folder
+    assert train.lr_at(0, 1000, 1.0) == pytest.approx(1 / 50) and train.lr_at(49, 1000, 1.0) == pytest.approx(1.0)
+    assert train.lr_at(50, 1000, 1.0) == pytest.approx(1.0) and train.lr_at(1000, 1000, 1.0) == pytest.approx(0.3)
 
 
 def test_the_masked_image_source_marks_where_the_concept_is() -> None:

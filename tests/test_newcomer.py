@@ -27,6 +27,7 @@ def test_a_limit_that_keeps_every_prompt_says_so_once(caplog: pytest.LogCaptureF
         assert f"limit {limit} keeps all 8 prompts of 'miniworld'" in said[0]
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_offline_says_so_on_stderr_and_leaves_no_folder(tmp_path) -> None:
     proc = run_cli("model=sd14", "technique=free_run", "metric=asr", "metric.config.prompts=unlearndiffatk_nudity",
                    cwd=tmp_path, env={"HF_HOME": str(tmp_path / "empty_hf_home")})  # fmt: skip
@@ -69,6 +70,7 @@ def test_list_says_what_a_model_preset_changes() -> None:
     assert 'erase_concept="red"' in line and "train_steps=100" in line and 'train_method="xattn"' in line
 
 
+@pytest.mark.slow
 def test_the_python_api_logs_where_its_report_went(tmp_path, cache_dir, caplog: pytest.LogCaptureFixture) -> None:
     from eval_learn.runners import SingleBenchmarkRunner
 
@@ -80,6 +82,7 @@ def test_the_python_api_logs_where_its_report_went(tmp_path, cache_dir, caplog: 
     assert f"report: {where}" in caplog.text and "asr_demo = " in caplog.text
 
 
+@pytest.mark.slow
 def test_eval_learn_makes_idle_cpu_threads_sleep_before_torch_loads() -> None:
     """The default thread count is safe on a busy machine only if waiting OpenMP threads do not spin (issue 18)."""
     code = "import os, eval_learn.runners, torch; print(os.environ['OMP_WAIT_POLICY'], eval_learn.TORCH_LOADED_FIRST)"

@@ -178,6 +178,7 @@ def test_asr_hand_computed_and_contract(clip_folder, embedding, tmp_path) -> Non
                           records, tmp_path)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_end_to_end_on_tiny(clip_folder, embedding, tmp_path, cache_dir) -> None:
     path = save(tmp_path, prompts_at(embedding, 0.2, 0.4))
     report = SingleBenchmarkRunner("free_run", "asr", {}, {"concept": "violence", "limit": 2, "judge": {"name": "auto",

@@ -35,6 +35,7 @@ def _state_files(root: Path) -> list[Path]:
 
 
 # --- 2. merge verifies shard states ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_merge_refuses_an_edited_a_thinned_and_a_foreign_shard_state(tmp_path: Path, capsys) -> None:
     root = _shards(tmp_path)
     (clean,) = merge([root], tmp_path / "clean")
@@ -76,6 +77,7 @@ def test_merge_refuses_an_edited_a_thinned_and_a_foreign_shard_state(tmp_path: P
 
 
 # --- 5. names from user input stay text ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_prompt_file_name_reaches_the_leaderboard_as_text(tmp_path: Path) -> None:
     from eval_learn.report import summarize
 
@@ -108,7 +110,7 @@ class _Payload:
         return (print, ("this must never run",))
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".bin"])
+@pytest.mark.parametrize("suffix", [".pt", pytest.param(".bin", marks=pytest.mark.slow)])
 def test_a_malicious_pickle_as_load_path_is_one_line_and_exit_2(tmp_path: Path, suffix: str) -> None:
     from conftest import run_cli
 
@@ -169,6 +171,7 @@ def _read_only(folder: Path, view: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(view)], check=False)
 
 
+@pytest.mark.slow
 def test_a_read_only_cache_is_read_and_never_a_traceback(tmp_path: Path, monkeypatch) -> None:
     def run(limit: int, **settings):
         return SingleBenchmarkRunner("free_run", "asr", {}, {"limit": limit}, tmp_path / "runs", model="tiny",
@@ -189,6 +192,7 @@ def test_a_read_only_cache_is_read_and_never_a_traceback(tmp_path: Path, monkeyp
 
 
 # --- 1. every job of a large sweep is checked ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_job_of_a_large_sweep_is_checked_before_the_first_starts(tmp_path: Path, capsys) -> None:
     sweep = ["-m", "model=tiny", "technique=free_run", "metric=asr", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     # 1,040 jobs; the first wrong one is job 521, beyond the 512 that were checked before

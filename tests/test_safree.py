@@ -155,6 +155,7 @@ def test_svf_uses_the_filtered_prompt_for_its_steps_then_the_original(cache_dir)
             assert hidden.shape[0] == 2 and torch.equal(hidden[1], original[0])
 
 
+@pytest.mark.slow
 def test_a_prompt_without_flagged_tokens_renders_exactly_like_free_run(cache_dir) -> None:
     """alpha = 10 flags no token of a multi-token prompt: every stage must then leave the image alone."""
     requests = [GenerationRequest("a photo of a dog", 4, 5.0, 6, 64, 64)]
@@ -168,6 +169,7 @@ def test_a_prompt_without_flagged_tokens_renders_exactly_like_free_run(cache_dir
     assert flagged.sampling_settings()["per_prompt"]["a photo of a dog"]["flagged_tokens"]
 
 
+@pytest.mark.slow
 def test_safree_end_to_end_on_tiny_records_what_it_did_per_image(tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("safree", "asr", {}, {"limit": 2}, tmp_path, model="tiny",
                                    cache_dir=cache_dir).run()  # fmt: skip

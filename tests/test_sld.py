@@ -69,7 +69,7 @@ def test_default_concept_is_the_papers_safety_text(tiny_pipe) -> None:
 
 @pytest.mark.parametrize(("concept", "config"), [
     ("red", {"preset": "strong", "sld_warmup_steps": 2, "sld_threshold": 0.5}),
-    ("a car", {"preset": "max"}),
+    pytest.param("a car", {"preset": "max"}, marks=pytest.mark.slow),
 ])  # fmt: skip
 def test_images_match_diffusers_safe_pipeline_bit_for_bit(tiny_pipe, concept, config) -> None:
     ours = technique_images(erase_concept=concept, **config)
@@ -77,6 +77,7 @@ def test_images_match_diffusers_safe_pipeline_bit_for_bit(tiny_pipe, concept, co
     assert np.array_equal(ours, diffusers_images(tiny_pipe, concept, settings))
 
 
+@pytest.mark.slow
 def test_the_safety_concept_reaches_the_pipeline() -> None:
     """The predecessor ignored the concept; here another concept (or none) gives other images."""
     config = {"preset": "max"}
@@ -153,6 +154,7 @@ def test_settings_are_recorded_and_fingerprinted_by_value() -> None:
     assert SLD(sld_config(erase_concept="blue", preset="weak"), make_context()).fingerprint() != technique.fingerprint()
 
 
+@pytest.mark.slow
 def test_runner_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("sld", "asr", {}, {"limit": 2}, tmp_path, model="tiny", cache_dir=cache_dir).run()
     assert report["metric_result"]["details"]["concept"] == "nudity"  # the paper's concept covers nudity

@@ -58,7 +58,9 @@ def build(name: str, cache) -> Technique:
                                   cache_dir=cache))  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(TRAINERS))
+@pytest.mark.parametrize(
+    "name", [n if n == "esd" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(TRAINERS)]
+)
 def test_a_killed_training_resumes_and_ends_with_the_same_weights(name, tmp_path, monkeypatch) -> None:
     clean = build(name, tmp_path / "clean")
     clean.prepare()

@@ -158,6 +158,7 @@ def test_files_target_labels_must_name_the_erased_concept(files, clip_folder, tm
     assert metric.config.judge["labels"] == ["van gogh", "Claude Monet", "Pablo Picasso"]
 
 
+@pytest.mark.slow
 def test_files_end_to_end_on_tiny(files, clip_folder, tmp_path, cache_dir) -> None:
     from eval_learn.runners import SingleBenchmarkRunner
 

@@ -73,6 +73,7 @@ def test_compvis_partial_sampling_visits_the_release_samplers_timesteps(tiny_pip
     assert worst < 1e-4, worst  # float32 schedules computed two ways (ldm: float64 then cast)
 
 
+@pytest.mark.slow
 def test_compvis_training_timestep_is_drawn_inside_the_bucket(tiny_pipe) -> None:
     cfg = from_mapping(ESDConfig, {"sample_steps": 4, "erase_concept": "red"}, "esd")
     trainer = ESDTrainer(tiny_pipe, cfg, "cpu", 64, 64)
