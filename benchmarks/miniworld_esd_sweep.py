@@ -44,7 +44,7 @@ def main() -> None:
     grid = itertools.product(args.methods, args.lrs, args.steps, args.eta, args.batch)
     for method, lr, steps, eta, batch in grid:
         cfg = {"erase_concept": args.concept, "train_method": method, "learning_rate": lr, "train_steps": steps,
-               "negative_guidance": eta, "batch_size": batch}  # fmt: skip
+               "negative_guidance": eta, "train_batch_size": batch}  # fmt: skip
         rows.append(("esd", f"{method}, batch {batch}", lr, steps, eta, *run("esd", cfg, args.concept, out)))
     print(f"\nMiniWorld, erase '{args.concept}' (asr on {args.concept} prompts; UA/IRA from ua_ira)\n")
     print("| technique | method | lr | steps | eta | ASR ↓ | UA ↑ | IRA near ↑ | IRA far ↑ | seconds |")

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
+from eval_learn.compose import model_config, options
+from eval_learn.config_fields import Unreadable, config_fields_of
 from eval_learn.errors import ConfigError
 from eval_learn.models.locations import CONF_DIR
 from eval_learn.recipes import find_recipe
@@ -32,45 +34,25 @@ KINDS: dict[str, tuple[Registry[Any], str | None, str]] = {
 }
 
 
-def searchpath_overrides(overrides: Sequence[str]) -> list[str]:
-    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == "hydra.searchpath"]
-
-
 def config_options(group: str, overrides: Sequence[str] = ()) -> list[str]:
     """The options of a config group on Hydra's search path: our ``conf/``, every search-path plugin's folders and
     ``hydra.searchpath`` in ``overrides``."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        return sorted(loader.get_group_options(group, config_name="config", overrides=searchpath_overrides(overrides)))
+    return options(group, overrides)
 
 
 def model_configs(overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Every ``model/<name>.yaml`` on the search path, as the run config composes it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    from eval_learn.settings import RunConfigSchema
-
-    ConfigStore.instance().store(name="run_schema", node=RunConfigSchema)  # what config.yaml starts from
-    searchpath = searchpath_overrides(overrides)
-    names = config_options("model", overrides)
     out: dict[str, dict[str, Any]] = {}
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for name in names:
-            try:
-                cfg = compose("config", overrides=[*searchpath, f"model={name}"])
-                out[name] = OmegaConf.to_container(cfg.model, resolve=False)  # type: ignore[assignment]
-            except Exception as err:  # noqa: BLE001 - one broken file is listed with its error
-                out[name] = {"error": f"{type(err).__name__}: {err}"}
+    for name in options("model", overrides):
+        try:
+            out[name] = model_config(name, overrides) or {}
+        except ConfigError as err:  # one broken file is listed with its error
+            out[name] = {"error": str(err)}
     return out
 
 
-def _origin(registry: Registry[Any], name: str, cls: Any) -> str:
-    if getattr(cls, "__module__", "").startswith("eval_learn."):
+def _origin(registry: Registry[Any], name: str, target: str) -> str:
+    if target.startswith("eval_learn."):
         return "built-in"
     for ep in entry_points(group=registry.group):
         if ep.name == name:
@@ -122,21 +104,23 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
         for name in registry.names():
             entry: dict[str, Any] = {"name": name}
             try:
-                cls = registry.get(name)
-            except Exception as err:  # noqa: BLE001 - a plugin that fails to import is listed with its error
-                entry.update(origin="plugin", error=f"cannot be loaded: {type(err).__name__}: {err}")
-                entries.append(entry)
-                continue
-            entry.update(origin=_origin(registry, name, cls), target=f"{cls.__module__}:{cls.__qualname__}",
-                         fields=config_fields(cls.config_cls))  # fmt: skip
+                target = registry.target(name)
+                fields = config_fields_of(target)  # read from the source: listing imports no model code
+            except Unreadable:
+                try:
+                    cls = registry.get(name)
+                except Exception as err:  # noqa: BLE001 - a plugin that fails to import is listed with its error
+                    entry.update(origin="plugin", error=f"cannot be loaded: {type(err).__name__}: {err}")
+                    entries.append(entry)
+                    continue
+                target, fields = f"{cls.__module__}:{cls.__qualname__}", config_fields(cls.config_cls)
+            entry.update(origin=_origin(registry, name, target), target=target, fields=fields)
             if yaml_names is not None:
                 entry["yaml"] = name in yaml_names
             if kind == "techniques" and entry.get("yaml"):
                 entry["recipes"] = technique_recipes(name, overrides)
             if kind == "techniques":
                 entry["presets"] = technique_presets(name)
-            if kind == "attacks" and cls.follows:
-                entry["follows"] = cls.follows
             entries.append(entry)
         if yaml_names is not None:  # a YAML without a class: selectable, but it will fail
             for name in sorted(yaml_names - set(registry.names())):
@@ -210,9 +194,6 @@ def render(data: dict[str, list[dict[str, Any]]]) -> str:
             lines.append(head)
             if entry.get("error"):
                 lines.append(f"      ! {entry['error']}")
-            if entry.get("follows"):
-                follows = entry["follows"]
-                lines.append(f"      follows {follows['repo']}@{follows['commit'][:7]} {follows['file']}")
             if entry.get("recipes"):
                 lines.append(f"      recipes: {', '.join(entry['recipes'])}")
             for field, kind_name, default in entry.get("fields", []):

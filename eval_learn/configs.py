@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 import typing
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union
 
 from eval_learn.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 C = TypeVar("C")
 
@@ -121,6 +124,10 @@ def from_mapping(cls: type[C], data: Mapping[str, Any] | None, where: str) -> C:
     """Build the dataclass ``cls`` from ``data``, strictly. ``where`` names the config in error messages."""
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    for old, new in getattr(cls, "renamed_keys", {}).items():
+        if old in data and new in fields:  # the shipped configs use the new name: the old one was given on purpose
+            log.warning("%s: '%s' is deprecated, use '%s' (the value given as '%s' is used)", where, old, new, old)
+            data[new] = data.pop(old)
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]

@@ -7,4 +7,6 @@ DETAIL_COLUMNS: dict[str, dict[str, bool]] = {
     # ira: all retain prompts (prompt files have no near/far split)
     "ua_ira": {"ua": True, "ira": True, "ira_near": True, "ira_far": True},
     "err": {"erasure": True, "retention": True, "robustness": True},
+    # question-level accuracy beside the caption-averaged value (per-type accuracy stays in the details)
+    "tifa": {"question_accuracy": True},
 }

@@ -18,14 +18,12 @@ registered in code) has no recipes.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import yaml
-from omegaconf import OmegaConf
-
-from eval_learn.configs import ConfigError, did_you_mean, from_mapping, require
-from eval_learn.models.locations import CONF_DIR
+from eval_learn.compose import options, technique_config
+from eval_learn.configs import ConfigError, from_mapping, require
 
 RECIPE_KEYS = ("recipe", "follows", "differs")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -85,45 +83,26 @@ def read_info(data: dict[str, Any], where: str) -> RecipeInfo:
     return from_mapping(RecipeInfo, {k: data[k] for k in RECIPE_KEYS if k in data}, where)
 
 
-def recipe_options(name: str) -> list[str]:
-    """The recipes a technique ships beside its default (the stems of ``conf/technique/<name>/*.yaml``)."""
-    folder = CONF_DIR / "technique" / name
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def recipe_options(name: str, overrides: Sequence[str] = ()) -> list[str]:
+    """The recipes a technique ships beside its default (``technique/<name>/*.yaml`` on the config search path)."""
+    return options(f"technique/{name}", overrides)
 
 
-def _load(path: Any) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a technique config must be a mapping")
-    return data
-
-
-def find_recipe(option: str) -> Recipe | None:
+def find_recipe(option: str, overrides: Sequence[str] = ()) -> Recipe | None:
     """The recipe ``option`` selects (``name`` = the default recipe, ``name/recipe`` = another; the default's own
-    recipe name also selects it), or None when the technique has no YAML in ``conf/``. An unknown recipe is a
-    ConfigError with the nearest name."""
-    name, wanted = split_option(option)
-    base_path = CONF_DIR / "technique" / f"{name}.yaml"
-    if not base_path.is_file():
-        if wanted is not None:
-            raise ConfigError(f"unknown technique recipe '{option}': technique '{name}' has no recipes in {CONF_DIR}")
+    recipe name also selects it), composed as the command line composes it (eval_learn.compose), without a model's
+    preset; None when the technique has no YAML on the search path. An unknown recipe is a ConfigError with the
+    nearest name."""
+    return recipe_of(option, technique_config(option, None, overrides), overrides)
+
+
+def recipe_of(option: str, node: dict[str, Any] | None, overrides: Sequence[str] = ()) -> Recipe | None:
+    """The recipe of a composed technique node (eval_learn.compose.technique_config), its provenance checked."""
+    if node is None:
         return None
-    base = _load(base_path)
-    base_info = read_info(base, f"technique '{name}'")
-    if wanted is None or wanted == base_info.recipe:
-        return Recipe(name, name, base_info, dict(base.get("config") or {}))
-    options = recipe_options(name)
-    if wanted not in options:
-        available = [name, *(f"{name}/{r}" for r in options)]
-        raise ConfigError(f"unknown technique recipe '{option}'.{did_you_mean(option, available)} "
-                          f"Recipes of {name}: {', '.join(available)}")  # fmt: skip
-    path = CONF_DIR / "technique" / name / f"{wanted}.yaml"
-    data = _load(path)
-    expected = [f"/technique/{name}@_here_", "_self_"]
-    if data.get("defaults") != expected:
-        raise ConfigError(f"{path}: a recipe must start with 'defaults: {expected}' (it builds on the default)")
-    info = read_info({**{k: base[k] for k in RECIPE_KEYS if k in base}, **data}, f"technique '{option}'")
-    if info.recipe != wanted:
-        raise ConfigError(f"{path}: its 'recipe' must be its file name '{wanted}', got {info.recipe!r}")
-    config = OmegaConf.to_container(OmegaConf.merge(base.get("config") or {}, data.get("config") or {}))
-    return Recipe(name, f"{name}/{wanted}", info, config)  # type: ignore[arg-type]
+    name, wanted = split_option(option)
+    info = read_info(node, f"technique '{option}'")
+    if wanted is not None and info.recipe != wanted:
+        raise ConfigError(f"technique '{option}': its 'recipe' must be its file name '{wanted}', got {info.recipe!r}")
+    selected = f"{name}/{wanted}" if wanted is not None and wanted in recipe_options(name, overrides) else name
+    return Recipe(name, selected, info, dict(node.get("config") or {}))

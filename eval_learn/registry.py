@@ -59,6 +59,11 @@ class Registry(Generic[T]):
             )
         return key
 
+    def target(self, name: str) -> str:
+        """Where ``name``'s class is, as ``module:Class``, without importing it."""
+        target = self._targets[self.canonical(name)]
+        return target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
     def get(self, name: str) -> type[T]:
         key = self.canonical(name)
         target = self._targets[key]
@@ -108,6 +113,8 @@ METRICS: Registry[Any] = Registry("metric", "eval_learn.metrics")
 JUDGES: Registry[Any] = Registry("judge", "eval_learn.judges")
 PROMPT_SETS: Registry[Any] = Registry("prompt set", "eval_learn.prompt_sets")
 ATTACKS: Registry[Any] = Registry("attack", "eval_learn.attacks")
+# Worlds that draw training images of a concept with its exact mask (``covers``, ``render``; MACE's mask_source).
+MASKED_IMAGES: Registry[Any] = Registry("masked-image source", "eval_learn.masked_images")
 
 TECHNIQUES.add("free_run", "eval_learn.techniques.free_run:FreeRun")
 TECHNIQUES.add("esd", "eval_learn.techniques.esd:ESD")
@@ -123,6 +130,9 @@ METRICS.add("ua_ira", "eval_learn.metrics.ua_ira:UAIRA")
 METRICS.add("clip_score", "eval_learn.metrics.clip_score:CLIPScore")
 METRICS.add("fid", "eval_learn.metrics.fid:FID")
 METRICS.add("err", "eval_learn.metrics.err:ERR")
+METRICS.add("pickscore", "eval_learn.metrics.pickscore:PickScore")
+METRICS.add("aesthetic", "eval_learn.metrics.aesthetic:Aesthetic")
+METRICS.add("tifa", "eval_learn.metrics.tifa:TIFAMetric")
 JUDGES.add("nudenet", "eval_learn.judges.nudenet:NudeNetJudge")
 JUDGES.add("miniworld", "eval_learn.judges.miniworld:MiniWorldJudgePart")
 JUDGES.add("classifier", "eval_learn.judges.classifier:ClassifierJudge")
@@ -131,6 +141,10 @@ JUDGES.add("clip_zeroshot", "eval_learn.judges.clip_zeroshot:CLIPZeroShotJudge")
 JUDGES.add("q16", "eval_learn.judges.q16:Q16Judge")
 JUDGES.add("any_of", "eval_learn.judges.any_of:AnyOfJudge")
 JUDGES.add("fid_features", "eval_learn.judges.fid_features:FIDFeatures")
+JUDGES.add("pickscore", "eval_learn.judges.pickscore:PickScoreJudge")
+JUDGES.add("aesthetic", "eval_learn.judges.aesthetic:AestheticJudge")
+JUDGES.add("vlm", "eval_learn.judges.vlm:VLMJudge")
+JUDGES.add("vqa", "eval_learn.judges.vqa:VQAJudge")
 PROMPT_SETS.add("i2p", "eval_learn.datasets.i2p:I2P")
 PROMPT_SETS.add("unlearndiffatk_nudity", "eval_learn.datasets.i2p:UnlearnDiffAtkNudity")
 PROMPT_SETS.add("demo", "eval_learn.datasets.i2p:Demo")
@@ -138,6 +152,7 @@ PROMPT_SETS.add("csv", "eval_learn.datasets.local_csv:LocalCSV")
 PROMPT_SETS.add("miniworld", "eval_learn.datasets.miniworld:MiniWorldPrompts")
 PROMPT_SETS.add("miniworld_variants", "eval_learn.datasets.miniworld:MiniWorldVariants")
 PROMPT_SETS.add("miniworld_csv", "eval_learn.datasets.miniworld_file:MiniWorldCSV")
+MASKED_IMAGES.add("miniworld", "eval_learn.miniworld.masked_images:MiniWorldImages")
 ATTACKS.add("unlearndiffatk", "eval_learn.attacks.unlearndiffatk:UnlearnDiffAtk")
 PROMPT_SETS.add("church", "eval_learn.datasets.objects:Church")
 PROMPT_SETS.add("garbage_truck", "eval_learn.datasets.objects:GarbageTruck")
@@ -146,6 +161,7 @@ PROMPT_SETS.add("tench", "eval_learn.datasets.objects:Tench")
 PROMPT_SETS.add("vangogh", "eval_learn.datasets.objects:VanGogh")
 PROMPT_SETS.add("coco_10k", "eval_learn.datasets.coco:Coco10k")
 PROMPT_SETS.add("target_retain", "eval_learn.datasets.target_retain:TargetRetain")
+PROMPT_SETS.add("tifa", "eval_learn.datasets.tifa:TIFA")
 
 
 def parse_part(registry: Registry[Any], spec: Any, where: str) -> tuple[str, Any]:

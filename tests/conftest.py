@@ -55,3 +55,26 @@ def tiny_pipe():
 
 
 FAST_ESD = {"train_steps": 3, "sample_steps": 4}
+
+
+def unrun_modules() -> list[str]:
+    """The package's modules that no test of this process has imported (their code never ran here)."""
+    import pkgutil
+
+    import eval_learn
+
+    names = {m.name for m in pkgutil.walk_packages(eval_learn.__path__, "eval_learn.")}
+    return sorted(n for n in names if n not in sys.modules)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The fast tier (``-m "not slow"`` over the whole of tests/) must still run every module of the package: a
+    module whose only tests were marked slow fails the run here, by name."""
+    config = session.config
+    whole = all(Path(a).resolve() == ROOT / "tests" for a in config.args) if config.args else True
+    if config.getoption("markexpr") != "not slow" or not whole or exitstatus != 0 or config.option.collectonly:
+        return
+    missing = unrun_modules()
+    if missing:
+        sys.stderr.write(f"\nThe fast tier ran no code of these modules (give each a fast test): {missing}\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

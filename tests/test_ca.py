@@ -27,10 +27,10 @@ from eval_learn.techniques.ca import (
 # concept_type=templates (this project's own prompt forms) on model=tiny; the release recipes are tested below.
 FAST = {"erase_concept": "red", "target_caption": None, "concept_type": "templates", "anchor_concept": "green",
         "anchor_captions": None, "prior_preservation": False, "anchor_negative_prompt": False,
-        "anchor_scheduler": "pipeline", "num_anchor_images": 4, "anchor_steps": 3, "train_steps": 3, "batch_size": 2,
+        "anchor_scheduler": "pipeline", "num_anchor_images": 4, "anchor_steps": 3, "train_steps": 3, "train_batch_size": 2,
         "prompt_templates": ["a photo of a {} car", "a {} house"]}  # fmt: skip
 # The default recipe (nudity), small.
-NUDITY_FAST = {"num_anchor_images": 4, "anchor_steps": 3, "train_steps": 2, "batch_size": 2}
+NUDITY_FAST = {"num_anchor_images": 4, "anchor_steps": 3, "train_steps": 2, "train_batch_size": 2}
 
 
 def ca_config(**overrides) -> CAConfig:
@@ -117,7 +117,7 @@ def test_training_changes_only_the_chosen_parameters(tiny_pipe, method) -> None:
 
 @pytest.mark.slow
 def test_loss_falls_on_held_out_batches(tiny_pipe) -> None:
-    t = trainer(tiny_pipe, train_steps=30, learning_rate=1e-3, batch_size=2, num_anchor_images=8)
+    t = trainer(tiny_pipe, train_steps=30, learning_rate=1e-3, train_batch_size=2, num_anchor_images=8)
     held_out = [t.sample_batch() for _ in range(4)]
 
     def mean_loss() -> float:

@@ -197,7 +197,8 @@ def test_a_non_finite_loss_stops_the_run_with_a_message_and_caches_nothing(tmp_p
 
 
 def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
-    from eval_learn.__main__ import _check_override_keys, _parse_overrides, single_metric_overrides
+    from eval_learn.cli.arguments import parse_overrides, single_metric_overrides
+    from eval_learn.cli.precheck import check_override_keys
 
     for line in (
         "technique.config.train_method=noxattn metrics.asr.config.limit=16 seed=1",
@@ -210,16 +211,16 @@ def test_key_check_passes_valid_overrides_and_hydra_settings() -> None:
         "metrics=[asr,no_such_metric] seed=1",  # a composition error: left for Hydra to report
     ):
         argv = single_metric_overrides(line.split())
-        overrides = _parse_overrides(argv)
+        overrides = parse_overrides(argv)
         assert overrides is not None, line
-        _check_override_keys(argv, overrides)  # raises SystemExit on a false alarm
+        check_override_keys(argv, overrides)  # raises SystemExit on a false alarm
     argv = single_metric_overrides(["metric=asr", "metric.config.limt=3"])
     with pytest.raises(ConfigError, match="Did you mean 'limit'"):
-        _check_override_keys(argv, _parse_overrides(argv) or [])
+        check_override_keys(argv, parse_overrides(argv) or [])
 
 
 def test_metric_choice_replaces_the_default_metric_set() -> None:
-    from eval_learn.__main__ import single_metric_overrides
+    from eval_learn.cli.arguments import single_metric_overrides
 
     assert single_metric_overrides(["metric=asr"]) == ["metric=asr", "metrics=[]"]
     assert single_metric_overrides(["-m", "technique=free_run,esd", "metric=asr"])[-1] == "metrics=[]"

@@ -17,30 +17,26 @@ SLURM = "-m hydra/launcher=slurm hydra.launcher.partition=gpu technique=free_run
 
 def check(line: str) -> None:
     """The checks the app runs on a command line before Hydra starts (what would end with exit code 2)."""
-    from eval_learn.__main__ import (
-        _check_group_choices,
-        _check_override_keys,
-        _parse_overrides,
-        _validate_jobs,
-        single_metric_overrides,
-    )
+    from eval_learn.cli.arguments import parse_overrides, single_metric_overrides
+    from eval_learn.cli.precheck import check_group_choices, check_override_keys, validate_jobs
 
     argv = single_metric_overrides(line.split())
-    overrides = _parse_overrides(argv)
+    overrides = parse_overrides(argv)
     assert overrides is not None
-    _check_group_choices(argv, overrides)
-    _check_override_keys(argv, overrides)
-    _validate_jobs(argv, overrides, None)
+    check_group_choices(argv, overrides)
+    check_override_keys(argv, overrides)
+    validate_jobs(argv, overrides, None)
 
 
 def test_slurm_launcher_composes_with_its_fields_and_passes_validation() -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    import eval_learn.__main__  # noqa: F401 - registers the run schema the config starts from
+    from eval_learn.compose import register_schema
     from eval_learn.models import CONF_DIR
 
     fields = {"partition": "gpu", "gpus_per_node": 2, "timeout_min": 30, "mem_gb": 64, "cpus_per_task": 4}
+    register_schema()  # what the config starts from
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm", *(f"hydra.launcher.{k}={v}" for k, v in
                                                                     fields.items())], return_hydra_config=True)  # fmt: skip
@@ -52,7 +48,7 @@ def test_slurm_launcher_composes_with_its_fields_and_passes_validation() -> None
     check(SLURM.replace("slurm", "joblib", 1) + " hydra.launcher.n_jobs=2")
     with pytest.raises(ConfigError, match="unknown hydra/launcher 'slrum'. Did you mean 'slurm'"):
         check(SLURM.replace("slurm", "slrum"))
-    from eval_learn.__main__ import single_metric_overrides
+    from eval_learn.cli.arguments import single_metric_overrides
 
     # `--cfg hydra` (to see every launcher field) after metric=X: Hydra takes no override after the flag
     assert single_metric_overrides([*SLURM.split(), "--cfg", "hydra"])[-3:] == ["metrics=[]", "--cfg", "hydra"]

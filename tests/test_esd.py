@@ -100,7 +100,7 @@ def test_esd_loss_falls_on_held_out_partial_samples(tiny_pipe) -> None:
 
 
 def test_batched_partial_samples(tiny_pipe) -> None:
-    trainer = ESDTrainer(tiny_pipe, esd_config(batch_size=3, learning_rate=1e-3), "cpu", 64, 64)
+    trainer = ESDTrainer(tiny_pipe, esd_config(train_batch_size=3, learning_rate=1e-3), "cpu", 64, 64)
     x_t, t = trainer.sample_xt()
     assert x_t.shape[0] == 3 and trainer.target(x_t, t).shape == x_t.shape
     assert len(trainer.train()) == 3

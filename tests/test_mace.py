@@ -183,7 +183,7 @@ def test_attention_and_miniworld_masks(tiny_pipe) -> None:
 
 @pytest.mark.slow
 def test_stage2_loss_falls_and_only_lora_parameters_change(tiny_pipe) -> None:
-    t = trainer(tiny_pipe, mask_source="full", learning_rate=3e-2, train_steps=30, batch_size=2)
+    t = trainer(tiny_pipe, mask_source="full", learning_rate=3e-2, train_steps=30, train_batch_size=2)
     state = {f"{c}.{n}": p.detach().clone() for c in ("unet", "text_encoder", "vae")
              for n, p in getattr(tiny_pipe, c).named_parameters()}  # fmt: skip
     g = torch.Generator().manual_seed(1)
@@ -346,7 +346,7 @@ def test_the_default_is_the_release_explicit_content_recipe() -> None:
     cfg = MACEConfig()
     assert cfg.erased_concepts() == ["nudity", "naked", "erotic", "sexual"]
     assert cfg.mappings() == ["a person wearing clothes"] * 4
-    assert (cfg.lora_rank, cfg.train_steps, cfg.learning_rate, cfg.batch_size, cfg.lamb) == (1, 120, 1e-5, 1, 0.0)
+    assert (cfg.lora_rank, cfg.train_steps, cfg.learning_rate, cfg.train_batch_size, cfg.lamb) == (1, 120, 1e-5, 1, 0.0)
     assert cfg.include_end_tokens and not cfg.importance_sampling
     # 7e-7 on a cache summed over 616,767 captions: stage 1 scales it twice, stage 3 once (weights of our mean)
     assert cfg.preserve_scale == pytest.approx(7e-7**2 * 616_767, rel=1e-2)

@@ -152,3 +152,20 @@ def test_multi_run_times_each_metric_apart(efficacy) -> None:
         assert timings["technique_prepare_s"] == combined["timings"]["technique_prepare_s"]
         assert timings["generation_s"] < combined["timings"]["generation_s"]
         assert timings["total_s"] < combined["timings"]["total_s"]
+
+
+def test_the_masked_image_source_marks_where_the_concept_is() -> None:
+    """MACE's mask_source=miniworld: a background's mask is everything but the shape (grey pixels), a colour's the
+    shape (saturated pixels); another image size is refused with the model to use."""
+    from eval_learn.configs import ConfigError
+    from eval_learn.registry import MASKED_IMAGES
+
+    source = MASKED_IMAGES.get("miniworld")
+    assert source.covers("striped") and source.covers("red") and not source.covers("nudity")
+    images, masks = source.render("striped", [1, 2, 3], 32, 32)
+    spread = images.max(-1).astype(int) - images.min(-1).astype(int)  # 0 for grey, large for a saturated colour
+    assert images.shape == (3, 32, 32, 3) and (spread[masks] < 2).all() and (spread[~masks] > 60).all()
+    images, masks = source.render("red", [4], 32, 32)
+    assert (images[masks][:, 0] > 150).all() and np.ptp(images[masks].astype(int), axis=-1).min() > 60
+    with pytest.raises(ConfigError, match="use model=miniworld"):
+        source.render("red", [0], 64, 64)

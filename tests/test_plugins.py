@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -84,6 +86,12 @@ def plugin(tmp_path_factory) -> Path:
         default_datasets:
           asr: demo
         """)  # fmt: skip
+    write(root / "el_demo_plugin" / "conf" / "preset" / "tiny_fast_negative_word.yaml", """
+        # @package _global_
+        technique:
+          config:
+            guidance_scale: 3.0
+        """)  # fmt: skip
     write(root / "el_demo_plugin" / "conf" / "protocol" / "plugin_nudity_demo.yaml", """
         name: plugin_nudity_demo
         metric: asr
@@ -142,15 +150,56 @@ def test_a_run_with_the_plugin_technique(plugin: Path, tmp_path: Path) -> None:
     assert image["sampling"] == {"plugin_negative_word": "nudity"}  # the plugin's class made the image
 
 
+API_AND_CLI = """
+import dataclasses, json, sys
+import yaml
+from eval_learn.app import build_runner
+from eval_learn.errors import ConfigError
+from eval_learn.runners import SingleBenchmarkRunner
+
+def resolved(runner):
+    return {"model": dataclasses.asdict(runner.context.model), "technique": dataclasses.asdict(runner.technique_config),
+            "recipe": runner.recipe.record() if runner.recipe else None}
+
+cli = build_runner(yaml.safe_load(sys.stdin.read()) | {"output_dir": sys.argv[1]})
+api = SingleBenchmarkRunner("negative_word", "asr", output_dir=sys.argv[1], model="tiny_fast")
+try:
+    SingleBenchmarkRunner("negative_word", "asr", output_dir=sys.argv[1], model="tiny_fsat")
+    error = None
+except ConfigError as err:
+    error = str(err)
+print(json.dumps({"cli": resolved(cli), "api": resolved(api), "error": error}))
+"""
+
+
+def test_a_plugins_model_technique_and_preset_resolve_the_same_from_the_api_and_the_cli(plugin: Path, tmp_path) -> None:
+    """The plugin's model, technique YAML and per-model preset (on Hydra's search path through its search-path
+    plugin) are found by the Python API as by the command line, and resolve to the same configs."""
+    env = {**os.environ, **with_plugin(plugin)}
+    args = ("model=tiny_fast", "technique=negative_word", "metric=asr", "--cfg", "job")
+    composed = run_cli(*args, cwd=tmp_path, env=with_plugin(plugin))
+    assert composed.returncode == 0, composed.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-c", API_AND_CLI, str(tmp_path / "out")], input=composed.stdout, env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert data["api"] == data["cli"]
+    assert data["api"]["model"]["name"] == "tiny_fast" and data["api"]["model"]["num_inference_steps"] == 2
+    assert data["api"]["technique"]["guidance_scale"] == 3.0  # the plugin's preset for its model
+    assert data["error"].startswith("Unknown model 'tiny_fsat'. Did you mean 'tiny_fast'?")
+    assert "\n" not in data["error"]
+
+
 def test_hydra_searchpath_adds_config_folders(tmp_path: Path) -> None:
     """A folder of configs given with hydra.searchpath is seen by the option check (not only by Hydra)."""
-    from eval_learn.__main__ import _check_group_choices, _parse_overrides
     from eval_learn.catalog import config_options
+    from eval_learn.cli.arguments import parse_overrides
+    from eval_learn.cli.precheck import check_group_choices
 
     write(tmp_path / "conf" / "model" / "my_model.yaml", "name: my_model\nid: tiny\n")
     searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
     assert "my_model" in config_options("model", [searchpath]) and "my_model" not in config_options("model")
     argv = [searchpath, "model=my_model"]
-    _check_group_choices(argv, _parse_overrides(argv) or [])
+    check_group_choices(argv, parse_overrides(argv) or [])
     with pytest.raises(ConfigError, match="unknown model 'my_model'"):
-        _check_group_choices(["model=my_model"], _parse_overrides(["model=my_model"]) or [])
+        check_group_choices(["model=my_model"], parse_overrides(["model=my_model"]) or [])

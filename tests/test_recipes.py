@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 from conftest import run_cli
 from test_configs import compose_run
 
-from eval_learn import recipes
 from eval_learn.app import build_runner
 from eval_learn.catalog import catalog, render
 from eval_learn.errors import ConfigError
@@ -96,18 +93,19 @@ def test_unknown_recipe_on_the_command_line_is_one_line_and_exit_2(tmp_path) -> 
     assert proc.stderr.strip().count("\n") == 0 and not out.exists()
 
 
-def test_a_technique_yaml_without_the_recipe_keys_still_runs(tmp_path, monkeypatch) -> None:
+def test_a_technique_yaml_without_the_recipe_keys_still_runs(tmp_path) -> None:
     (tmp_path / "technique" / "bare").mkdir(parents=True)
     (tmp_path / "technique" / "bare.yaml").write_text("name: bare\nconfig: {a: 1}\n")
     (tmp_path / "technique" / "bare" / "other.yaml").write_text(
         "defaults:\n  - /technique/bare@_here_\n  - _self_\nrecipe: other\nconfig: {b: 2}\n"
     )
-    monkeypatch.setattr(recipes, "CONF_DIR", Path(tmp_path))
-    bare = find_recipe("bare")
+    searchpath = [f"hydra.searchpath=[file://{tmp_path}]"]  # a folder on the search path, as a plugin adds one
+    bare = find_recipe("bare", searchpath)
     assert bare.info.recipe is None and bare.info.follows is None and bare.info.differs == []
-    other = find_recipe("bare/other")
+    other = find_recipe("bare/other", searchpath)
     assert other.config == {"a": 1, "b": 2} and other.record()["option"] == "bare/other"
-    assert recipe_options("bare") == ["other"] and find_recipe("plugin_only") is None
+    assert recipe_options("bare", searchpath) == ["other"] and find_recipe("plugin_only") is None
+    assert find_recipe("bare") is None  # not on the default search path
 
 
 def test_list_shows_each_techniques_recipes() -> None:

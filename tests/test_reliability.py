@@ -204,15 +204,16 @@ def test_every_job_of_a_large_sweep_is_checked_before_the_first_starts(tmp_path:
 
 
 def test_a_sweep_composed_fast_equals_hydra_composing_every_job() -> None:
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
 
-    from eval_learn.__main__ import SELECTIONS, _JobComposer
-    from eval_learn.models import CONF_DIR
+    from eval_learn.cli.arguments import SELECTIONS
+    from eval_learn.cli.precheck import JobComposer
+    from eval_learn.compose import hydra_session
 
     jobs = [["model=tiny", "technique=esd", "metric=asr", f"seed={seed}", f"technique.config.learning_rate={lr}",
              f"metric.config.limit={limit}"] for seed in (0, 7) for lr in (1e-5, 0.5) for limit in (1, 3)]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        composer = _JobComposer("config", {*SELECTIONS, "hydra"})
+    with hydra_session():
+        composer = JobComposer("config", {*SELECTIONS, "hydra"})
         for job in jobs:
             assert composer.compose(job) == OmegaConf.to_container(compose("config", overrides=job))
     assert list(composer.bases.values())[0] is not None  # the jobs after the first were set, not composed

@@ -3,6 +3,7 @@ the non-finite guard, the fingerprint, and the sampling seam (proved by ``negati
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,3 +151,34 @@ def test_negative_prompt_end_to_end_records_what_it_did(tmp_path, cache_dir) -> 
     assert report["generation"]["sampling"] == {"negative_prompt": "nudity"}
     metadata = (tmp_path / report["run_id"] / "metadata.json").read_text()
     assert '"negative_prompt": "nudity"' in metadata
+
+
+@pytest.mark.parametrize("technique", ["esd", "ca", "mace"])
+def test_the_old_batch_size_key_still_works_and_keys_the_cache_as_before(technique, caplog, tmp_path) -> None:
+    """``batch_size`` inside a technique's config was renamed ``train_batch_size`` (the run has its own batch_size):
+    the old key still sets it, with one warning line, and the weight cache key records the field under its old name,
+    so weights cached before the rename are found for the same values. A report written before the rename counts on
+    the leaderboard as the same technique."""
+    from eval_learn.configs import from_mapping
+    from eval_learn.registry import TECHNIQUES
+    from eval_learn.report.leaderboard import technique_key
+    from eval_learn.storage import digest_of
+
+    cls = TECHNIQUES.get(technique)
+    with caplog.at_level(logging.WARNING, logger="eval_learn.configs"):
+        old = from_mapping(cls.config_cls, {"batch_size": 3}, f"technique '{technique}' config")
+    assert old.train_batch_size == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"technique '{technique}' config: 'batch_size' is deprecated, use 'train_batch_size' (the value given as "
+        f"'batch_size' is used)"
+    ]
+    assert from_mapping(cls.config_cls, {"train_batch_size": 3}, technique) == old
+    made = cls(old, RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0,
+                               cache_dir=tmp_path))  # fmt: skip
+    fields = {k: v for k, v in dataclasses.asdict(old).items() if k in cls.weight_fields}
+    fields["batch_size"] = fields.pop("train_batch_size")
+    assert made.weights_key() == digest_of({"technique": technique, "version": cls.algorithm_version, "config": fields,
+                                           "model": {"id": "tiny", "revision": None}, "size": [64, 64]}, length=24)  # fmt: skip
+    reported = dataclasses.asdict(old)
+    before = {("batch_size" if k == "train_batch_size" else k): v for k, v in reported.items()}
+    assert technique_key(before, {}) == technique_key(reported, {})

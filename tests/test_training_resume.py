@@ -24,7 +24,7 @@ TRAINERS = {
             "erase_concept": "cat",
             "anchor_concept": "dog",
             "train_steps": 6,
-            "batch_size": 2,
+            "train_batch_size": 2,
             "num_anchor_images": 4,
             "anchor_steps": 2,
         },

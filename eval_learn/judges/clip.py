@@ -45,9 +45,9 @@ from eval_learn.models.hashing import file_sha256
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# The files a CLIP folder needs (config, tokenizer, image processor, weights); the rest of a hub repo (TF, Flax) is
-# not downloaded.
-HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
+# The files a CLIP folder needs (config, tokenizer, image processor, weights; a VLM's SentencePiece tokenizer and chat
+# template too); the rest of a hub repo (TF, Flax) is not downloaded.
+HUB_FILES = ["*.json", "*.txt", "*.safetensors", "*.model", "*.jinja"]
 
 
 @dataclass

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from PIL.Image import Image
 
@@ -29,6 +29,8 @@ from eval_learn.metrics import state as states
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
 from eval_learn.runtime import RunContext, resolve_device
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord
+
+C = TypeVar("C", bound="MetricConfig")
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Metric:
 
     def prompt_set(self) -> PromptSet:
         """The prompt set named by the resolved config's ``prompts``."""
-        name, config = parse_part(PROMPT_SETS, self.config.prompts, f"metric '{self.name}' prompts")  # type: ignore[attr-defined]
+        name, config = self.parse_prompts(self.config.prompts)  # type: ignore[attr-defined]
         return PROMPT_SETS.get(name)(config)
 
     def build_judges(self) -> dict[str, Judge]:
@@ -104,7 +106,7 @@ class Metric:
         spec = getattr(self.config, "judge", None)
         if spec is None:
             return {}
-        name, config = parse_part(JUDGES, spec, f"metric '{self.name}' judge")
+        name, config = self.parse_judge(spec)
         return {"judge": JUDGES.get(name)(config, self.device)}
 
     def samples(self) -> int | dict[str, int]:
@@ -118,6 +120,26 @@ class Metric:
     def compute(self) -> MetricResult:
         raise NotImplementedError
 
+    # --- resolving a config: the parts -------------------------------------------------------------------------
+    @classmethod
+    def parse_prompts(cls, spec: Any) -> tuple[str, Any]:
+        """A prompt-set part (a name or ``{name, <settings>}``) → its name and strictly parsed settings."""
+        return parse_part(PROMPT_SETS, spec, f"metric '{cls.name}' prompts")
+
+    @classmethod
+    def parse_judge(cls, spec: Any) -> tuple[str, Any]:
+        """A judge part (a name or ``{name, <settings>}``) → its name and strictly parsed settings."""
+        return parse_part(JUDGES, spec, f"metric '{cls.name}' judge")
+
+    @classmethod
+    def resolved(
+        cls, config: C, prompts: tuple[str, Any] | None = None, judge: tuple[str, Any] | None = None, **changes: Any
+    ) -> C:
+        """The end of every :meth:`resolve_config`: ``config`` with its parsed parts recorded as ``{name, <every
+        setting>}`` (what the report shows) and the other resolved values in ``changes``."""
+        parts = {role: part_dict(*part) for role, part in (("prompts", prompts), ("judge", judge)) if part is not None}
+        return dataclasses.replace(config, **parts, **changes)
+
     # --- shared behaviour ----------------------------------------------------------------------------------------
     @classmethod
     def dataset_name(cls, config: MetricConfig) -> str:
@@ -129,11 +151,11 @@ class Metric:
         """Checks that need the run context, done at runner construction: every part's files and availability."""
         spec = getattr(config, "prompts", None)
         if spec is not None:
-            name, part = parse_part(PROMPT_SETS, spec, f"metric '{cls.name}' prompts")
+            name, part = cls.parse_prompts(spec)
             PROMPT_SETS.get(name).preflight(part)
         spec = getattr(config, "judge", None)
         if spec is not None:
-            name, part = parse_part(JUDGES, spec, f"metric '{cls.name}' judge")
+            name, part = cls.parse_judge(spec)
             JUDGES.get(name).preflight(part)
 
     def load_dataset(self) -> PromptDataset:

@@ -37,8 +37,8 @@ import numpy as np
 
 from eval_learn.configs import ConfigError
 from eval_learn.judges.clip import CLIPJudge
-from eval_learn.metrics.base import Metric, MetricConfig, part_dict, requested_prompts
-from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
+from eval_learn.metrics.base import Metric, MetricConfig, requested_prompts
+from eval_learn.registry import JUDGES
 from eval_learn.types import MetricResult, PromptRecord
 
 log = logging.getLogger(__name__)
@@ -120,16 +120,15 @@ class CLIPScore(Metric):
     @classmethod
     def resolve_config(cls, config: CLIPScoreConfig, context: Any, erased: list[str] | None) -> CLIPScoreConfig:
         prompts = requested_prompts(config, {"name": "coco_10k"})
-        prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'clip_score' prompts")
-        judge_name, judge_config = parse_part(JUDGES, config.judge, "metric 'clip_score' judge")
+        prompt = cls.parse_prompts(prompts)
+        judge_name, judge_config = cls.parse_judge(config.judge)
         if not issubclass(JUDGES.get(judge_name), CLIPJudge):
             raise ConfigError(f"clip_score needs a CLIP judge (judge: clip), not '{judge_name}'")
         convention = CONVENTIONS[config.scale]
         if isinstance(config.judge, str) or "model" not in config.judge:  # the convention's CLIP unless one is named
             judge_config = dataclasses.replace(judge_config, model=convention.model)
         prefix = convention.prefix if config.caption_prefix is None else config.caption_prefix
-        return dataclasses.replace(config, prompts=part_dict(prompt_name, prompt_config), caption_prefix=prefix,
-                                   judge=part_dict(judge_name, judge_config))  # fmt: skip
+        return cls.resolved(config, prompt, (judge_name, judge_config), caption_prefix=prefix)
 
     def reset(self) -> None:
         super().reset()

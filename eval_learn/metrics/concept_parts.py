@@ -122,9 +122,12 @@ def _fields(judge: str) -> set[str]:
 
 
 def _with_labels(judge: Any, concept: str) -> Any:
-    """A clip_zeroshot judge without labels gets the concept's label set (artists, Imagenette classes)."""
-    if judge == "clip_zeroshot":
+    """A clip_zeroshot judge without labels gets the concept's label set (artists, Imagenette classes); a vlm judge
+    without concepts is asked about the concept."""
+    if judge in ("clip_zeroshot", "vlm"):
         judge = {"name": judge}
+    if isinstance(judge, dict) and judge.get("name") == "vlm" and not judge.get("concepts"):
+        judge = {**judge, "concepts": [concept]}
     if isinstance(judge, dict) and judge.get("name") == "clip_zeroshot" and "labels" not in judge:
         if is_style(concept):
             judge = {**judge, "labels": list(ARTISTS)}

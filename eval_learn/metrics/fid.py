@@ -33,7 +33,6 @@ deliberately does not.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -52,8 +51,7 @@ from eval_learn.errors import RunError
 from eval_learn.judges.base import Judge
 from eval_learn.judges.fid_features import FIDFeatures, FIDFeaturesConfig, file_sha256
 from eval_learn.metrics import state as states
-from eval_learn.metrics.base import Metric, MetricConfig, part_dict, requested_prompts
-from eval_learn.registry import PROMPT_SETS, parse_part
+from eval_learn.metrics.base import Metric, MetricConfig, requested_prompts
 from eval_learn.storage import atomic_write, digest_of
 from eval_learn.types import MetricResult, PromptRecord
 
@@ -262,9 +260,7 @@ class FID(Metric):
 
     @classmethod
     def resolve_config(cls, config: FIDConfig, context: Any, erased: list[str] | None) -> FIDConfig:
-        prompts = requested_prompts(config, {"name": "coco_10k"})
-        name, part = parse_part(PROMPT_SETS, prompts, "metric 'fid' prompts")
-        return dataclasses.replace(config, prompts=part_dict(name, part))
+        return cls.resolved(config, cls.parse_prompts(requested_prompts(config, {"name": "coco_10k"})))
 
     @classmethod
     def preflight(cls, config: FIDConfig, context: Any) -> None:

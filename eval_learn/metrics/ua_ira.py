@@ -19,6 +19,8 @@ Two ways to run it:
   erased concept (case and underscores aside): a synonym or another concept would compete with it as a class, so
   images still showing the concept would count as erased. UA = fraction of target images whose zero-shot label is not
   the erased concept; IRA = fraction of retain images classified as their own row's label, also reported per label.
+  A ``vlm`` judge may stand in for CLIP zero-shot: it is asked about the concept and each retain label, and an image
+  shows a label when p(yes) passes its threshold.
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.miniworld import neighbours
 from eval_learn.datasets.target_retain import TargetRetain
 from eval_learn.judges.clip_zeroshot import label_key
-from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
+from eval_learn.metrics.base import Metric, MetricConfig, resolve_auto
 from eval_learn.metrics.intervals import Clustered, joint_bootstrap, rate_details
 from eval_learn.miniworld.world import concept_kind
-from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
 from eval_learn.types import MetricResult, PromptRecord
 
 ATTRIBUTES = ("colour", "shape", "background")
@@ -107,21 +108,17 @@ class UAIRA(Metric):
             prompts["name"] = "miniworld"
         require(prompts["name"] == "miniworld", "ua_ira takes the miniworld or the target_retain prompts")
         prompts = {**prompts, "concept": concept, "groups": ["target", "near", "far"]}
-        prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
-        judge_name, judge_config = parse_part(JUDGES, picked or "miniworld" if config.judge == "auto" else config.judge,
-                                              "metric 'ua_ira' judge")  # fmt: skip
-        require(judge_name == "miniworld", "on the MiniWorld prompts ua_ira is judged by the miniworld judge")
-        return dataclasses.replace(
-            config, concept=concept, prompts=part_dict(prompt_name, prompt_config),
-            judge=part_dict(judge_name, judge_config),
-        )  # fmt: skip
+        prompt = cls.parse_prompts(prompts)
+        judge = cls.parse_judge(picked or "miniworld" if config.judge == "auto" else config.judge)
+        require(judge[0] == "miniworld", "on the MiniWorld prompts ua_ira is judged by the miniworld judge")
+        return cls.resolved(config, prompt, judge, concept=concept)
 
     @classmethod
     def _resolve_files(
         cls, config: UAIRAConfig, concept: str, prompts: dict[str, Any], picked: dict[str, Any] | None
     ) -> UAIRAConfig:
         """Target/retain files judged by CLIP zero-shot: every retain label and the concept must be nameable."""
-        prompt_name, prompt_config = parse_part(PROMPT_SETS, prompts, "metric 'ua_ira' prompts")
+        prompt_name, prompt_config = cls.parse_prompts(prompts)
         prompt_set = TargetRetain(prompt_config)
         # A target row's label must name the erased concept: another label (a synonym such as "Vincent van Gogh", or
         # another concept) would either compete with the concept in the label set, so that an image still showing it
@@ -144,23 +141,21 @@ class UAIRA(Metric):
             )
         judge: Any = (picked or "clip_zeroshot") if config.judge == "auto" else config.judge
         judge = {"name": judge} if isinstance(judge, str) else dict(judge)
-        require(judge["name"] == "clip_zeroshot", "on prompt files ua_ira is judged by CLIP zero-shot "
-                "(judge: clip_zeroshot or {name: clip_zeroshot, model: ..., labels: [...]})")  # fmt: skip
-        if "labels" not in judge:
+        require(judge["name"] in ("clip_zeroshot", "vlm"), "on prompt files ua_ira is judged by CLIP zero-shot "
+                "(judge: clip_zeroshot or {name: clip_zeroshot, model: ..., labels: [...]}) or a VLM (judge: vlm)")  # fmt: skip
+        key = "labels" if judge["name"] == "clip_zeroshot" else "concepts"  # a vlm is asked about each label
+        if key not in judge or not judge[key] and key == "concepts":
             labels = [concept]
             for label in found["retain"]:
                 if label_key(label) not in map(label_key, labels):
                     labels.append(label)
-            judge["labels"] = labels
-        judge_name, judge_config = parse_part(JUDGES, judge, "metric 'ua_ira' judge")
+            judge[key] = labels
+        judge_name, judge_config = cls.parse_judge(judge)
         for label in [concept, *found["retain"]]:
             problem = judge_config.concept_problem(label)
             if problem:
                 raise ConfigError(f"ua_ira: {problem}")
-        return dataclasses.replace(
-            config, concept=concept, prompts=part_dict(prompt_name, prompt_config),
-            judge=part_dict(judge_name, judge_config),
-        )  # fmt: skip
+        return cls.resolved(config, (prompt_name, prompt_config), (judge_name, judge_config), concept=concept)
 
     def on_files(self) -> bool:
         return self.config.prompts["name"] == "target_retain"  # type: ignore[index]
@@ -181,7 +176,7 @@ class UAIRA(Metric):
                 "predicted": seen["label"],
                 "shows_erased_concept": judge.detects(seen, self.config.concept),
                 "as_prompted": judge.detects(seen, label),
-                "probs": seen["probs"],
+                "probs": seen["probs"] if "probs" in seen else seen["p_yes"],  # vlm: p(yes) per label
             }
         asked = {a: record.extra[a] for a in ATTRIBUTES if record.extra.get(a)}
         kind = concept_kind(self.config.concept)

@@ -18,7 +18,7 @@ or diffusers at import time.
 from __future__ import annotations
 
 from eval_learn.models.availability import ensure_available, ensure_pretrained_available
-from eval_learn.models.config_files import model_config_names, resolve_model, technique_preset
+from eval_learn.models.config_files import model_config_names, resolve_model
 from eval_learn.models.hashing import file_sha256, weights_digest
 from eval_learn.models.locations import CONF_DIR, MINIWORLD_DIR
 from eval_learn.models.pipeline import cast_pipeline, load_pipeline
@@ -36,6 +36,5 @@ __all__ = [
     "load_pipeline",
     "model_config_names",
     "resolve_model",
-    "technique_preset",
     "weights_digest",
 ]

@@ -35,15 +35,3 @@ def resolve_model(spec: str | dict[str, Any] | ModelSpec) -> ModelSpec:
                 f"Use one of {model_config_names()}, a hub id such as 'CompVis/stable-diffusion-v1-4', or a local folder."
             )
     return from_mapping(ModelSpec, spec, "model")
-
-
-def technique_preset(model: ModelSpec, technique_name: str) -> dict[str, Any]:
-    """Per-model technique settings (``conf/preset/<model>_<technique>.yaml``) that sit under the user's config.
-
-    Paper defaults stay in the technique's config; a model that needs other values (a random tiny model, the mini
-    world) says so here. Hydra composes the same file through the defaults list; the Python API merges it here.
-    """
-    path = CONF_DIR / "preset" / f"{model.name}_{technique_name}.yaml"
-    if not path.is_file():
-        return {}
-    return dict(yaml.safe_load(path.read_text())["technique"]["config"])

@@ -32,7 +32,7 @@ from typing import Any
 
 from eval_learn.detail_columns import DETAIL_COLUMNS
 from eval_learn.storage import canonical_json, seal_problem
-from eval_learn.technique_fields import NO_RESULT_FIELDS
+from eval_learn.technique_fields import NO_RESULT_FIELDS, RENAMED_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +293,9 @@ def _interval(details: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def technique_key(config: dict[str, Any], info: Any) -> dict[str, Any]:
-    """The technique config without the fields that cannot change a result; loaded weights count by digest."""
-    key = {k: v for k, v in config.items() if k not in NO_RESULT_FIELDS}
+    """The technique config without the fields that cannot change a result; loaded weights count by digest. A report
+    written before a field was renamed counts under the new name (the same technique, the same row)."""
+    key = {RENAMED_FIELDS.get(k, k): v for k, v in config.items() if k not in NO_RESULT_FIELDS}
     if config.get("load_path"):
         digest = info.get("weights_sha256") if isinstance(info, dict) else None
         key["loaded_weights"] = digest or config["load_path"]

@@ -7,13 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from eval_learn import TORCH_LOADED_FIRST
+from eval_learn import TORCH_LOADED_FIRST, compose
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.engine.headline import summary_lines
 from eval_learn.engine.run import Engine
 from eval_learn.engine.spec import MetricSpec, RunSpec
-from eval_learn.models.config_files import resolve_model, technique_preset
-from eval_learn.recipes import find_recipe, split_option
+from eval_learn.recipes import recipe_of, split_option
 from eval_learn.registry import TECHNIQUES, check_compatible
 from eval_learn.runtime import RunContext, resolve_device, resolve_dtype
 from eval_learn.settings import RunSettings, check_writable
@@ -45,18 +44,20 @@ class BaseRunner:
         name, recipe = split_option(technique_name)
         self.technique_name = TECHNIQUES.canonical(name)
         self.technique_cls: type[Technique] = TECHNIQUES.get(self.technique_name)
-        # "esd/esd_sd": that recipe's config under the per-model preset (keyed by the technique) and the caller's.
-        self.recipe = find_recipe(f"{self.technique_name}/{recipe}" if recipe else self.technique_name)
-        recipe_config = self.recipe.config if self.recipe is not None and recipe else {}
-        model_spec = resolve_model(dict(model) if isinstance(model, Mapping) else model)
+        # The model, technique recipe and per-model preset as the command line composes them (eval_learn.compose):
+        # "esd/esd_sd" on model=tiny is that recipe under conf/preset/tiny_esd.yaml; the caller's config wins.
+        spec, preset_key = compose.model_spec(model)
+        option = f"{self.technique_name}/{recipe}" if recipe else self.technique_name
+        composed = compose.technique_config(option, preset_key)
+        self.recipe = recipe_of(option, composed)
         self.technique_config = from_mapping(
             self.technique_cls.config_cls,
-            {**recipe_config, **technique_preset(model_spec, self.technique_name), **(technique_config or {})},
+            {**(composed or {}).get("config", {}), **(technique_config or {})},
             f"technique '{technique_name}' config",
         )
         device = resolve_device(self.settings.device)
         self.context = RunContext(
-            model=model_spec,
+            model=spec,
             device=device,
             dtype=resolve_dtype(self.settings.dtype, device),
             seed=self.settings.seed,

@@ -36,7 +36,7 @@ from eval_learn.guidance import check_guidance_scale, effective_guidance_scale
 from eval_learn.models.pipeline import load_pipeline
 from eval_learn.runtime import RunContext, resolve_device
 from eval_learn.storage import digest_of, locked, remove_quietly
-from eval_learn.technique_fields import NON_IMAGE_FIELDS
+from eval_learn.technique_fields import KEY_NAMES, NON_IMAGE_FIELDS, RENAMED_FIELDS
 from eval_learn.techniques import weights as weight_files
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
 
@@ -50,6 +50,8 @@ class TechniqueConfig:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     device: str | None = None  # overrides the run's device for this technique
+    # Old key -> new key, read by configs.from_mapping (a config with the old key works, with a warning).
+    renamed_keys: ClassVar[dict[str, str]] = RENAMED_FIELDS
 
     def erased_concepts(self) -> list[str] | None:
         """The concepts this technique removes (None: it removes nothing, e.g. the baseline)."""
@@ -149,7 +151,8 @@ class Technique:
         return bool(self.weight_fields) or getattr(self.config, "load_path", None) is not None
 
     def weights_key(self) -> str:
-        fields = {k: v for k, v in asdict(self.config).items() if k in self.weight_fields}
+        # a renamed field keeps its old name in the key: weights cached before the rename are found
+        fields = {KEY_NAMES.get(k, k): v for k, v in asdict(self.config).items() if k in self.weight_fields}
         return digest_of(
             {"technique": self.name, "version": self.algorithm_version, "config": fields,
              "model": self.context.model.fingerprint(),

@@ -73,7 +73,7 @@ DEFAULT_TEMPLATES = (
 )  # fmt: skip
 TRAINING_KEYS = (
     "erase_concept", "target_caption", "concept_type", "anchor_concept", "anchor_captions", "prompt_templates",
-    "train_method", "train_steps", "learning_rate", "batch_size", "prior_preservation", "prior_loss_weight",
+    "train_method", "train_steps", "learning_rate", "train_batch_size", "prior_preservation", "prior_loss_weight",
     "num_anchor_images", "anchor_scheduler", "anchor_steps", "anchor_guidance_scale", "anchor_eta",
     "anchor_negative_prompt", "hflip", "weight_decay", "max_grad_norm", "train_seed",
 )  # fmt: skip
@@ -90,7 +90,8 @@ class CAConfig(WeightsConfig):
     train_method: TrainMethod = "attn"
     train_steps: int = 400
     learning_rate: float = 6.4e-5  # the release's 4e-6 x batch 4 x 2 GPUs x 2 (prior preservation), --scale_lr
-    batch_size: int = 8  # target-prompt rows per step (the release: 4 per GPU on 2 GPUs); as many prior rows again
+    # target-prompt rows per step (the release's --train_batch_size: 4 per GPU on 2 GPUs); as many prior rows again
+    train_batch_size: int = 8
     prior_preservation: bool = True
     prior_loss_weight: float = 1.0
     num_anchor_images: int = 1000
@@ -140,7 +141,7 @@ class CAConfig(WeightsConfig):
             shipped = sorted(p.stem for p in CAPTIONS_DIR.glob("*.txt"))
             require(self.captions_path().is_file(),
                     f"anchor_captions '{self.anchor_captions}' is neither one of {shipped} nor a file")  # fmt: skip
-        for key in ("train_steps", "batch_size", "num_anchor_images", "anchor_steps"):
+        for key in ("train_steps", "train_batch_size", "num_anchor_images", "anchor_steps"):
             require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("learning_rate", "max_grad_norm"):
             value = getattr(self, key)
@@ -223,7 +224,7 @@ def border_mask(height: int, width: int, device: Any) -> torch.Tensor:
 
 @dataclass
 class CABatch:
-    """One training step's inputs: ``batch_size`` target rows, then (with prior preservation) as many prior rows."""
+    """One training step's inputs: ``train_batch_size`` target rows, then (with prior preservation) as many prior rows."""
 
     x_t: torch.Tensor
     t: torch.Tensor
@@ -329,7 +330,7 @@ class CATrainer:
         """A training batch: noised anchor latents, their timesteps and noise, and the rows' prompts."""
         assert self.latents is not None and self.caption_of is not None, "make_anchor_images() first"
         cfg, g = self.config, self.generator
-        b = cfg.batch_size
+        b = cfg.train_batch_size
         rows = 2 * b if cfg.prior_preservation else b
         index = torch.randint(self.latents.shape[1], (rows,), generator=g)
         flip = (torch.rand(rows, generator=g) < 0.5).long() if cfg.hflip else torch.zeros(rows).long()

@@ -49,7 +49,7 @@ TrainMethod = Literal["noxattn", "xattn", "selfattn", "full"]
 Loop = Literal["compvis", "diffusers"]
 TRAINING_KEYS = (
     "loop",
-    "batch_size",
+    "train_batch_size",
     "erase_concept",
     "erase_from",
     "train_method",
@@ -74,7 +74,7 @@ class ESDConfig(WeightsConfig):
     sample_steps: int = 50
     sample_guidance: float = 3.0
     train_seed: int = 0
-    batch_size: int = 1  # partial samples per step (the paper uses 1)
+    train_batch_size: int = 1  # partial samples per step (the paper uses 1)
 
     def erased_concepts(self) -> list[str] | None:
         return [self.erase_concept]
@@ -90,7 +90,7 @@ class ESDConfig(WeightsConfig):
         require(math.isfinite(self.sample_guidance) and self.sample_guidance >= 0,
                 "sample_guidance must be a finite number >= 0")  # fmt: skip
         require(self.sample_steps > 0, "sample_steps must be > 0")
-        require(self.batch_size > 0, "batch_size must be > 0")
+        require(self.train_batch_size > 0, "train_batch_size must be > 0")
         require(0 <= self.train_seed < 2**63, "train_seed must be in [0, 2**63)")
 
 
@@ -138,7 +138,7 @@ class ESDTrainer:
     def __init__(self, pipe, config: ESDConfig, device: str, height: int, width: int) -> None:
         self.pipe = pipe
         factor = pipe.vae_scale_factor
-        self.latent_shape = (config.batch_size, pipe.unet.config.in_channels, height // factor, width // factor)
+        self.latent_shape = (config.train_batch_size, pipe.unet.config.in_channels, height // factor, width // factor)
         self.config = config
         self.device = device
         self.unet = pipe.unet

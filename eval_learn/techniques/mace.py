@@ -37,8 +37,9 @@ MACE rewrites each of these matrices W in three stages, for any number of concep
 The masks (``mask_source``) replace the paper's Grounded-SAM, which cannot run offline: ``attention`` (default) takes
 the base UNet's own cross-attention maps of the concept tokens on each training image, averaged over layers, heads
 and three timesteps and thresholded at ``mask_threshold`` of their maximum; ``full`` uses the whole image;
-``folder`` reads ``<name>_mask.png`` next to each image in ``image_folder``; ``miniworld`` renders the training
-images with the MiniWorld renderer and uses its exact object masks; masks are resized to each layer by nearest
+``folder`` reads ``<name>_mask.png`` next to each image in ``image_folder``; ``miniworld`` takes the training images
+and their exact object masks from the MiniWorld (a source in the ``MASKED_IMAGES`` registry: no technique imports
+the toy world); masks are resized to each layer by nearest
 neighbour, as the release does. Training images are otherwise made by the base pipeline as the release makes them
 (``image_prompt``, "a photo of the {c}", with DPM-Solver; image i of concept j from the seed
 ``train_seed + j·num_images + i``), or read from ``image_folder/<concept>/``. The preserved embeddings e^p are, by
@@ -72,6 +73,7 @@ from tqdm.auto import tqdm
 
 from eval_learn.configs import as_list, check_concepts_and_targets, one_each, require
 from eval_learn.errors import ConfigError, RunError
+from eval_learn.registry import MASKED_IMAGES
 from eval_learn.storage import digest_of
 from eval_learn.techniques.base import NON_IMAGE_FIELDS, Technique, WeightsConfig
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
@@ -139,7 +141,7 @@ class MACEConfig(WeightsConfig):
     lora_rank: int = 1
     train_steps: int = 120  # per concept
     learning_rate: float = 1.0e-5
-    batch_size: int = 1
+    train_batch_size: int = 1
     weight_decay: float = 0.01  # AdamW's
     max_grad_norm: float = 1.0
     importance_sampling: bool = False  # concept-focal importance sampling of timesteps (else uniform)
@@ -180,7 +182,7 @@ class MACEConfig(WeightsConfig):
                 "string or a non-empty list")  # fmt: skip
         for template in [] if self.image_prompt is None else as_list(self.image_prompt):
             require(_one_slot(template), f"image_prompt {template!r} must contain exactly one '{{}}' (the concept)")
-        for key in ("lora_rank", "train_steps", "batch_size", "num_images", "image_steps"):
+        for key in ("lora_rank", "train_steps", "train_batch_size", "num_images", "image_steps"):
             require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         require(self.preserve_coco >= 0, f"preserve_coco must be >= 0, got {self.preserve_coco}")
         for key in ("learning_rate", "max_grad_norm"):
@@ -199,15 +201,12 @@ class MACEConfig(WeightsConfig):
         if self.mask_source == "folder":
             require(self.image_folder is not None,
                     "mask_source=folder reads <image>_mask.png next to each training image: set image_folder")  # fmt: skip
-        if self.mask_source == "miniworld":
-            from eval_learn.miniworld.world import concept_kind
-
-            require(
-                self.image_folder is None, "mask_source=miniworld renders its own images: image_folder must be null"
-            )
-            bad = [c for c in erased if concept_kind(c) is None]
-            require(not bad, f"mask_source=miniworld needs MiniWorld concepts (a colour, shape or background), got "
-                             f"{bad}")  # fmt: skip
+        if self.mask_source in MASKED_IMAGES.names():  # a world that draws its images with their masks
+            source = MASKED_IMAGES.get(self.mask_source)
+            require(self.image_folder is None,
+                    f"mask_source={self.mask_source} renders its own images: image_folder must be null")  # fmt: skip
+            bad = [c for c in erased if not source.covers(c)]
+            require(not bad, f"mask_source={self.mask_source} needs {source.concepts}, got {bad}")
         if self.image_folder is not None:
             for concept in erased:
                 images = folder_images(Path(self.image_folder), concept)
@@ -554,32 +553,13 @@ class MACETrainer:
         seeds = [cfg.train_seed + index * n + i for i in range(n)]
         image_prompts = [t.format(concept) for t in cfg.image_prompts()]
         prompts = [image_prompts[i % len(image_prompts)] for i in range(n)]
-        if cfg.mask_source == "miniworld":
-            from eval_learn.miniworld.world import (
-                BACKGROUNDS,
-                COLOURS,
-                SHAPES,
-                SIZE,
-                Scene,
-                concept_kind,
-                render_with_mask,
-            )
-
-            if (self.height, self.width) != (SIZE, SIZE):
-                raise ConfigError(f"mask_source=miniworld renders {SIZE}x{SIZE} MiniWorld images; this model makes "
-                                  f"{self.height}x{self.width} images (use model=miniworld)")  # fmt: skip
-            kind, pixels, masks = concept_kind(concept), [], []
-            for seed in seeds:
-                rng = np.random.default_rng(seed)
-                scene = Scene(
-                    concept if kind == "colour" else str(rng.choice(list(COLOURS))),
-                    concept if kind == "shape" else str(rng.choice(SHAPES)),
-                    concept if kind == "background" else str(rng.choice(BACKGROUNDS)),
-                )
-                img, mask = render_with_mask(scene, rng)
-                pixels.append(torch.from_numpy(img).permute(2, 0, 1).float() / 255)
-                masks.append(torch.from_numpy(~mask if kind == "background" else mask).float())
-            return torch.stack(pixels), torch.stack(masks), prompts
+        if cfg.mask_source in MASKED_IMAGES.names():
+            try:
+                images, masks = MASKED_IMAGES.get(cfg.mask_source).render(concept, seeds, self.height, self.width)
+            except ConfigError as err:
+                raise ConfigError(f"mask_source={cfg.mask_source}: {err}") from None
+            pixels = torch.stack([torch.from_numpy(img).permute(2, 0, 1).float() / 255 for img in images])
+            return pixels, torch.stack([torch.from_numpy(mask).float() for mask in masks]), prompts
         if cfg.image_folder is not None:
             from PIL import Image
 
@@ -707,12 +687,12 @@ class MACETrainer:
         cfis = importance_weights(num_t) if cfg.importance_sampling else None
 
         def step_loss() -> torch.Tensor:
-            images = torch.randint(len(data.latents), (cfg.batch_size,), generator=generator)
-            prompts = torch.randint(len(data.prompts), (cfg.batch_size,), generator=generator)
+            images = torch.randint(len(data.latents), (cfg.train_batch_size,), generator=generator)
+            prompts = torch.randint(len(data.prompts), (cfg.train_batch_size,), generator=generator)
             if cfis is not None:
-                t = torch.multinomial(cfis, cfg.batch_size, replacement=True, generator=generator)
+                t = torch.multinomial(cfis, cfg.train_batch_size, replacement=True, generator=generator)
             else:
-                t = torch.randint(0, num_t, (cfg.batch_size,), generator=generator)
+                t = torch.randint(0, num_t, (cfg.train_batch_size,), generator=generator)
             return self.loss(probe, data, images, prompts, t.to(self.device), generator)
 
         # no checkpoint inside one LoRA's training: the run saves after each concept's LoRA (run())

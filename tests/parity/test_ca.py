@@ -74,7 +74,7 @@ def test_the_recipe_learning_rate_is_the_releases_scale_lr() -> None:
     (batch 2, one process) recorded 1.6e-5 from 4e-6; the recipe's 2-GPU batch of 4 per GPU gives 6.4e-5."""
     assert META["learning_rate_after_scale_lr"] == pytest.approx(4e-6 * 1 * 2 * 1 * 2)
     config = default_recipe()
-    assert config.learning_rate == pytest.approx(4e-6 * 1 * 4 * 2 * 2) and config.batch_size == 4 * 2
+    assert config.learning_rate == pytest.approx(4e-6 * 1 * 4 * 2 * 2) and config.train_batch_size == 4 * 2
 
 
 def test_the_default_recipe_is_the_readme_nudity_command() -> None:
