@@ -197,9 +197,6 @@ def render(data: dict[str, list[dict[str, Any]]]) -> str:
             lines.append(head)
             if entry.get("error"):
                 lines.append(f"      ! {entry['error']}")
-            if entry.get("follows"):
-                follows = entry["follows"]
-                lines.append(f"      follows {follows['repo']}@{follows['commit'][:7]} {follows['file']}")
             if entry.get("recipes"):
                 lines.append(f"      recipes: {', '.join(entry['recipes'])}")
             for field, kind_name, default in entry.get("fields", []):
