@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from eval_learn.compose import model_config, options
-from eval_learn.config_fields import Unreadable, config_fields_of
+from eval_learn.config_fields import Unreadable, class_attribute_of, config_fields_of
 from eval_learn.errors import ConfigError
 from eval_learn.models.locations import CONF_DIR
 from eval_learn.recipes import find_recipe
@@ -122,8 +122,13 @@ def catalog(overrides: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
                 entry["recipes"] = technique_recipes(name, overrides)
             if kind == "techniques":
                 entry["presets"] = technique_presets(name)
-            if kind == "attacks" and (follows := getattr(cls, "follows", None)):  # only a class already imported
-                entry["follows"] = follows
+            if kind == "attacks":
+                try:
+                    follows = class_attribute_of(target, "follows")
+                except Unreadable:
+                    follows = registry.get(name).follows
+                if follows:
+                    entry["follows"] = follows
             entries.append(entry)
         if yaml_names is not None:  # a YAML without a class: selectable, but it will fail
             for name in sorted(yaml_names - set(registry.names())):

@@ -73,6 +73,9 @@ def _value(module: str, node: ast.expr) -> Any:
         return ast.literal_eval(node)
     except ValueError:
         pass
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FACTORIES:
+        if len(node.args) == 1 and not node.keywords:  # list(DEFAULTS), tuple(...)
+            return _FACTORIES[node.func.id](_value(module, node.args[0]))
     if isinstance(node, ast.Name):
         tree, _ = _module(module)
         for stmt in tree.body:
@@ -152,3 +155,11 @@ def config_fields_of(target: str) -> list[Field]:
     unlisted = _class_attribute(config_module, config_cls, "unlisted")
     hidden = set(_value(*unlisted)) if unlisted is not None else set()
     return [f for f in _fields(config_module, config_cls) if f[0] not in hidden]
+
+
+def class_attribute_of(target: str, attribute: str) -> Any:
+    """A literal class attribute (``follows``) of the part at ``module:Class``, read from the source; None when the
+    class and its bases do not set it."""
+    module, _, name = target.partition(":")
+    found = _class_attribute(*_find_class(module, name), attribute)
+    return None if found is None else _value(*found)

@@ -67,9 +67,13 @@ def test_help_in_process_lists_the_groups_and_the_composed_config() -> None:
 def test_cfg_job_through_the_hydra_app_in_process(capsys) -> None:
     """``--cfg job`` goes through the Hydra app (eval_learn.cli.hydra_app) and prints the config it would run."""
     import yaml
+    from hydra.core.hydra_config import HydraConfig
 
     from eval_learn.__main__ import main
 
-    assert main(["model=tiny", "technique=free_run", "metric=asr", "--cfg", "job"]) == 0
+    try:
+        assert main(["model=tiny", "technique=free_run", "metric=asr", "--cfg", "job"]) == 0
+    finally:
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]  # no Hydra job is running after it
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["model"]["id"] == "tiny" and data["technique"]["name"] == "free_run" and data["metric"]["name"] == "asr"
