@@ -16,7 +16,7 @@ from eval_learn.techniques.ssd import SSD, SSDConfig, SSDEstimator, dampen, impo
 from tests.conftest import ROOT, run_cli
 
 FAST = {"erase_concept": "red", "retain_prompts": ["a blue car", "a green house"], "images_per_prompt": 2,
-        "image_steps": 2, "batch_size": 2, "passes": 2}  # fmt: skip
+        "image_steps": 2, "train_batch_size": 2, "passes": 2}  # fmt: skip
 
 
 def test_unselected_parameters_are_bit_identical_and_dampened_ones_only_shrink() -> None:
