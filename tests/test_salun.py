@@ -9,10 +9,9 @@ import torch
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
-from eval_learn.techniques.base import Technique
-from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.techniques.salun import SalUn, SalUnConfig, SalUnTrainer, saliency_mask
 from tests.conftest import ROOT, run_cli
+from tests.test_ssd import kill_then_resume
 
 FAST = {"erase_concept": "red", "forget_prompts": ["a red car"], "pseudo_prompts": ["a blue car"],
         "retain_prompts": ["a green house"], "images_per_prompt": 4, "image_steps": 2, "mask_batch_size": 2,
@@ -68,32 +67,10 @@ def test_train_method_xattn_trains_only_salient_cross_attention(tiny_pipe) -> No
     assert trainer.trained and all("attn2" in n for n in trainer.trained)
 
 
-class Killed(Exception):
-    pass
-
-
 def test_a_killed_salun_training_resumes_and_ends_with_the_same_weights(tmp_path, monkeypatch) -> None:
-    clean = SalUn(from_mapping(SalUnConfig, FAST, "salun"), context(tmp_path / "clean"))
-    clean.prepare()
-    assert len(clean.weights) == clean.info["trained_tensors"]
-    monkeypatch.setattr(Technique, "checkpoint_every_s", 0.0)
-    save = TrainingCheckpoint.maybe_save
-
-    def save_then_die(self, step, state, force=False):
-        save(self, step, state, True)
-        if step == 3:
-            raise Killed
-
-    monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save_then_die)
-    with pytest.raises(Killed):
-        SalUn(from_mapping(SalUnConfig, FAST, "salun"), context(tmp_path / "killed")).prepare()
-    monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save)
-    monkeypatch.setattr(SalUnTrainer, "render", lambda self: pytest.fail("the images were saved: not rendered again"))
-    resumed = SalUn(from_mapping(SalUnConfig, FAST, "salun"), context(tmp_path / "killed"))
-    resumed.prepare()
-    assert resumed.info["training_resumed_from_step"] == 3
-    assert resumed.weights_sha256 == clean.weights_sha256 and resumed.info["losses"] == clean.info["losses"]
-    assert not list((tmp_path / "killed").rglob("*.pt"))
+    build = lambda cache: SalUn(from_mapping(SalUnConfig, FAST, "salun"), context(cache))  # noqa: E731
+    clean, resumed = kill_then_resume(build, tmp_path, monkeypatch, SalUnTrainer)
+    assert len(clean.weights) == clean.info["trained_tensors"] and resumed.info["losses"] == clean.info["losses"]
 
 
 def test_a_plain_unet_state_dict_loads_as_the_release_saves_it(tmp_path) -> None:
