@@ -44,8 +44,7 @@ def test_the_saliency_mask_equals_generate_mask_py(tiny_pipe) -> None:
     ours = {n: int(m.sum()) for n, m in mask.items()}
     moved = sum(abs(ours[n] - c) for n, c in META["mask"]["per_tensor"].items())
     # Measured: one entry of 792,964 changes tensor at the boundary (two gradients within float32 rounding of the
-    # threshold: the release's noise schedule is computed in float64, diffusers' in float32). A drifted rule
-    # (another threshold, signed instead of absolute gradients, per-tensor ranking) moves thousands.
+    # threshold: the release's noise schedule is computed in float64, diffusers' in float32).
     assert moved <= 2, {n: (ours[n], c) for n, c in META["mask"]["per_tensor"].items() if ours[n] != c}
 
 
