@@ -16,7 +16,7 @@ from eval_learn.techniques.ssd import SSD, SSDConfig, SSDEstimator, dampen, impo
 from tests.conftest import ROOT, run_cli
 
 FAST = {"erase_concept": "red", "retain_prompts": ["a blue car", "a green house"], "images_per_prompt": 2,
-        "image_steps": 2, "batch_size": 2, "passes": 2}  # fmt: skip
+        "image_steps": 2, "train_batch_size": 2, "passes": 2}  # fmt: skip
 
 
 def test_unselected_parameters_are_bit_identical_and_dampened_ones_only_shrink() -> None:
@@ -89,11 +89,13 @@ def test_ssd_changes_only_dampened_tensors_and_caches_them(tmp_path) -> None:
 
 
 class Killed(Exception):
-    pass
+    """Stands in for a kill: raised right after a save, so the next run finds exactly that state on disk."""
 
 
-def test_a_killed_ssd_resumes_and_ends_with_the_same_weights(tmp_path, monkeypatch) -> None:
-    clean = SSD(from_mapping(SSDConfig, FAST, "ssd"), context(tmp_path / "clean"))
+def kill_then_resume(build, tmp_path, monkeypatch, render_owner: type) -> tuple[Technique, Technique]:
+    """A clean run, a run killed after its third saved step, and the rerun that resumes it (which must not render
+    the training images again): returns (clean, resumed)."""
+    clean = build(tmp_path / "clean")
     clean.prepare()
     monkeypatch.setattr(Technique, "checkpoint_every_s", 0.0)
     save = TrainingCheckpoint.maybe_save
@@ -105,14 +107,20 @@ def test_a_killed_ssd_resumes_and_ends_with_the_same_weights(tmp_path, monkeypat
 
     monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save_then_die)
     with pytest.raises(Killed):
-        SSD(from_mapping(SSDConfig, FAST, "ssd"), context(tmp_path / "killed")).prepare()
+        build(tmp_path / "killed").prepare()
     monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save)
-    monkeypatch.setattr(SSDEstimator, "render", lambda self: pytest.fail("the images were saved: not rendered again"))
-    resumed = SSD(from_mapping(SSDConfig, FAST, "ssd"), context(tmp_path / "killed"))
+    monkeypatch.setattr(render_owner, "render", lambda self: pytest.fail("the images were saved: not rendered again"))
+    resumed = build(tmp_path / "killed")
     resumed.prepare()
     assert resumed.info["training_resumed_from_step"] == 3
     assert resumed.weights_sha256 == clean.weights_sha256  # bit for bit
     assert not list((tmp_path / "killed").rglob("*.pt"))
+    return clean, resumed
+
+
+def test_a_killed_ssd_resumes_and_ends_with_the_same_weights(tmp_path, monkeypatch) -> None:
+    kill_then_resume(lambda cache: SSD(from_mapping(SSDConfig, FAST, "ssd"), context(cache)), tmp_path, monkeypatch,
+                     SSDEstimator)  # fmt: skip
 
 
 def test_bad_ssd_configs_fail_clearly() -> None:

@@ -57,7 +57,9 @@ class SSDConfig(WeightsConfig):
     images_per_prompt: int = 8
     image_steps: int = 50
     image_guidance_scale: float = 7.5
-    batch_size: int = 8  # images per importance batch (the loss is averaged over a batch, then squared-gradiented)
+    train_batch_size: int = (
+        8  # images per importance batch (the loss is averaged over a batch, then squared-gradiented)
+    )
     passes: int = 1  # passes over the images (each with fresh timesteps and noise)
     train_seed: int = 0
 
@@ -75,7 +77,7 @@ class SSDConfig(WeightsConfig):
         for key in ("selection_weighting", "dampening_constant"):
             value = getattr(self, key)
             require(math.isfinite(value) and value > 0, f"{key} must be a finite number > 0, got {value}")
-        for key in ("images_per_prompt", "image_steps", "batch_size", "passes"):
+        for key in ("images_per_prompt", "image_steps", "train_batch_size", "passes"):
             require(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         require(math.isfinite(self.image_guidance_scale) and self.image_guidance_scale >= 0,
                 "image_guidance_scale must be a finite number >= 0")  # fmt: skip
@@ -158,7 +160,9 @@ class SSDEstimator:
         out: list[tuple[str, list[int]]] = []
         for which, images in (("forget", forget), ("original", original)):
             for _ in range(cfg.passes):
-                out += [(which, images[i : i + cfg.batch_size]) for i in range(0, len(images), cfg.batch_size)]
+                out += [
+                    (which, images[i : i + cfg.train_batch_size]) for i in range(0, len(images), cfg.train_batch_size)
+                ]
         return out
 
     def loss(self, images: list[int]) -> torch.Tensor:
@@ -218,7 +222,7 @@ class SSD(Technique):
     config: SSDConfig
     weight_fields = ("erase_concept", "forget_prompts", "retain_prompts", "selection_weighting",
                      "dampening_constant", "importance_data", "images_per_prompt", "image_steps",
-                     "image_guidance_scale", "batch_size", "passes", "train_seed")  # fmt: skip
+                     "image_guidance_scale", "train_batch_size", "passes", "train_seed")  # fmt: skip
 
     def build_weights(self, pipe: Any) -> Weights:
         cfg, model = self.config, self.context.model
