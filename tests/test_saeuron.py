@@ -50,18 +50,19 @@ def test_score_selects_the_features_the_concept_uses_more_than_the_others() -> N
     assert select_features(stats, 100.0)[0].numel() == 0  # nothing exceeds the maximum
 
 
-def test_hook_output_is_the_ablated_reconstruction_plus_the_error() -> None:
+@pytest.mark.parametrize("error_term, sign", [("exact", 1.0), ("release", -1.0)])
+def test_hook_output_is_the_ablated_reconstruction_plus_the_error(error_term, sign) -> None:
     torch.manual_seed(0)
     sae = TopKSAE(8, 32, 4)
     stats = {"concept_mean": torch.rand(1, 32) + torch.eye(32)[3] * 5, "others_mean": torch.rand(1, 32),
              "all_concepts_mean": torch.rand(1, 32) * 0.1}  # fmt: skip
-    hook = SAeUronHook(sae, stats, 90.0, -3.0)
+    hook = SAeUronHook(sae, stats, 90.0, -3.0, error_term)
     features = hook.features[0]
     assert 3 in features.tolist()
     x = torch.randn(2, 8, 4, 4)
     out = hook(None, (), (x,))[0]
     # the release's formula, written out: encode, scale the selected latents above their all-concept mean, decode,
-    # add the reconstruction error back
+    # add the reconstruction error back (the release adds recon − input: utils/hooks.py)
     rows = x.permute(0, 2, 3, 1).reshape(-1, 8)
     latents = sae.encode(rows)
     sel = latents[:, features]
@@ -69,7 +70,7 @@ def test_hook_output_is_the_ablated_reconstruction_plus_the_error() -> None:
                          sel)  # fmt: skip
     ablated = latents.clone()
     ablated[:, features] = scaled
-    expected = sae.decode(ablated) + (rows - sae.decode(latents))
+    expected = sae.decode(ablated) + sign * (rows - sae.decode(latents))
     expected = expected.reshape(2, 4, 4, 8).permute(0, 3, 1, 2)
     assert not torch.allclose(out, x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
@@ -78,15 +79,18 @@ def test_hook_output_is_the_ablated_reconstruction_plus_the_error() -> None:
 def test_nothing_selected_renders_bit_identical_to_free_run(cache_dir) -> None:
     requests = [GenerationRequest("a photo of a red car", 4, 5.0, STEPS, 64, 64)]
     mode = GenerationMode("fixed_shape", 1)
-    technique = saeuron(cache_dir, percentile=100.0)
+    technique = saeuron(cache_dir, percentile=100.0, error_term="exact")
     technique.prepare()
     plain = render(FreeRun(FreeRun.config_cls(), technique.context), requests, mode)[0]
     assert np.array_equal(render(technique, requests, mode)[0], plain)
     assert technique.info["selected_features_per_step"] == [0] * STEPS
-    scaled = saeuron(cache_dir, percentile=50.0, multiplier=-20.0)
+    scaled = saeuron(cache_dir, percentile=50.0, multiplier=-20.0, error_term="exact")
     scaled.prepare()
     assert scaled.info["trained"] is False  # same SAE settings: read from the cache, not retrained
     assert not np.array_equal(render(scaled, requests, mode)[0], plain)
+    released = saeuron(cache_dir, percentile=100.0)  # the release's error term moves the output even then
+    released.prepare()
+    assert not np.array_equal(render(released, requests, mode)[0], plain)
 
 
 def test_only_the_named_block_is_hooked(cache_dir) -> None:
@@ -111,7 +115,8 @@ def test_weights_round_trip_through_load_path(cache_dir, tmp_path) -> None:
 @pytest.mark.parametrize(
     "overrides, message",
     [({"percentile": 101}, "percentile"), ({"k": 0}, "k must be"), ({"other_concepts": []}, "other_concepts"),
-     ({"prompt_templates": ["no slot"]}, "prompt_templates"), ({"other_concepts": ["a red car"]}, "erase_concept")],
+     ({"prompt_templates": ["no slot"]}, "prompt_templates"), ({"other_concepts": ["a red car"]}, "erase_concept"),
+     ({"error_term": "paper"}, "error_term")],
 )  # fmt: skip
 def test_bad_settings_are_config_errors(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):

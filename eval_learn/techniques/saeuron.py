@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 SAE_PREFIX = "saeuron_sae."
 STATS = ("concept_mean", "others_mean", "all_concepts_mean")
 STATS_PREFIX = "saeuron_stats."
+ERROR_TERMS = ("release", "exact")
 
 
 @dataclass
@@ -66,6 +67,10 @@ class SAeUronConfig(WeightsConfig):
     train_seed: int = 42
     percentile: float = 99.999  # features above this percentile of the score are selected
     multiplier: float = -1.0  # a selected latent becomes latent × multiplier × its mean on the concept
+    # "release": the block returns ablated reconstruction + (reconstruction − input), as the release's hook computes
+    # it (utils/hooks.py: error = recon − input, added back); "exact": input + decoded change, i.e. ablated
+    # reconstruction + (input − reconstruction), which leaves the block's output alone where nothing is scaled
+    error_term: str = "release"
 
     def erased_concepts(self) -> list[str] | None:
         return [self.erase_concept]
@@ -84,6 +89,20 @@ class SAeUronConfig(WeightsConfig):
         require(self.train_batch_size >= 1, f"train_batch_size must be >= 1, got {self.train_batch_size}")
         require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         require(0 <= self.percentile <= 100, f"percentile must be in [0, 100], got {self.percentile}")
+        require(
+            self.error_term in ERROR_TERMS,
+            f"error_term must be one of {', '.join(ERROR_TERMS)}, got '{self.error_term}'",
+        )
+
+
+def latent_statistics(means: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """From each concept's latents [prompts, steps, latents] (the erased concept first): the concept's mean, the
+    other prompts' pooled mean, and the mean of the per-concept means (the release's masking threshold)."""
+    return {
+        "concept_mean": means[0].float().mean(0),
+        "others_mean": torch.cat(means[1:]).float().mean(0),
+        "all_concepts_mean": torch.stack([m.float().mean(0) for m in means]).mean(0),
+    }
 
 
 def select_features(stats: dict[str, torch.Tensor], percentile: float, eps: float = 1e-8) -> list[torch.Tensor]:
@@ -96,8 +115,11 @@ def select_features(stats: dict[str, torch.Tensor], percentile: float, eps: floa
 class SAeUronHook:
     """Forward hook on the block: scales the selected features of every position, step by step."""
 
-    def __init__(self, sae: TopKSAE, stats: dict[str, torch.Tensor], percentile: float, multiplier: float) -> None:
+    def __init__(
+        self, sae: TopKSAE, stats: dict[str, torch.Tensor], percentile: float, multiplier: float, error_term: str
+    ) -> None:
         self.sae = sae
+        self.error_term = error_term
         self.features = select_features(stats, percentile)
         self.scales = [stats["concept_mean"][t, f].float() * multiplier for t, f in enumerate(self.features)]
         self.thresholds = [stats["all_concepts_mean"][t, f].float() for t, f in enumerate(self.features)]
@@ -112,16 +134,20 @@ class SAeUronHook:
             )
         features, step = self.features[self.step], self.step
         self.step += 1
-        if features.numel() == 0:
+        if features.numel() == 0 and self.error_term == "exact":
             return output
         hidden = block_output(output)
         b, c, h, w = hidden.shape
         sae = self.sae.to(hidden.device)
-        latents = sae.encode(to_rows(hidden).reshape(-1, c).float())[:, features]
+        rows = to_rows(hidden).reshape(-1, c).float()
+        all_latents = sae.encode(rows)
+        latents = all_latents[:, features]
         scale, threshold = self.scales[step].to(hidden.device), self.thresholds[step].to(hidden.device)
         change = torch.where(latents > threshold, latents * scale - latents, torch.zeros_like(latents))
-        delta = (change @ sae.W_dec[features]).reshape(b, h, w, c).permute(0, 3, 1, 2).to(hidden.dtype)
-        edited = hidden + delta
+        delta = change @ sae.W_dec[features]
+        if self.error_term == "release":  # ablated recon + (recon − input) = input + change + 2 (recon − input)
+            delta = delta + 2 * (sae.decode(all_latents) - rows)
+        edited = hidden + delta.reshape(b, h, w, c).permute(0, 3, 1, 2).to(hidden.dtype)
         if isinstance(output, torch.Tensor):
             return edited
         if isinstance(output, tuple):
@@ -150,13 +176,8 @@ class SAeUron(Technique):
         except AttributeError:
             raise RunError(f"SAeUron: the UNet has no block '{self.config.hookpoint}'") from None
 
-    def _statistics(self, pipe: Any, sae: TopKSAE, per_concept: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        means = [mean_latents(sae, acts) for acts in per_concept]  # [prompts, steps, latents] each
-        return {
-            "concept_mean": means[0].mean(0),
-            "others_mean": torch.cat(means[1:]).mean(0),
-            "all_concepts_mean": torch.stack([m.mean(0) for m in means]).mean(0),
-        }
+    def _statistics(self, sae: TopKSAE, per_concept: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return latent_statistics([mean_latents(sae, acts) for acts in per_concept])
 
     def _activations(self, pipe: Any) -> list[torch.Tensor]:
         cfg, settings = self.config, self.generation_settings()
@@ -177,7 +198,7 @@ class SAeUron(Technique):
                                 batch_size=cfg.train_batch_size, learning_rate=cfg.learning_rate, seed=cfg.train_seed,
                                 checkpoint=self.checkpoint)  # fmt: skip
         self.info.update(sae_rows=int(rows.shape[0]), sae_fvu_first=losses[0], sae_fvu_last=losses[-1])
-        stats = self._statistics(pipe, sae, per_concept)
+        stats = self._statistics(sae, per_concept)
         return {**{SAE_PREFIX + k: v for k, v in sae.tensors().items()},
                 **{STATS_PREFIX + k: v for k, v in stats.items()}}  # fmt: skip
 
@@ -194,7 +215,7 @@ class SAeUron(Technique):
         sae = TopKSAE.from_tensors({n: weights[n].float() for n in ("encoder.weight", "encoder.bias", "W_dec", "b_dec")},
                                    k)  # fmt: skip
         pipe = load_pipeline(self.context.model, self.device, torch.float32)
-        stats = self._statistics(pipe, sae, self._activations(pipe))
+        stats = self._statistics(sae, self._activations(pipe))
         self.info["sae_k"] = k
         return {**{SAE_PREFIX + n: v for n, v in sae.tensors().items()},
                 **{STATS_PREFIX + n: v for n, v in stats.items()}}  # fmt: skip
@@ -209,7 +230,8 @@ class SAeUron(Technique):
     def modify_pipeline(self, pipe: Any) -> Any:
         if self.sae is None:
             self.apply_weights(pipe, self.weights or {})
-        self.hook = SAeUronHook(self.sae, self.stats, self.config.percentile, self.config.multiplier)
+        cfg = self.config
+        self.hook = SAeUronHook(self.sae, self.stats, cfg.percentile, cfg.multiplier, cfg.error_term)
         counts = [int(f.numel()) for f in self.hook.features]
         self.info.update(selected_features_per_step=counts)
         log.info("SAeUron: hook on %s, %s features selected per step", self.config.hookpoint, counts)
@@ -223,4 +245,4 @@ class SAeUron(Technique):
 
     def sampling_settings(self) -> dict[str, Any]:
         return {"hookpoint": self.config.hookpoint, "percentile": self.config.percentile,
-                "multiplier": self.config.multiplier}  # fmt: skip
+                "multiplier": self.config.multiplier, "error_term": self.config.error_term}  # fmt: skip
