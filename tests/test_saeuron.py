@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.engine.requests import GenerationRequest
@@ -121,3 +122,30 @@ def test_weights_round_trip_through_load_path(cache_dir, tmp_path) -> None:
 def test_bad_settings_are_config_errors(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):
         from_mapping(SAeUronConfig, {**FAST, **overrides}, "saeuron").validate()
+
+
+def test_load_path_reads_a_published_sae_in_the_release_layout(cache_dir, tmp_path) -> None:
+    """The release's layout: <hookpoint>/sae.safetensors (encoder.weight, encoder.bias, W_dec, b_dec) + cfg.json."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    folder = tmp_path / BLOCK
+    folder.mkdir()
+    save_file(TopKSAE(32, 64, 4).tensors(), str(folder / "sae.safetensors"))
+    (folder / "cfg.json").write_text('{"expansion_factor": 2, "k": 3, "d_in": 32}')
+    technique = saeuron(cache_dir, load_path=str(folder / "sae.safetensors"), percentile=90.0)
+    technique.prepare()
+    assert technique.info["sae_k"] == 3 and technique.info["trained"] is False
+    technique.pipeline()
+    assert technique.sae.k == 3 and technique.stats["concept_mean"].shape == (STEPS, 64)
+
+
+@pytest.mark.slow
+def test_default_recipe_runs_on_tiny_from_the_command_line(tmp_path) -> None:
+    out = tmp_path / "out"
+    proc = run_cli("model=tiny", "technique=saeuron", "metric=asr", "metric.config.limit=2",
+                   f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = out.glob("*/report.json")
+    text = path.read_text()
+    assert "selected_features_per_step" in text and "up_blocks.1.attentions.1" in text  # the tiny preset's block
