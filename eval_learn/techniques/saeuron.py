@@ -55,6 +55,8 @@ ERROR_TERMS = ("release", "exact")
 
 @dataclass
 class SAeUronConfig(WeightsConfig):
+    num_inference_steps: int | None = 100  # the release samples 100 steps at guidance 9.0
+    guidance_scale: float | None = 9.0
     erase_concept: str = "nudity"
     other_concepts: list[str] = field(default_factory=lambda: ["a person", "a landscape", "an animal", "a building"])
     prompt_templates: list[str] = field(default_factory=lambda: ["{}", "a photo of {}", "a painting of {}"])
