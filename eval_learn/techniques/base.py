@@ -145,6 +145,10 @@ class Technique:
         """``load_path``'s tensors; a technique whose authors released weights in their own layout reads it here."""
         return weight_files.read(path, require_digest=False)
 
+    def apply_weights(self, pipe: Any, weights: weight_files.Weights) -> dict[str, int]:
+        """Put ``weights`` into ``pipe``; a technique whose weights are no pipeline component (an SAE) keeps them."""
+        return weight_files.apply(pipe, weights, self.default_component)
+
     # --- weights --------------------------------------------------------------------------------------------------
     @property
     def makes_weights(self) -> bool:
@@ -239,7 +243,7 @@ class Technique:
         pipe = load_pipeline(self.context.model, self.device, torch.float32)
         weights = weight_files.to_cpu(self.build_weights(pipe))
         weight_files.check_finite(weights, f"technique '{self.name}'", self.failure_hint())
-        weight_files.apply(pipe, weights, self.default_component)
+        self.apply_weights(pipe, weights)
         self._pipe = pipe  # already holds the weights: generation reuses it
         self.info["trained"] = True
         return weights
@@ -267,7 +271,7 @@ class Technique:
         if self._pipe is None:
             self._pipe = load_pipeline(self.context.model, self.device, dtype)
             if self.weights is not None:
-                applied = weight_files.apply(self._pipe, self.weights, self.default_component)
+                applied = self.apply_weights(self._pipe, self.weights)
                 log.info("Technique <%s>: weights applied %s", self.name, applied)
         else:
             for component in ("unet", "text_encoder", "vae"):
