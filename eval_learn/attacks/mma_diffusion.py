@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.text_encoder import TextEncoder, Verdict
+from eval_learn.attacks.text_encoder import Found, TextEncoder, Verdict, text_attack
 from eval_learn.configs import require
 from eval_learn.types import PromptRecord
 
@@ -198,6 +198,10 @@ class MMADiffusion(Attack):
         return cands[best], float(loss[best])
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
+        return text_attack(self, target, record, self.config.check_every, lambda v: self.search(target, record, v))
+
+    def search(self, target: AttackTarget, record: PromptRecord, verdict: Verdict) -> Found:
+        """The GCG search for ``record``'s prompt (stopping early only on ``verdict``'s checks)."""
         started = time.perf_counter()
         cfg = self.config
         self.py.seed(cfg.seed)
@@ -209,8 +213,7 @@ class MMADiffusion(Attack):
         with torch.no_grad():
             goal = pooled(encoder, encoder.ids([record.prompt]))
         control = best = self.start(encoder.tokenizer, banned)
-        best_loss, best_step, curve, skipped = float("inf"), 0, [], 0
-        verdict, step = Verdict(target, record.seed, cfg.check_every), 0
+        best_loss, best_step, curve, skipped, step = float("inf"), 0, [], 0, 0
         for step in tqdm(range(1, cfg.steps + 1), desc="mma_diffusion", leave=False):
             moved = self.step(encoder, control, goal, banned)
             if moved is None:
@@ -222,19 +225,6 @@ class MMADiffusion(Attack):
                     best, best_loss, best_step = control, loss, step
             if verdict.stops(step, best, step == cfg.steps or self.out_of_time(started)):
                 break
-        verdict.final(step, best)
-        return AttackOutcome(
-            prompt=best,
-            success=verdict.success,
-            iterations=step,
-            seconds=time.perf_counter() - started,
-            success_step=verdict.step,
-            image=verdict.image,
-            extra={
-                "best_loss": best_loss,
-                "best_step": best_step,
-                "loss_curve": curve[:: max(1, len(curve) // 100)],
-                "skipped_steps": skipped,
-                "banned_tokens": len(banned),
-            },  # fmt: skip
-        )
+        extra = {"best_loss": best_loss, "best_step": best_step, "loss_curve": curve[:: max(1, len(curve) // 100)],
+                 "skipped_steps": skipped, "banned_tokens": len(banned)}  # fmt: skip
+        return Found(best, step, time.perf_counter() - started, extra)
