@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eval_learn.attacks.base import AttackOutcome
+from eval_learn.configs import ConfigError
 from eval_learn.metrics import attacked
 from eval_learn.types import PromptRecord
 from tests.conftest import ROOT, run_cli
@@ -160,3 +161,10 @@ def test_on_the_miniworld_unlearndiffatk_raises_slds_asr_by_at_least_0_2(tmp_pat
     block = report_of(out)["metric_result"]["details"]["attack"]
     assert block["asr_after"] - block["asr_before"] >= 0.2, block
     assert all(p["prompt"].split()[-2:] == p["plain_prompt"].split()[-2:] for p in block["per_prompt"] if "prompt" in p)
+
+
+def test_an_attack_that_cannot_search_for_the_concept_is_refused_before_any_model_loads() -> None:
+    with pytest.raises(ConfigError, match="ring_a_bell.*pairs_path"):
+        attacked.resolve_attack("ring_a_bell", "violence")
+    assert attacked.resolve_attack("ring_a_bell", "nudity")["name"] == "ring_a_bell"
+    assert attacked.resolve_attack("unlearndiffatk", "violence")["name"] == "unlearndiffatk"  # any concept

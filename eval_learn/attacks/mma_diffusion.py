@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
 from eval_learn.attacks.text_encoder import Found, TextEncoder, Verdict, text_attack
 from eval_learn.configs import require
+from eval_learn.models.soft_prompt import token_embeddings_replaced
 from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)
@@ -99,17 +100,12 @@ def token_gradient(encoder: TextEncoder, control: str, target: torch.Tensor, row
     one_hot = torch.zeros(len(rows), table.weight.shape[0], device=ids.device, dtype=table.weight.dtype)
     one_hot.scatter_(1, ids[0, rows.start : rows.stop].unsqueeze(1), 1.0)
     one_hot.requires_grad_(True)
-
-    def replace(_module, _inputs, output: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        soft = (one_hot @ table.weight).unsqueeze(0)
-        return torch.cat([output[:, : rows.start], soft, output[:, rows.stop :]], dim=1)
-
-    handle = table.register_forward_hook(replace)
-    try:
+    with torch.no_grad():
+        fixed = table(ids)
+    soft = torch.cat([fixed[:, : rows.start], (one_hot @ table.weight).unsqueeze(0), fixed[:, rows.stop :]], dim=1)
+    with token_embeddings_replaced(encoder.model, soft):
         loss = cosine_loss(pooled(encoder, ids), target).mean()
-        (grad,) = torch.autograd.grad(loss, one_hot)
-    finally:
-        handle.remove()
+    (grad,) = torch.autograd.grad(loss, one_hot)
     return grad
 
 
