@@ -27,16 +27,20 @@ from eval_learn.types import PromptRecord
 SKIPPED = "the plain prompt already succeeded"
 
 
-def resolve_attack(spec: str | dict[str, Any] | None) -> dict[str, Any] | None:
+def resolve_attack(spec: str | dict[str, Any] | None, concept: str | None = None) -> dict[str, Any] | None:
     """``attack`` as ``{name, <every setting>}`` (a name or a mapping; None: no attack). An unknown attack or
-    setting is a :class:`ConfigError` naming the closest one, raised before any model loads."""
+    setting, or a ``concept`` the attack cannot search for (Ring-A-Bell without prompt pairs for it), is a
+    :class:`ConfigError` naming it, raised before any model loads."""
     if spec is None:
         return None
     name, config = parse_part(ATTACKS, spec, "attack")
     try:
         config.validate()
+        problem = config.concept_problem(concept) if concept is not None else None
     except ConfigError as err:
         raise ConfigError(f"attack ({name}): {err}") from None
+    if problem:
+        raise ConfigError(f"attack ({name}): {problem}")
     return {"name": name, **dataclasses.asdict(config)}
 
 
