@@ -152,11 +152,13 @@ def test_the_robustness_arm_runs_an_attack_on_tiny(tmp_path, cache_dir) -> None:
 
 
 @pytest.mark.slow
-def test_on_the_miniworld_esds_robustness_falls_under_attack(tmp_path, cache_dir) -> None:
-    """Measured (docs/err_attacks.md): ESD's MiniWorld preset keeps red out of the reworded prompts, and
-    UnlearnDiffAtk's prefix tokens bring it back for some of them."""
+def test_on_the_miniworld_slds_robustness_falls_under_attack(tmp_path, cache_dir) -> None:
+    """Measured (docs/err_attacks.md): SLD's MiniWorld preset keeps red out of 5 of the first 6 rewordings, and
+    UnlearnDiffAtk's prefix tokens (on its UNet, rendered with its safety guidance) bring red back for 2 of them:
+    robustness 0.83 -> 0.50. No training (SLD changes sampling only), so the test costs the searches alone."""
     config = {"protocol": "err_miniworld_attack", "limit": 1, "robustness": {"limit": 6}}
-    report = SingleBenchmarkRunner("esd", "err", {}, config, tmp_path, model="miniworld", cache_dir=cache_dir,
+    report = SingleBenchmarkRunner("sld", "err", {}, config, tmp_path, model="miniworld", cache_dir=cache_dir,
                                    num_threads=1).run()  # fmt: skip
     robust = report["metric_result"]["details"]["arms"]["robustness"]
     assert robust["rate_before_attack"] - robust["rate"] >= 0.2, robust["attack"]
+    assert robust["attack"]["attack"]["timesteps"] == 5 and robust["n"] == 6
