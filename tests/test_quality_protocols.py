@@ -10,46 +10,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+import test_aesthetic
 from PIL import Image
-from torch import nn
 
 from eval_learn import protocols
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.datasets.coco import HubCoco30k, HubCoco30kConfig
 from eval_learn.datasets.i2p import bundled_prompts
 from eval_learn.datasets.tifa import SAMPLE
-from eval_learn.judges.tiny import write_tiny_blip_vqa, write_tiny_clip, write_tiny_sbert
+from eval_learn.judges.tiny import write_tiny_blip_vqa, write_tiny_sbert
 from eval_learn.metrics.aesthetic import Aesthetic
 from eval_learn.metrics.mean_score import MeanScoreConfig
 from eval_learn.metrics.pickscore import PickScore
-from eval_learn.models import resolve_model
 from eval_learn.registry import PROMPT_SETS
 from eval_learn.runners import SingleBenchmarkRunner
-from eval_learn.runtime import RunContext
 
 WEIGHTS = "sac+logos+ava1-l14-linearMSE.pth"  # the release's file name: the protocol names it
+clip_folder, seeded_weights = test_aesthetic.clip_folder, test_aesthetic.seeded_weights  # its fixtures: a tiny CLIP
+context = test_aesthetic.context  # and its MLP for it
 
 
 @pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory) -> str:
-    return str(write_tiny_clip(tmp_path_factory.mktemp("clip")))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    """An MLP in the release's layout for the tiny CLIP's 16 numbers, saved under the release's file name."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        mlp = nn.Sequential(nn.Linear(16, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))  # fmt: skip
-    path = tmp_path_factory.mktemp("mlp") / WEIGHTS
-    torch.save({f"layers.{k}": v for k, v in mlp.state_dict().items()}, path)
-    return str(path)
-
-
-def context() -> RunContext:
-    return RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0, cache_dir=None)
+def weights(seeded_weights, tmp_path_factory) -> str:
+    """test_aesthetic's MLP for the tiny CLIP, saved under the release's file name (as the protocol names it)."""
+    return str(shutil.copy(seeded_weights, tmp_path_factory.mktemp("release") / WEIGHTS))
 
 
 def test_each_quality_protocol_is_declared_data_and_in_the_table() -> None:
