@@ -5,6 +5,8 @@ shipped with the package: 9,969 COCO-2014 captions, each with its own ``evaluati
 
 It is what erasure costs on ordinary prompts: the default prompts of ``clip_score`` and ``fid``. ``limit`` keeps the
 first N captions (the set has no strata); the FID reference images are the COCO images of the same ``case_number``.
+
+``hub_coco_30k``: HUB's 30,000 COCO val2014 captions (protocol ``pickscore_hub``), read from a path the user gives.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class HubCoco30k(PromptSet):
     """``hub_coco_30k``: the 30,000 COCO val2014 captions HUB (ICCV 2025) scores PickScore and ImageReward on
     (ml-postech/HUB ``prompts/MS-COCO_val2014_30k_captions.csv``). Not shipped: the HUB repository states no licence,
     and nothing is downloaded at run time, so the file is given once as ``path``; a missing file is refused before
-    any model loads. The file has no seeds: each row gets the run's seed plus its index."""
+    any model loads. The file has no seeds: each row's seed is drawn from the run's seed and its caption."""
 
     name = "hub_coco_30k"
     config_cls = HubCoco30kConfig
