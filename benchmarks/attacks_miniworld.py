@@ -12,7 +12,7 @@ attack searches the technique's own pipeline and is judged by the MiniWorld CNN,
 Resumable: weights, images, verdicts and attack outcomes are cached under ``--cache`` by the runners (a killed cell
 resumes per prompt), and every finished cell is written to ``--cache/cells/`` with its budget, so a rerun skips it.
 The grid runs column by column (UnlearnDiffAtk first), so the column the leaderboard quotes is done first.
-Writes the table between the markers of ``docs/attacks_miniworld.md`` and every cell to ``docs/attacks_miniworld.json``
+Writes the table between the markers of ``docs/attacks_miniworld.md`` after every cell and every cell to ``docs/attacks_miniworld.json``
 (which ``benchmarks/miniworld_figure.py`` reads for its "ASR after UnlearnDiffAtk" column).
 """
 
@@ -25,15 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from doc_blocks import replace_block  # benchmarks/, beside this script
+
 from eval_learn.configs import did_you_mean
-from eval_learn.registry import ATTACKS
+from eval_learn.registry import ATTACKS, TECHNIQUES
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import quiet_libraries
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "attacks_miniworld.md"
-START, END = "<!-- grid:start (benchmarks/attacks_miniworld.py) -->", "<!-- grid:end -->"
 
 # Per column: the attack and its CPU budget (its settings; time_limit_s is per prompt). The MiniWorld's text context is
 # 16 tokens, BOS and EOS included, so learned token counts stay at 14 or fewer (P4D-N's release value, 16, cannot fit).
@@ -69,20 +70,36 @@ def columns() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def rows() -> list[str]:
-    """``free_run`` (the reference) and every technique with a MiniWorld preset."""
-    presets = sorted(p.stem.removeprefix("miniworld_") for p in (ROOT / "conf" / "preset").glob("miniworld_*.yaml"))
-    return ["free_run", *presets]
+    """``free_run`` (the reference) and every technique with a MiniWorld preset, in the registry's order."""
+    preset = ROOT / "conf" / "preset"
+    return [n for n in TECHNIQUES.names() if n == "free_run" or (preset / f"miniworld_{n}.yaml").exists()]
+
+
+def request(technique: str, label: str, limit: int) -> dict[str, Any]:
+    attack, budget = columns()[label]
+    return {"technique": technique, "column": label, "attack": attack, "budget": budget, "limit": limit}
+
+
+def cell_path(technique: str, label: str, cache: Path) -> Path:
+    return cache / "cells" / technique / f"{label.replace(' ', '_')}.json"
+
+
+def stored(technique: str, label: str, limit: int, cache: Path) -> dict[str, Any] | None:
+    """The cell's result on disk, if it was measured with this budget and prompt count."""
+    path = cell_path(technique, label, cache)
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    return result if result.get("request") == request(technique, label, limit) else None
 
 
 def cell(technique: str, label: str, limit: int, cache: Path) -> dict[str, Any]:
     """One ``asr`` run with the column's attack, or its stored result when one with the same budget is on disk."""
+    done = stored(technique, label, limit, cache)
+    if done is not None:
+        return done
     attack, budget = columns()[label]
-    request = {"technique": technique, "column": label, "attack": attack, "budget": budget, "limit": limit}
-    path = cache / "cells" / technique / f"{label.replace(' ', '_')}.json"
-    if path.exists():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("request") == request:
-            return stored
+    path = cell_path(technique, label, cache)
     metric = {"limit": limit, "samples_per_prompt": 1, "attack": {"name": attack, **budget}}
     started = time.perf_counter()
     runner = SingleBenchmarkRunner(technique, "asr", {}, metric, output_dir=cache / "runs", model="miniworld",
@@ -91,12 +108,15 @@ def cell(technique: str, label: str, limit: int, cache: Path) -> dict[str, Any]:
         block = runner.run()["metric_result"]["details"]["attack"]
     except Exception as err:  # noqa: BLE001 - an attack that cannot run on a technique is a cell, not the grid's end
         log.warning("%s × %s cannot run: %s", technique, label, err)
-        result = {"request": request, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+        result = {
+            "request": request(technique, label, limit),
+            "error": f"{type(err).__name__}: {str(err).splitlines()[0]}",
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1), encoding="utf-8")
         return result
     result = {
-        "request": request,
+        "request": request(technique, label, limit),
         "asr_before": block["asr_before"],
         "asr_before_ci95": block["asr_before_ci95"],
         "asr_after": block["asr_after"],
@@ -137,11 +157,14 @@ def table(grid: dict[tuple[str, str], dict[str, Any]], row_names: list[str], lab
     return "\n".join(lines)
 
 
-def write_page(body: str) -> None:
-    page = PAGE.read_text(encoding="utf-8")
-    head, rest = page.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    PAGE.write_text(f"{head}{START}\n{body}\n{END}{tail}", encoding="utf-8")
+def write(limit: int, cache: Path) -> None:
+    """Every default row × column measured so far (in ``cache``) into the page's table and into
+    ``docs/attacks_miniworld.json``; a cell not measured yet shows "—"."""
+    row_names, labels = rows(), list(columns())
+    grid = {(t, c): v for t in row_names for c in labels if (v := stored(t, c, limit, cache)) is not None}
+    replace_block(PAGE, "attack_grid", table(grid, row_names, labels, limit))
+    cells = [{"technique": t, "column": c, **v} for (t, c), v in grid.items()]
+    (ROOT / "docs" / "attacks_miniworld.json").write_text(json.dumps(cells, indent=1) + "\n", encoding="utf-8")
 
 
 def main() -> None:
@@ -165,13 +188,10 @@ def main() -> None:
             grid[technique, label] = cell(technique, label, args.limit, args.cache)
             log.info("%s × %s: %s", technique, label, {k: v for k, v in grid[technique, label].items()
                                                        if k not in ("request", "adversarial_prompts")})  # fmt: skip
-    body = table(grid, row_names, labels, args.limit)
+            if not args.no_write:
+                write(args.limit, args.cache)
     log.info("grid done in %.0f s (wall, this run; cached cells cost nothing)", time.perf_counter() - started)
-    print(body)
-    if not args.no_write:
-        write_page(body)
-        cells = [{"technique": t, "column": c, **v} for (t, c), v in grid.items()]
-        (ROOT / "docs" / "attacks_miniworld.json").write_text(json.dumps(cells, indent=1) + "\n", encoding="utf-8")
+    print(table(grid, row_names, labels, args.limit))
 
 
 if __name__ == "__main__":
