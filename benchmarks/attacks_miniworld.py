@@ -72,7 +72,7 @@ def columns() -> dict[str, tuple[str, dict[str, Any]]]:
 def rows() -> list[str]:
     """``free_run`` (the reference) and every technique with a MiniWorld preset, in the registry's order."""
     preset = ROOT / "conf" / "preset"
-    return [n for n in TECHNIQUES.names() if n == "free_run" or (preset / f"miniworld_{n}.yaml").exists()]
+    return ["free_run", *(n for n in TECHNIQUES.names() if (preset / f"miniworld_{n}.yaml").exists())]
 
 
 def request(technique: str, label: str, limit: int) -> dict[str, Any]:
