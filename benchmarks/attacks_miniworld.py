@@ -70,7 +70,7 @@ def columns() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def rows() -> list[str]:
-    """``free_run`` (the reference) and every technique with a MiniWorld preset, in the registry's order."""
+    """``free_run`` (the reference) and every technique with a MiniWorld preset."""
     preset = ROOT / "conf" / "preset"
     return ["free_run", *(n for n in TECHNIQUES.names() if (preset / f"miniworld_{n}.yaml").exists())]
 
