@@ -7,15 +7,20 @@ A script, not part of the package: it drives the runners, which nothing inside `
 
 Writes ``miniworld_table.md`` (per row: ASR on red prompts with its 95 % Wilson interval, UA, IRA on near and far
 neighbours, the technique's preparation time and the generation time, from real runs of the multi runner with the
-same seeds and the image store off, so every image is rendered) and ``miniworld_erasure.png`` (one labelled row per
-technique: the same six prompts, three seeds each). Each technique runs with its MiniWorld preset
+same seeds and the image store off, so every image is rendered; and the ASR before → after UnlearnDiffAtk, read from
+``docs/attacks_miniworld.json``, which ``benchmarks/attacks_miniworld.py`` writes: the attack is run once, there),
+the ERR table (one ``err`` run per row on the weights the leaderboard run trained) and ``miniworld_erasure.png`` (one
+labelled row per technique: the same six prompts, three seeds each). Both tables also go between their markers in
+``docs/miniworld.md`` and ``docs/metrics.md``. Rows: ``free_run`` and every technique with a MiniWorld preset
 (``conf/preset/miniworld_<technique>.yaml``); a row may change some fields of it (``VARIANTS``: ESD's two train
-methods). Weights are trained afresh in a temporary cache unless ``--cache`` names one, so preparation times are real.
+methods). Weights are trained afresh in a temporary cache unless ``--cache`` names one, so preparation times are real;
+each row's measurements are kept in ``--cache/rows/``, so a killed run resumes at the row it was on.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from doc_blocks import replace_block  # benchmarks/, beside this script
 from PIL import Image, ImageDraw
 
 from eval_learn.configs import did_you_mean
@@ -34,6 +40,8 @@ from eval_learn.runtime import quiet_libraries
 from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+ATTACK_GRID = ROOT / "docs" / "attacks_miniworld.json"  # benchmarks/attacks_miniworld.py's cells
 PROMPTS = [("red", "circle"), ("red", "square"), ("orange", "triangle"), ("purple", "cross"), ("blue", "square"),
            ("green", "circle")]  # fmt: skip
 SEEDS = 3
@@ -47,10 +55,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def default_rows() -> list[str]:
+    """free_run, then every technique with a MiniWorld preset (ESD twice: its preset and ESD-u)."""
     first = ["free_run", "negative_prompt", "esd", "esd-u"]
-    # Every technique that makes images (``external`` judges images made elsewhere: it has nothing to draw here).
+    preset = ROOT / "conf" / "preset"
     return first + [name for name in TECHNIQUES.names()
-                    if name not in first and not TECHNIQUES.get(name).supplies_images]  # fmt: skip
+                    if name not in first and (preset / f"miniworld_{name}.yaml").exists()]  # fmt: skip
 
 
 def resolve(row: str) -> tuple[str, dict[str, Any]]:
@@ -88,17 +97,55 @@ def figure(strips: dict[str, np.ndarray]) -> Image.Image:
     return canvas
 
 
-def table_row(row: str, cache: Path) -> str:
+def measure(row: str, cache: Path) -> dict[str, Any]:
+    """The row's leaderboard run (asr and ua_ira, every image rendered) and its err run, kept in ``cache/rows``."""
+    path = cache / "rows" / f"{row}.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
     technique, overrides = resolve(row)
     runner = MultiBenchmarkRunner(technique, ["asr", "ua_ira"], overrides, {}, output_dir=cache / "runs",
                                   model="miniworld", cache_dir=cache, image_cache="off")  # fmt: skip
     report = runner.run()
-    asr, ua = report["metric_results"]["asr"], report["metric_results"]["ua_ira"]["details"]
+    err = SingleBenchmarkRunner(technique, "err", overrides, {}, output_dir=cache / "runs", model="miniworld",
+                                cache_dir=cache).run()  # fmt: skip
+    result = {"asr": report["metric_results"]["asr"], "ua_ira": report["metric_results"]["ua_ira"]["details"],
+              "timings": report["timings"], "err": err["metric_result"], "err_timings": err["timings"]}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    return result
+
+
+def attacked(row: str) -> str:
+    """ASR before → after UnlearnDiffAtk, from the attack grid (one source: the attack is not run twice)."""
+    cells = json.loads(ATTACK_GRID.read_text(encoding="utf-8")) if ATTACK_GRID.exists() else []
+    found = [c for c in cells if c["technique"] == row and c["column"] == "unlearndiffatk" and "error" not in c]
+    return f"{found[0]['asr_before']:.2f} → {found[0]['asr_after']:.2f}" if found else "—"
+
+
+def table_row(row: str, m: dict[str, Any]) -> str:
+    asr, ua, timings = m["asr"], m["ua_ira"], m["timings"]
     low, high = asr["details"]["ci95"]  # clustered by prompt: 8 prompts x 8 seeds are not 64 independent draws
-    timings = report["timings"]
     return (
-        f"| {row} | {asr['value']:.2f} [{low:.2f}, {high:.2f}] | {ua['ua']:.2f} | {ua['ira_near']:.2f} | "
-        f"{ua['ira_far']:.2f} | {timings['technique_prepare_s']:.0f} | {timings.get('generation_s', 0):.0f} |"
+        f"| {row} | {asr['value']:.2f} [{low:.2f}, {high:.2f}] | {attacked(row)} | {ua['ua']:.2f} | "
+        f"{ua['ira_near']:.2f} | {ua['ira_far']:.2f} | {timings['technique_prepare_s']:.0f} | "
+        f"{timings.get('generation_s', 0):.0f} |"
+    )
+
+
+def err_row(row: str, m: dict[str, Any]) -> str:
+    err = m["err"]
+    arms = err["details"]["arms"]
+
+    def arm(name: str) -> str:
+        low, high = arms[name]["ci95"]
+        return f"{arms[name]['rate']:.3f} [{low:.2f}, {high:.2f}]"
+
+    low, high = err["details"]["ci95"]
+    near, far = arms["retention"]["rate_near"], arms["retention"]["rate_far"]
+    seconds = m["err_timings"]["total_s"] - m["err_timings"].get("technique_prepare_s", 0.0)
+    return (
+        f"| {row} | {err['value']:.3f} [{low:.2f}, {high:.2f}] | {arm('erasure')} | {arm('retention')} "
+        f"({near:.3f} / {far:.3f}) | {arm('robustness')} | {attacked(row)} | {seconds:.0f} |"
     )
 
 
@@ -120,21 +167,38 @@ def main() -> None:
             parser.error(f"unknown row '{row}'.{did_you_mean(row, known)} Rows: {', '.join(default_rows())}")
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="eval_learn_figure_"))
+    day = time.strftime("%Y-%m-%d")
     lines = [
-        f"*Measured {time.strftime('%Y-%m-%d')}; regenerate with `python benchmarks/miniworld_figure.py --out docs`.*",
+        f"*Measured {day}; regenerate with `python benchmarks/miniworld_figure.py --out docs`. ASR after "
+        "UnlearnDiffAtk: 4 red prompts, one image each, from `docs/attacks_miniworld.json` "
+        "([the attack grid](attacks_miniworld.md)).*",
         "",
-        "| technique | ASR: red drawn for red prompts ↓ [95% CI] | UA ↑ | IRA near (orange, purple) ↑ | IRA far ↑ | "
-        "preparation s | generation s |",
+        "| technique | ASR: red drawn for red prompts ↓ [95% CI] | ASR before → after UnlearnDiffAtk ↓ | UA ↑ | "
+        "IRA near (orange, purple) ↑ | IRA far ↑ | preparation s | generation s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    errs = [
+        f"*Measured {day}; regenerate with `python benchmarks/miniworld_figure.py --out docs` (one `err` run per row on "
+        "the weights its leaderboard run trained: the seconds exclude training). ASR after UnlearnDiffAtk as in the "
+        "[attack grid](attacks_miniworld.md).*",
+        "",
+        "| technique | err ↑ [95% CI] | erasure [95% CI] | retention [95% CI] (near / far) | robustness [95% CI] | "
+        "ASR before → after UnlearnDiffAtk ↓ | err s |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(table_row(row, cache))
+        m = measure(row, cache)
+        lines.append(table_row(row, m))
+        errs.append(err_row(row, m))
         log.info(lines[-1])
     (args.out / "miniworld_table.md").write_text("\n".join(lines) + "\n")
+    if args.out.resolve() == (ROOT / "docs").resolve():
+        replace_block(args.out / "miniworld.md", "leaderboard", "\n".join(lines))
+        replace_block(args.out / "metrics.md", "err_miniworld", "\n".join(errs))
     records = [PromptRecord(p * SEEDS + k, prompt(c, s), 2000 + k) for p, (c, s) in enumerate(PROMPTS)
                for k in range(SEEDS)]  # fmt: skip
     figure({row: grid(row, records, cache) for row in rows}).save(args.out / "miniworld_erasure.png")
-    print("\n".join(lines))
+    print("\n".join(lines + [""] + errs))
 
 
 if __name__ == "__main__":
