@@ -142,11 +142,28 @@ def err_row(row: str, m: dict[str, Any]) -> str:
 
     low, high = err["details"]["ci95"]
     near, far = arms["retention"]["rate_near"], arms["retention"]["rate_far"]
-    seconds = m["err_timings"]["total_s"] - m["err_timings"].get("technique_prepare_s", 0.0)
+    seconds = m["err_timings"]["total_s"] + m["timings"]["technique_prepare_s"]  # as a cold `-m eval_learn metric=err`
     return (
         f"| {row} | {err['value']:.3f} [{low:.2f}, {high:.2f}] | {arm('erasure')} | {arm('retention')} "
         f"({near:.3f} / {far:.3f}) | {arm('robustness')} | {attacked(row)} | {seconds:.0f} |"
     )
+
+
+def kept(page: Path, block: str, row: str, attack_column: int) -> str | None:
+    """The row's line in the page's current table (a row not measured in this run keeps its numbers), with its
+    "ASR after UnlearnDiffAtk" cell refreshed from the attack grid (added if the table predates that column)."""
+    text = page.read_text(encoding="utf-8").split(f"<!-- generated:{block} start -->", 1)[1]
+    text = text.split(f"<!-- generated:{block} end -->", 1)[0]
+    has_column = "UnlearnDiffAtk ↓" in text
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == row:
+            if has_column:
+                cells[attack_column] = attacked(row)
+            else:
+                cells.insert(attack_column, attacked(row))
+            return "| " + " | ".join(cells) + " |"
+    return None
 
 
 def main() -> None:
@@ -157,12 +174,21 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, default=None, help="cache for weights and images (default: a temp folder)"
     )
+    parser.add_argument("--measure", nargs="+", default=None,
+                        help="measure only these rows; the others keep their lines from the pages' current tables "
+                             "(their ASR after UnlearnDiffAtk refreshed from the attack grid)")  # fmt: skip
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="a cache whose trained weights the figure reuses (e.g. the attack grid's --cache)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     quiet_libraries()
     rows = args.rows or default_rows()
     known = [*VARIANTS, *TECHNIQUES.names()]
-    for row in rows:  # an unknown name fails before anything runs
+    for row in [*rows, *(args.measure or [])]:  # an unknown name fails before anything runs
         if row not in known:
             parser.error(f"unknown row '{row}'.{did_you_mean(row, known)} Rows: {', '.join(default_rows())}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -179,25 +205,37 @@ def main() -> None:
     ]
     errs = [
         f"*Measured {day}; regenerate with `python benchmarks/miniworld_figure.py --out docs` (one `err` run per row on "
-        "the weights its leaderboard run trained: the seconds exclude training). ASR after UnlearnDiffAtk as in the "
+        "the weights its leaderboard run trained; seconds: the err run plus that training). ASR after UnlearnDiffAtk as in the "
         "[attack grid](attacks_miniworld.md).*",
         "",
         "| technique | err ↑ [95% CI] | erasure [95% CI] | retention [95% CI] (near / far) | robustness [95% CI] | "
-        "ASR before → after UnlearnDiffAtk ↓ | err s |",
+        "ASR before → after UnlearnDiffAtk ↓ | total_s |",
         "|---|---|---|---|---|---|---|",
     ]
+    measured = [row for row in rows if args.measure is None or row in args.measure]
+    if args.measure is not None:
+        note = (f" Rows measured {time.strftime('%H:%M UTC')}: {', '.join(measured)}; the others are kept from the "
+                "table as it was (measured earlier; their ASR after UnlearnDiffAtk refreshed).*")  # fmt: skip
+        lines[0], errs[0] = lines[0].removesuffix("*") + note, errs[0].removesuffix("*") + note
     for row in rows:
-        m = measure(row, cache)
-        lines.append(table_row(row, m))
-        errs.append(err_row(row, m))
-        log.info(lines[-1])
+        if row in measured:
+            m = measure(row, cache)
+            line, err_line = table_row(row, m), err_row(row, m)
+        else:
+            line, err_line = (
+                kept(args.out / "miniworld.md", "leaderboard", row, 2),
+                kept(args.out / "metrics.md", "err_miniworld", row, 5),
+            )
+        lines += [line] if line else []
+        errs += [err_line] if err_line else []
+        log.info(line)
     (args.out / "miniworld_table.md").write_text("\n".join(lines) + "\n")
     if args.out.resolve() == (ROOT / "docs").resolve():
         replace_block(args.out / "miniworld.md", "leaderboard", "\n".join(lines))
         replace_block(args.out / "metrics.md", "err_miniworld", "\n".join(errs))
     records = [PromptRecord(p * SEEDS + k, prompt(c, s), 2000 + k) for p, (c, s) in enumerate(PROMPTS)
                for k in range(SEEDS)]  # fmt: skip
-    figure({row: grid(row, records, cache) for row in rows}).save(args.out / "miniworld_erasure.png")
+    figure({row: grid(row, records, args.weights or cache) for row in rows}).save(args.out / "miniworld_erasure.png")
     print("\n".join(lines + [""] + errs))
 
 
