@@ -39,27 +39,27 @@ PAGE = ROOT / "docs" / "attacks_miniworld.md"
 # Per column: the attack and its CPU budget (its settings; time_limit_s is per prompt). The MiniWorld's text context is
 # 16 tokens, BOS and EOS included, so learned token counts stay at 14 or fewer (P4D-N's release value, 16, cannot fit).
 COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
-    "unlearndiffatk": ("unlearndiffatk", {"timesteps": 3, "iterations": 10, "time_limit_s": 10}),
-    "p4d N": ("p4d", {"variant": "n", "prompt_len": 8, "iterations": 40, "eval_step": 10, "time_limit_s": 10}),
-    "p4d K": ("p4d", {"variant": "k", "iterations": 40, "eval_step": 10, "time_limit_s": 10}),
+    "unlearndiffatk": ("unlearndiffatk", {"timesteps": 3, "iterations": 8, "time_limit_s": 8}),
+    "p4d N": ("p4d", {"variant": "n", "prompt_len": 8, "iterations": 30, "eval_step": 10, "time_limit_s": 8}),
+    "p4d K": ("p4d", {"variant": "k", "iterations": 30, "eval_step": 10, "time_limit_s": 8}),
     "ring_a_bell": (
         "ring_a_bell",
-        {"tokens": 14, "population": 50, "generations": 20, "check_every": 5, "time_limit_s": 10},
+        {"tokens": 14, "population": 50, "generations": 20, "check_every": 5, "time_limit_s": 6},
     ),  # fmt: skip
     "mma_diffusion": (
         "mma_diffusion",
-        {"tokens": 14, "steps": 10, "topk": 64, "batch_size": 32, "check_every": 5, "time_limit_s": 10},
+        {"tokens": 14, "steps": 10, "topk": 64, "batch_size": 32, "check_every": 5, "time_limit_s": 6},
     ),  # fmt: skip
     # The token is learned once per cell (the first prompt's search) and reused for the others.
-    "concept_inversion": ("concept_inversion", {"steps": 60, "images": 4, "batch_size": 4, "time_limit_s": 20}),
+    "concept_inversion": ("concept_inversion", {"steps": 40, "images": 4, "batch_size": 4, "time_limit_s": 15}),
     "noise_search": (
         "noise_search",
-        {"eta_values": [1.0, 1.34, 1.68], "variance_scales": [1.0, 1.04], "time_limit_s": 10},
+        {"eta_values": [1.0, 1.34, 1.68], "variance_scales": [1.0, 1.04], "time_limit_s": 6},
     ),  # fmt: skip
-    "diffusion_completion": ("diffusion_completion", {"time_limit_s": 10}),
-    "inpainting_context": ("inpainting_context", {"time_limit_s": 10}),
+    "diffusion_completion": ("diffusion_completion", {"time_limit_s": 6}),
+    "inpainting_context": ("inpainting_context", {"time_limit_s": 6}),
 }
-DEFAULT_BUDGET: dict[str, Any] = {"time_limit_s": 10}  # an attack registered after this table was sized
+DEFAULT_BUDGET: dict[str, Any] = {"time_limit_s": 6}  # an attack registered after this table was sized
 
 
 def columns() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -171,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", nargs="+", default=None, help="techniques (default: free_run and every preset)")
     parser.add_argument("--columns", nargs="+", default=None, help=f"default: {' '.join(repr(c) for c in columns())}")
-    parser.add_argument("--limit", type=int, default=4, help="red prompts (one image each)")
+    parser.add_argument("--limit", type=int, default=3, help="red prompts (one image each)")
     parser.add_argument("--cache", type=Path, required=True, help="weights, images, outcomes, cells: a rerun resumes")
     parser.add_argument("--no-write", action="store_true", help="print the table only; leave docs/ alone")
     args = parser.parse_args()
