@@ -115,10 +115,15 @@ def measure(row: str, cache: Path) -> dict[str, Any]:
     return result
 
 
-def attacked(row: str) -> str:
-    """ASR before → after UnlearnDiffAtk, from the attack grid (one source: the attack is not run twice)."""
+def grid_cells() -> list[dict[str, Any]]:
+    """The attack grid's UnlearnDiffAtk cells (one source: the attack is not run twice)."""
     cells = json.loads(ATTACK_GRID.read_text(encoding="utf-8")) if ATTACK_GRID.exists() else []
-    found = [c for c in cells if c["technique"] == row and c["column"] == "unlearndiffatk" and "error" not in c]
+    return [c for c in cells if c["column"] == "unlearndiffatk" and "error" not in c]
+
+
+def attacked(row: str) -> str:
+    """ASR before → after UnlearnDiffAtk, from the attack grid."""
+    found = [c for c in grid_cells() if c["technique"] == row]
     return f"{found[0]['asr_before']:.2f} → {found[0]['asr_after']:.2f}" if found else "—"
 
 
@@ -194,10 +199,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="eval_learn_figure_"))
     day = time.strftime("%Y-%m-%d")
+    uda = grid_cells()
+    limits = "/".join(sorted({str(c["request"]["limit"]) for c in uda})) or "—"
+    budget = "/".join(sorted({json.dumps(c["request"]["budget"]) for c in uda})) or "—"
     lines = [
         f"*Measured {day}; regenerate with `python benchmarks/miniworld_figure.py --out docs`. ASR after "
-        "UnlearnDiffAtk: 4 red prompts, one image each, from `docs/attacks_miniworld.json` "
-        "([the attack grid](attacks_miniworld.md)).*",
+        f"UnlearnDiffAtk: {limits} red prompts, one image each, its budget {budget}, from "
+        "`docs/attacks_miniworld.json` ([the attack grid](attacks_miniworld.md)).*",
         "",
         "| technique | ASR: red drawn for red prompts ↓ [95% CI] | ASR before → after UnlearnDiffAtk ↓ | UA ↑ | "
         "IRA near (orange, purple) ↑ | IRA far ↑ | preparation s | generation s |",
@@ -233,6 +241,9 @@ def main() -> None:
     if args.out.resolve() == (ROOT / "docs").resolve():
         replace_block(args.out / "miniworld.md", "leaderboard", "\n".join(lines))
         replace_block(args.out / "metrics.md", "err_miniworld", "\n".join(errs))
+    if args.no_figure:
+        print("\n".join(lines + [""] + errs))
+        return
     records = [PromptRecord(p * SEEDS + k, prompt(c, s), 2000 + k) for p, (c, s) in enumerate(PROMPTS)
                for k in range(SEEDS)]  # fmt: skip
     figure({row: grid(row, records, args.weights or cache) for row in rows}).save(args.out / "miniworld_erasure.png")
