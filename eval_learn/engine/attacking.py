@@ -348,8 +348,9 @@ class AttackSession:
 
 
 def attack_session(engine: Any, technique: Technique, metric: Any, folder: Path) -> AttackSession:
-    """The session a metric with an ``attack`` gets from the engine: the run's store, generation mode and judge."""
-    judge = metric.judges["judge"]
+    """The session a metric with an ``attack`` gets from the engine: the run's store, generation mode and judge (the
+    role ``attack_role`` names, if the metric has several: ``err``'s robustness arm's)."""
+    judge = metric.judges[getattr(metric, "attack_role", "judge")]
     return AttackSession(
         attack=metric.attack, technique=technique,
         renderer=Renderer(engine.store, engine.mode(technique), engine.image_context),
