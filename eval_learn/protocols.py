@@ -47,7 +47,7 @@ COUNTING = {
 KEYS = ("name", "metric", "title", "concepts", "concept_kinds", "default", "prompts", "judge", "samples_per_prompt",
         "counting", "stand_in", "arms", "source")  # fmt: skip
 COMMON_KEYS = ("name", "metric", "title", "concepts", "concept_kinds", "default", "counting", "source")
-ARM_KEYS = ("protocol", "prompts", "judge", "samples_per_prompt")
+ARM_KEYS = ("protocol", "prompts", "judge", "samples_per_prompt", "attack")  # attack: robustness only
 SOURCE_KEYS = ("paper", "repository", "file", "commit", "differences")
 FILE_KEYS = ("path", "weights")  # settings that name a file: a protocol's bare file name matches it in any folder
 
@@ -216,6 +216,8 @@ def parse(name: str, data: Any, origin: str = "built-in") -> Protocol:
                 if not isinstance(spec, dict) or set(spec) - set(ARM_KEYS):
                     raise ConfigError(f"{where}: arm '{arm}' takes {', '.join(ARM_KEYS)}, got {spec!r}")
                 _check_samples(spec.get("samples_per_prompt"), f"{where} arm '{arm}'")
+                if spec.get("attack") is not None and arm != "robustness":
+                    raise ConfigError(f"{where}: only the robustness arm takes an attack, not '{arm}'")
             arms[arm] = dict(spec) if spec is not None else None
     else:
         if prompts is None or judge is None:
@@ -475,9 +477,10 @@ def _source_cell(source: dict[str, Any]) -> str:
 def _arm_cell(spec: dict[str, Any] | None, part: str) -> str:
     if spec is None:
         return "(give it)"
+    attack = f" + attack {_cell(spec['attack'])}" if part == "prompts" and spec.get("attack") else ""
     if spec.get("protocol"):
-        return f"protocol {spec['protocol']}" if part == "prompts" else ""
-    return _cell(spec.get(part))
+        return f"protocol {spec['protocol']}{attack}" if part == "prompts" else ""
+    return _cell(spec.get(part)) + attack
 
 
 def table() -> str:
