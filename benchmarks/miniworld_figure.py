@@ -234,9 +234,9 @@ def main() -> None:
                 kept(args.out / "miniworld.md", "leaderboard", row, 2),
                 kept(args.out / "metrics.md", "err_miniworld", row, 5),
             )
-        lines += [line] if line else []
-        errs += [err_line] if err_line else []
-        log.info(line)
+        lines.append(line or f"| {row} |" + " — |" * 7)  # a row in no table yet and not measured: dashes
+        errs.append(err_line or f"| {row} |" + " — |" * 6)
+        log.info(lines[-1])
     (args.out / "miniworld_table.md").write_text("\n".join(lines) + "\n")
     if args.out.resolve() == (ROOT / "docs").resolve():
         replace_block(args.out / "miniworld.md", "leaderboard", "\n".join(lines))
