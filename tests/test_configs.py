@@ -61,7 +61,9 @@ def test_every_combination_composes_and_validates(technique: str, metric: str, m
             build_runner(data)
         return
     if metric == "aesthetic":  # the predictor's weights are a file only the user can give
-        with pytest.raises(ValueError, match="needs the predictor's weights"):
+        with pytest.raises(
+            ValueError, match="aesthetic predictor weights 'sac\\+logos\\+ava1-l14-linearMSE.pth' is not a file"
+        ):
             build_runner(data)
         return
     runner = build_runner(data)
