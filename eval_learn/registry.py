@@ -131,6 +131,7 @@ TECHNIQUES.add("concept_steerers", "eval_learn.techniques.concept_steerers:Conce
 TECHNIQUES.add("external", "eval_learn.techniques.external:External")
 TECHNIQUES.add("ssd", "eval_learn.techniques.ssd:SSD")
 TECHNIQUES.add("salun", "eval_learn.techniques.salun:SalUn")
+TECHNIQUES.add("cogfd", "eval_learn.techniques.cogfd:CoGFD")
 METRICS.add("asr", "eval_learn.metrics.asr:ASR", aliases=("asr_i2p",))
 METRICS.add("ua_ira", "eval_learn.metrics.ua_ira:UAIRA")
 METRICS.add("clip_score", "eval_learn.metrics.clip_score:CLIPScore")
