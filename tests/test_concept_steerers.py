@@ -84,6 +84,15 @@ def test_prompt_moves_away_from_the_concept_and_the_negative_towards_it(cache_di
     assert along < 0 and (seen[1][0] * direction).sum() > (plain_negative * direction).sum()
     # outside sampling the text encoder is the plain one (an attack's loss, a metric)
     torch.testing.assert_close(layer_outputs(pipe, LAYER, ["a nude woman"])[0], plain_prompt)
+    # an attack's own prompt embeddings skip the text encoder: only the negative text is encoded, and steered by −s
+    seen.clear()
+    handle = layer.register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()))
+    try:
+        pipe.encode_prompt(None, "cpu", 1, True, None, prompt_embeds=torch.zeros(1, 77, 32))
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0][0], plain_negative - FAST["strength"] * direction)
 
 
 def test_strength_zero_renders_free_runs_images_exactly(cache_dir) -> None:

@@ -175,7 +175,8 @@ class SteeringHook:
 
     def wrap(self, encode_prompt: Callable[..., Any]) -> Callable[..., Any]:
         """``encode_prompt`` with the signs queued: + for the prompt, − for the negative text, each only when it is
-        encoded here (an attack's ``prompt_embeds`` pass through unsteered, as they bypass the text encoder)."""
+        encoded here (an attack's ``prompt_embeds`` bypass the text encoder and pass unsteered; the negative text is
+        still steered)."""
         signature = inspect.signature(encode_prompt)
 
         def encode(*args: Any, **kwargs: Any) -> Any:
@@ -184,12 +185,13 @@ class SteeringHook:
             if bound.get("do_classifier_free_guidance") and bound.get("negative_prompt_embeds") is None:
                 self.signs.append(-1.0)
             try:
-                return encode_prompt(*args, **kwargs)
+                out = encode_prompt(*args, **kwargs)
+                if self.signs:
+                    raise RunError(f"Concept Steerers: encode_prompt made {len(self.signs)} text-encoder call(s) "
+                                   f"fewer than expected; the steering was not applied as the release applies it")  # fmt: skip
+                return out
             finally:
-                left, self.signs = self.signs, []
-                if left:
-                    raise RunError(f"Concept Steerers: encode_prompt made {len(left)} text-encoder call(s) fewer "
-                                   f"than expected; the steering was not applied as the release applies it")  # fmt: skip
+                self.signs = []
 
         return encode
 
@@ -287,6 +289,10 @@ class ConceptSteerers(Technique):
         log.info("Concept Steerers: layer %d steered by '%s' at strength %g (%d latents per token)", cfg.layer,
                  cfg.text(), cfg.strength, active)  # fmt: skip
         return pipe
+
+    def sampling_dtype(self) -> torch.dtype:
+        """float32, as the release samples (``unsafe_gen_sd14.py``: ``dtype = torch.float32``)."""
+        return torch.float32
 
     def sampling_settings(self) -> dict[str, Any]:
         return {"layer": self.config.layer, "strength": self.config.strength, "steer_text": self.config.text()}
