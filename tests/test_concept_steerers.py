@@ -174,3 +174,13 @@ def test_default_recipe_runs_on_tiny_from_the_command_line(tmp_path) -> None:
     report = json.loads(path.read_text())
     text = json.dumps(report)
     assert "steering_latents_per_token" in text and '"sae_prompts": 142' in text  # the shipped I2P nudity prompts
+
+
+def test_a_prompt_file_edited_in_place_changes_the_weights_key(cache_dir, tmp_path) -> None:
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("prompt\na nude woman\na dog\n", encoding="utf-8")
+    before = steerers(cache_dir, train_prompts_csv=str(csv), train_prompts=[]).weights_key()
+    csv.write_text("prompt\na nude woman\na cat\n", encoding="utf-8")
+    after = steerers(cache_dir, train_prompts_csv=str(csv), train_prompts=[]).weights_key()
+    assert before != after
+    assert steerers(cache_dir, train_prompts_csv=str(csv), train_prompts=[]).weights_key() == after

@@ -36,6 +36,7 @@ import torch
 
 from eval_learn.configs import require
 from eval_learn.errors import RunError
+from eval_learn.storage import digest_of
 from eval_learn.techniques import weights as weight_files
 from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.sae_training import KSparseObjective, TopKSAE, train_sae
@@ -230,6 +231,10 @@ class ConceptSteerers(Technique):
         super().__init__(*args, **kwargs)
         self.sae: TopKSAE | None = None
         self.hook: SteeringHook | None = None
+
+    def weights_key(self) -> str:
+        """The training prompts' content is part of the key: a prompt file edited in place trains again."""
+        return digest_of({"config": super().weights_key(), "prompts": self.training_prompts()}, length=24)
 
     def training_prompts(self) -> list[str]:
         from eval_learn.datasets.tables import prompt_rows, read_table
