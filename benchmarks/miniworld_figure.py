@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--measure", nargs="+", default=None,
                         help="measure only these rows; the others keep their lines from the pages' current tables "
                              "(their ASR after UnlearnDiffAtk refreshed from the attack grid)")  # fmt: skip
+    parser.add_argument("--no-figure", action="store_true", help="the tables only (the figure stays as it is)")
     parser.add_argument(
         "--weights",
         type=Path,
@@ -223,7 +224,8 @@ def main() -> None:
     measured = [row for row in rows if args.measure is None or row in args.measure]
     if args.measure is not None:
         note = (f" Rows measured {time.strftime('%H:%M UTC')}: {', '.join(measured)}; the others are kept from the "
-                "table as it was (measured earlier; their ASR after UnlearnDiffAtk refreshed).*")  # fmt: skip
+                "table as it was (measured earlier; their ASR after UnlearnDiffAtk refreshed). Seconds measured on a "
+                "busier machine than the kept rows' are not comparable with theirs.*")  # fmt: skip
         lines[0], errs[0] = lines[0].removesuffix("*") + note, errs[0].removesuffix("*") + note
     for row in rows:
         if row in measured:
@@ -234,9 +236,9 @@ def main() -> None:
                 kept(args.out / "miniworld.md", "leaderboard", row, 2),
                 kept(args.out / "metrics.md", "err_miniworld", row, 5),
             )
-        lines += [line] if line else []
-        errs += [err_line] if err_line else []
-        log.info(line)
+        lines.append(line or f"| {row} |" + " — |" * 7)  # a row in no table yet and not measured: dashes
+        errs.append(err_line or f"| {row} |" + " — |" * 6)
+        log.info(lines[-1])
     (args.out / "miniworld_table.md").write_text("\n".join(lines) + "\n")
     if args.out.resolve() == (ROOT / "docs").resolve():
         replace_block(args.out / "miniworld.md", "leaderboard", "\n".join(lines))

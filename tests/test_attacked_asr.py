@@ -59,7 +59,7 @@ def test_bad_attack_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
         "metric.config.attack={name: unlearndiffatk, iteratons: 3}": "Did you mean 'iterations'?",
         "metric.config.attack={name: unlearndiffatk, k: 0}": "k must be >= 1",
         # Ring-A-Bell has no prompt pairs for this concept: refused before the model loads, not after
-        "metric.config.attack=ring_a_bell\nmetric.config.concept=violence": "give pairs_path",
+        "metric.config.attack=ring_a_bell\nmetric.config.concept=church": "give pairs_path",
     }
     for override, expected in cases.items():
         done = run_cli("model=tiny", "metric=asr", *override.split("\n"), f"hydra.run.dir={tmp_path / 'x'}", cwd=ROOT)

@@ -21,6 +21,7 @@ from eval_learn.errors import RunError
 from eval_learn.registry import ATTACKS
 from eval_learn.techniques.free_run import FreeRun
 from eval_learn.techniques.negative_prompt import NegativePrompt, NegativePromptConfig
+from eval_learn.techniques.safree import SAFREE, SAFREEConfig
 from eval_learn.techniques.sld import SLD, SLDConfig
 from eval_learn.types import PromptRecord
 from tests.attack_target import tiny_context, tiny_target
@@ -158,3 +159,17 @@ def test_inpainting_applies_the_techniques_call_arguments_or_refuses(sampled: di
     assert not np.array_equal(image, probe.run(free, record).image)
     with pytest.raises(RunError, match="sld_guidance_scale"):  # SLD's settings only its own pipeline takes
         probe.run(sampled["sld"], record)
+
+
+@pytest.mark.slow
+def test_diffusion_completion_carries_safrees_embeddings_and_callbacks(sampled: dict[str, ModelTarget]) -> None:
+    """SAFREE passes its filtered embeddings and an SVF callback per call: k = 0 is its benchmark image."""
+    free = sampled["free_run"]
+    technique = SAFREE(
+        from_mapping(SAFREEConfig, {"erase_concept": "red car"}, "safree"), free.session.technique.context
+    )
+    technique.prepare()
+    target = tiny_target(free.session.cache_dir.parent, technique=technique)
+    benchmark = target.render([PROMPT], SEED)[0]
+    assert np.abs(benchmark.astype(int) - free.render([PROMPT], SEED)[0]).max() > 10
+    assert np.array_equal(completed(target, PROMPT, SEED, 0), benchmark)

@@ -4,6 +4,7 @@ on model=tiny with tiny random judges, and is refused with one line when a field
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -24,6 +25,7 @@ from eval_learn.metrics.mean_score import MeanScoreConfig
 from eval_learn.metrics.pickscore import PickScore
 from eval_learn.registry import PROMPT_SETS
 from eval_learn.runners import SingleBenchmarkRunner
+from eval_learn.types import PromptRecord
 
 WEIGHTS = "sac+logos+ava1-l14-linearMSE.pth"  # the release's file name: the protocol names it
 clip_folder, seeded_weights = test_aesthetic.clip_folder, test_aesthetic.seeded_weights  # its fixtures: a tiny CLIP
@@ -103,6 +105,24 @@ def test_pickscore_hub_needs_the_caption_file_and_says_where_it_is(tmp_path, cli
                                           r"download https://github.com/ml-postech/HUB/raw/3f4957bf"):  # fmt: skip
         SingleBenchmarkRunner("free_run", "pickscore", {}, {"protocol": "pickscore_hub", "judge": judge}, tmp_path,
                               model="tiny")  # fmt: skip
+
+
+def test_pickscore_hub_matches_hubs_evaluate_pickscore(clip_folder, tmp_path) -> None:
+    """Each image's score under the protocol, against HUB's own evaluate_pickscore run on the same tiny CLIP
+    (tests/parity/golden/pickscore_hub.json): within 1e-5 (float32 embeddings, one image at a time both ways)."""
+    golden = json.loads((Path(__file__).parent / "parity" / "golden" / "pickscore_hub.json").read_text())["scores"]
+    path = tmp_path / "MS-COCO_val2014_30k_captions.csv"
+    path.write_text("image_id,text\n" + "".join(f"{i},{prompt}\n" for i, prompt in enumerate(golden)))
+    config = {"protocol": "pickscore_hub", "prompts": {"name": "hub_coco_30k", "path": str(path)},
+              "judge": {"name": "auto", "model": clip_folder, "processor": None}}  # fmt: skip
+    metric = PickScore(PickScore.resolve_config(from_mapping(MeanScoreConfig, config, "p"), context(), None), context())
+    records = metric.load_dataset().records
+    assert [r.prompt for r in records] == list(golden)
+    images = [Image.fromarray(np.random.RandomState(i).randint(0, 256, (40, 40, 3), dtype=np.uint8)) for i in range(5)]
+    for prompt, hub in golden.items():
+        metric.reset()
+        metric.update(images, [PromptRecord(i, prompt, i) for i in range(5)])
+        assert [r["score"] for r in metric.judgements.sorted()] == pytest.approx(hub, abs=1e-5)
 
 
 @pytest.mark.parametrize("metric_cls", [PickScore, Aesthetic])

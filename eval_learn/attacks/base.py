@@ -8,7 +8,9 @@ what that cost. Budgets (iterations, tokens, seconds) are config fields of the a
 hashed into the key under which outcomes are cached, so a killed attack run resumes per prompt.
 
 Attacks never load models themselves and never write files: the engine owns caching, the technique owns the
-pipeline. An attack that needs gradients reaches the pipeline's modules through :meth:`AttackTarget.pipeline`.
+pipeline. An attack that needs gradients reaches the pipeline's modules through :meth:`AttackTarget.pipeline`; a
+probe that changes how the model samples calls it through :meth:`AttackTarget.sample`, which keeps the technique's
+own sampling changes; a state that must outlive a killed run is kept through :meth:`AttackTarget.saved`.
 """
 
 from __future__ import annotations

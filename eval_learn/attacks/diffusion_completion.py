@@ -97,6 +97,7 @@ class DiffusionCompletion(Attack):
     config: DiffusionCompletionConfig
     needs_base_model = True
     white_box = False
+    algorithm_version = 2  # 2: samples with the technique's own sampling changes
     follows = RELEASE
     differs = "the run's steps, guidance and scheduler; judged by the benchmark's judge; early stop at success"
 

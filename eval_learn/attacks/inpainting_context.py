@@ -71,6 +71,7 @@ class InpaintingContext(Attack):
     config: InpaintingContextConfig
     needs_base_model = True
     white_box = False
+    algorithm_version = 2  # 2: samples with the technique's own sampling changes
     follows = RELEASE
     differs = "the run's steps, guidance and size; the base image made with the prompt's seed in this run"
 

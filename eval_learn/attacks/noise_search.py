@@ -91,6 +91,7 @@ class NoiseSearch(Attack):
     config_cls = NoiseSearchConfig
     config: NoiseSearchConfig
     white_box = False
+    algorithm_version = 2  # 2: samples with the technique's own sampling changes
     follows = RELEASE
     differs = "first judged success instead of the release's ResNet/CLIP best of N; the run's steps and guidance"
 

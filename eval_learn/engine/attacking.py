@@ -15,7 +15,8 @@ Outcomes are cached per prompt under a key of everything that determines them (m
 request, generation mode, attack settings, judge settings), sealed (:func:`eval_learn.storage.sealed`), with the
 adversarial image as a PNG carrying its pixel digest and an embedding (if any) as safetensors with its SHA-256; every
 file is verified when read back, and a damaged entry is searched again. A killed attack run therefore resumes per
-prompt, and a rerun reuses every finished prompt.
+prompt, and a rerun reuses every finished prompt. An attack's own saved states (:class:`CachedState`: a learned
+token mid-training, a seed-free search's result) live beside them under ``attack_state/``, sealed and verified alike.
 """
 
 from __future__ import annotations
