@@ -18,9 +18,8 @@ from eval_learn.techniques.advunlearn import (
     text_encoder_parameters,
 )
 from eval_learn.techniques.advunlearn_attack import SoftPromptAttack, adversarial_prompt, attack_loss
-from eval_learn.techniques.base import Technique
-from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from tests.conftest import ROOT, run_cli
+from tests.test_ssd import kill_then_resume
 
 FAST = {"erase_concept": "red", "retain_prompts": ["a blue car", "a green house", "a dog"], "retain_batch": 2,
         "train_steps": 4, "warmup_steps": 1, "attack_steps": 2, "sample_steps": 2, "learning_rate": 1e-3,
@@ -157,36 +156,37 @@ def test_the_authors_text_encoder_files_load(tmp_path, tiny_pipe) -> None:
         assert all(torch.equal(loaded[n].float(), own[n]) for n in own), path
 
 
-class Killed(Exception):
-    pass
+class NoImages:
+    """AdvUnlearn renders no training images (kill_then_resume checks that a resumed run renders none again)."""
+
+    def render(self) -> None:
+        pass
 
 
 @pytest.mark.slow
 def test_a_killed_training_resumes_and_ends_with_the_same_weights(tmp_path, monkeypatch) -> None:
     fields = {**FAST, "attack_init": "latest"}  # the previous round's embedding is part of the saved state
     build = lambda cache: AdvUnlearn(from_mapping(AdvUnlearnConfig, fields, "advunlearn"), context(cache))  # noqa: E731
-    clean = build(tmp_path / "clean")
-    clean.prepare()
-    assert clean.info["trained"] and clean.info["attack_rounds"] == 3
-    monkeypatch.setattr(Technique, "checkpoint_every_s", 0.0)
-    save = TrainingCheckpoint.maybe_save
-
-    def save_then_die(self, step, state, force=False):
-        save(self, step, state, True)
-        if step == 3:
-            raise Killed
-
-    monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save_then_die)
-    with pytest.raises(Killed):
-        build(tmp_path / "killed").prepare()
-    monkeypatch.setattr(TrainingCheckpoint, "maybe_save", save)
-    resumed = build(tmp_path / "killed")
-    resumed.prepare()
-    assert resumed.info["training_resumed_from_step"] == 3 and resumed.info["attack_rounds"] == 1
-    assert resumed.weights_sha256 == clean.weights_sha256 and resumed.info["losses"] == clean.info["losses"]
+    clean, resumed = kill_then_resume(build, tmp_path, monkeypatch, NoImages)
+    assert clean.info["attack_rounds"] == 3 and resumed.info["attack_rounds"] == 1
+    assert resumed.info["losses"] == clean.info["losses"]
     again = build(tmp_path / "clean")  # the cache: no training
     again.prepare()
     assert again.info["trained"] is False and again.weights_sha256 == clean.weights_sha256
+
+
+@pytest.mark.slow
+def test_a_unet_train_method_changes_only_its_unet_parameters(tiny_pipe) -> None:
+    cfg = from_mapping(AdvUnlearnConfig, {**FAST, "train_method": "xattn", "train_steps": 2}, "advunlearn")
+    trainer = AdvUnlearnTrainer(tiny_pipe, cfg, "cpu", 64, 64)
+    text_before = {n: p.detach().clone() for n, p in tiny_pipe.text_encoder.named_parameters()}
+    unet_before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
+    trainer.train(None)
+    assert all(torch.equal(p.detach(), text_before[n]) for n, p in tiny_pipe.text_encoder.named_parameters())
+    changed = {n for n, p in tiny_pipe.unet.named_parameters() if not torch.equal(p.detach(), unet_before[n])}
+    assert (
+        changed and all("attn2" in n for n in changed) and changed <= {n.removeprefix("unet.") for n in trainer.params}
+    )
 
 
 def test_bad_advunlearn_configs_fail_clearly(tmp_path) -> None:
