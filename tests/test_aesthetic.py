@@ -121,6 +121,7 @@ def test_weights_are_checked_and_recorded(clip_folder, seeded_weights, tmp_path)
         make_metric(clip_folder, wide).update(images(1), [PromptRecord(0, "a cat", 0)])
 
 
+@pytest.mark.slow
 def test_end_to_end_on_tiny_reuses_the_clip_embedding(clip_folder, seeded_weights, tmp_path, cache_dir) -> None:
     judge = {"name": "aesthetic", "model": clip_folder, "weights": seeded_weights}
     report = SingleBenchmarkRunner("free_run", "aesthetic", {}, {"limit": 3, "judge": judge}, tmp_path,

@@ -58,6 +58,7 @@ def technique(tmp_path: Path) -> NegativePrompt:
     return NegativePrompt(NegativePromptConfig(erase_concept="nudity"), context)
 
 
+@pytest.mark.slow
 def test_a_candidate_renders_exactly_as_the_benchmark_renders_its_prompt(tmp_path: Path, technique) -> None:
     out = tmp_path / "out"
     done = run_cli("model=tiny", "technique=negative_prompt", "metric=asr", "metric.config.limit=1", "batch_size=2",

@@ -193,6 +193,7 @@ def test_style_asr_contract(clip_folder, tmp_path) -> None:
     check_metric_contract(lambda: make_style_asr(clip_folder), images(4), records, tmp_path)
 
 
+@pytest.mark.slow
 def test_style_asr_end_to_end_on_tiny(clip_folder, tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("free_run", "asr", {}, {"concept": "van gogh", "limit": 2, "judge": {"name": "auto",
                                    "model": clip_folder}}, tmp_path, model="tiny", cache_dir=cache_dir).run()  # fmt: skip

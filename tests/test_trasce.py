@@ -105,6 +105,7 @@ def test_steer_steps_limits_the_window(tiny_pipe) -> None:
     assert acted == [True, True, False, False, False]
 
 
+@pytest.mark.slow
 def test_an_image_is_its_own_whatever_it_is_batched_with() -> None:
     """Each image's loss has its own norm: rendered with a neighbour or alone, the same image (the release's norm over
     the whole batch would couple them)."""

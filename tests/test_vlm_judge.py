@@ -95,6 +95,7 @@ def test_bad_settings_are_refused() -> None:
     assert VLMJudge.supports("Brad Pitt") and VLMJudge.supports("Mickey Mouse")
 
 
+@pytest.mark.slow
 def test_asr_end_to_end_on_tiny(vlm_folder, tmp_path, cache_dir) -> None:
     judge = {"name": "vlm", "model": vlm_folder}
     report = SingleBenchmarkRunner("free_run", "asr", {}, {"limit": 3, "judge": judge}, tmp_path, model="tiny",
