@@ -14,13 +14,13 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.datasets.tifa import TIFA
 from eval_learn.datasets.tifa import TIFAConfig as TIFAPromptsConfig
 from eval_learn.judges.tiny import write_tiny_blip_vqa, write_tiny_sbert
 from eval_learn.judges.vqa import VQAConfig, VQAJudge
 from eval_learn.metrics.tifa import TIFAConfig, TIFAMetric
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.engine.sampling import generate
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.trasce import CONCEPT_TEXTS, TraSCE, TraSCEConfig

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from eval_learn.attacks.base import Attack, AttackConfig
+from eval_learn.compose import resolve_model
 from eval_learn.engine.attacking import ModelTarget, standalone_session
-from eval_learn.models import resolve_model
 from eval_learn.registry import JUDGES, parse_part
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.free_run import FreeRun
