@@ -90,7 +90,9 @@ def check_combination(data: dict, technique: str, metric: str, model: str) -> No
             build_runner(data)
         return
     if metric == "aesthetic":  # the predictor's weights are a file only the user can give
-        with pytest.raises(ValueError, match="needs the predictor's weights"):
+        with pytest.raises(
+            ValueError, match="aesthetic predictor weights 'sac\\+logos\\+ava1-l14-linearMSE.pth' is not a file"
+        ):
             build_runner(data)
         return
     runner = build_runner(data)

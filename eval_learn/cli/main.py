@@ -52,7 +52,12 @@ def _main(argv: list[str]) -> int:
         run_file_argv,
         single_metric_overrides,
     )
-    from eval_learn.cli.precheck import check_group_choices, check_override_keys, validate_jobs
+    from eval_learn.cli.precheck import (
+        attack_setting_overrides,
+        check_group_choices,
+        check_override_keys,
+        validate_jobs,
+    )
     from eval_learn.errors import ConfigError
 
     run_file: Path | None = None
@@ -66,6 +71,8 @@ def _main(argv: list[str]) -> int:
         protocols.COMMAND_LINE[:] = protocols.folders(override_texts(argv))  # protocol/ folders given on it
         if not any(a in HELP_FLAGS for a in argv):
             check_group_choices(argv, overrides)
+            argv = attack_setting_overrides(argv, overrides)  # metric.config.attack.<setting>=V: Hydra's ++ form
+            overrides = parse_overrides(argv)
             check_override_keys(argv, overrides)
             if not any(a.startswith("--cfg") or a == "-c" for a in argv):
                 validate_jobs(argv, overrides, run_file)
