@@ -50,7 +50,7 @@ from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.techniques.esd import denoise, partial_schedule, select_parameters
 from eval_learn.techniques.training import TrainingLoop
-from eval_learn.techniques.weights import Weights
+from eval_learn.techniques.weights import Weights, cpu_copies
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class AdvUnlearnTrainer:
         return losses
 
     def trained_state(self) -> Weights:
-        return {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in self.params.items()}
+        return cpu_copies(self.params)
 
 
 def released_text_encoder(weights: Weights) -> Weights:

@@ -58,7 +58,7 @@ from eval_learn.techniques import weights as weight_files
 from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.techniques.training import TrainingLoop
-from eval_learn.techniques.weights import Weights
+from eval_learn.techniques.weights import Weights, cpu_copies
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ class CATrainer:
                 weight[self.frozen_rows] = self.embedding_before[self.frozen_rows]
 
     def trained_state(self) -> Weights:
-        return {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in self.params.items()}
+        return cpu_copies(self.params)
 
 
 # --- the authors' released delta files ------------------------------------------------------------------------------

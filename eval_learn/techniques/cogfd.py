@@ -40,7 +40,7 @@ from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.techniques.concept_graph import ConceptGraph, load_graph
 from eval_learn.techniques.training import TrainingLoop
-from eval_learn.techniques.weights import Weights
+from eval_learn.techniques.weights import Weights, cpu_copies
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class CoGFDTrainer:
             self.end()
 
     def trained_state(self) -> Weights:
-        return {f"unet.{n}": p.detach().to("cpu", torch.float32).contiguous() for n, p in self.params.items()}
+        return cpu_copies(self.params, "unet.")
 
 
 class CoGFD(Technique):

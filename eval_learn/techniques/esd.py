@@ -41,7 +41,7 @@ from eval_learn.configs import require
 from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.techniques.training import TrainingLoop
-from eval_learn.techniques.weights import Weights
+from eval_learn.techniques.weights import Weights, cpu_copies
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class ESDTrainer:
         return losses
 
     def trained_state(self) -> Weights:
-        return {f"unet.{name}": p.detach().to("cpu", torch.float32).contiguous() for name, p in self.params.items()}
+        return cpu_copies(self.params, "unet.")
 
 
 class ESD(Technique):

@@ -37,7 +37,7 @@ from eval_learn.techniques import prompt_images
 from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
 from eval_learn.techniques.training import TrainingLoop
-from eval_learn.techniques.weights import Weights
+from eval_learn.techniques.weights import Weights, cpu_copies
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class SalUnTrainer:
         return losses
 
     def trained_state(self) -> Weights:
-        return {f"unet.{n}": p.detach().to("cpu", torch.float32).contiguous() for n, p in self.trained.items()}
+        return cpu_copies(self.trained, "unet.")
 
 
 class SalUn(Technique):

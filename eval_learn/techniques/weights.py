@@ -17,6 +17,7 @@ import io
 import json
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ def check_suffix(path: str, key: str) -> None:
         raise ConfigError(
             f"{key} '{path}' must end in one of {', '.join(SUFFIXES)} (the suffix names the format that is written)"
         )
+
+
+def cpu_copies(params: Mapping[str, torch.Tensor], prefix: str = "") -> Weights:
+    """Trained parameters as the weights to save: contiguous float32 CPU copies, each named ``prefix + name``."""
+    return {prefix + name: p.detach().to("cpu", torch.float32).contiguous() for name, p in params.items()}
 
 
 def weights_digest(weights: Weights) -> str:
