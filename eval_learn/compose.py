@@ -18,9 +18,9 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from eval_learn.configs import did_you_mean
+from eval_learn.configs import did_you_mean, from_mapping
 from eval_learn.errors import ConfigError
-from eval_learn.models import CONF_DIR, ModelSpec, resolve_model
+from eval_learn.models import CONF_DIR, ModelSpec
 from eval_learn.settings import RunConfigSchema
 
 CONFIG_NAME = "config"  # conf/config.yaml: the run config's primary file
@@ -114,16 +114,22 @@ def model_spec(model: str | Mapping[str, Any] | ModelSpec, overrides: Sequence[s
     if isinstance(model, ModelSpec):
         return model, model.name
     if isinstance(model, Mapping):
-        spec = resolve_model(dict(model))
+        spec = from_mapping(ModelSpec, model, "model")
         return spec, spec.name
     config = model_config(model, overrides)
     if config is not None:
-        return resolve_model(config), model
+        return from_mapping(ModelSpec, config, "model"), model
     if "/" in model or os.path.isdir(model):
-        return resolve_model({"name": model, "id": model}), model
+        return from_mapping(ModelSpec, {"name": model, "id": model}, "model"), model
     names = options("model", overrides)
     raise ConfigError(f"Unknown model '{model}'.{did_you_mean(model, names)} Use one of {names}, a hub id such as "
                       f"'CompVis/stable-diffusion-v1-4', or a local folder.")  # fmt: skip
+
+
+def resolve_model(model: str | Mapping[str, Any] | ModelSpec, overrides: Sequence[str] = ()) -> ModelSpec:
+    """The ModelSpec of a model option (``tiny``, a plugin's), hub id, local folder, mapping or ModelSpec, composed as
+    the command line composes it (:func:`model_spec`)."""
+    return model_spec(model, overrides)[0]
 
 
 def technique_config(option: str, model: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any] | None:

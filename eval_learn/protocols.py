@@ -11,12 +11,17 @@ Hydra's search path): adding a concept or a paper's variant is one file and no P
   UnlearnDiffAtk's NudeNet preset), else the concept's default protocol's judge;
 - ``err``'s arms are composed in its protocol's YAML, each arm inline or by naming an ``asr`` protocol.
 
+Any other metric may have protocols too (``pickscore``, ``aesthetic``, ``tifa``): the metric class declares what a
+protocol may set (``protocol_fields``, fields of its config dataclass; a part's settings are checked against its own
+config) and the counting rules it implements (``protocol_counting``); no per-metric code lives here.
+
 The report records the protocol's name, its source (paper, release repository, file, commit) and every setting the
 run took differently from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
@@ -30,7 +35,7 @@ from eval_learn.miniworld.world import concept_kind
 log = logging.getLogger(__name__)
 
 GROUP = "protocol"
-METRICS = ("asr", "ua_ira", "err")
+METRICS = ("asr", "ua_ira", "err")  # the concept metrics (prompts and judge chosen per concept); others: settable()
 ARMS = ("erasure", "retention", "robustness")
 ANY = "*"  # concepts: ['*'] matches every concept (a metric's fallback protocol)
 # The counting rule of each metric's protocols: what the value counts (the metric implements exactly these).
@@ -41,8 +46,10 @@ COUNTING = {
 }
 KEYS = ("name", "metric", "title", "concepts", "concept_kinds", "default", "prompts", "judge", "samples_per_prompt",
         "counting", "stand_in", "arms", "source")  # fmt: skip
-ARM_KEYS = ("protocol", "prompts", "judge", "samples_per_prompt")
+COMMON_KEYS = ("name", "metric", "title", "concepts", "concept_kinds", "default", "counting", "source")
+ARM_KEYS = ("protocol", "prompts", "judge", "samples_per_prompt", "attack")  # attack: robustness only
 SOURCE_KEYS = ("paper", "repository", "file", "commit", "differences")
+FILE_KEYS = ("path", "weights")  # settings that name a file: a protocol's bare file name matches it in any folder
 
 
 def normalise(concept: str) -> str:
@@ -68,6 +75,7 @@ class Protocol:
     stand_in: str | None = None
     arms: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # err only
     origin: str = "built-in"
+    settings: dict[str, Any] = field(default_factory=dict)  # another metric's: its declared config fields
 
     def specificity(self, concept: str) -> int:
         """How closely this protocol names ``concept``: 2 by name, 1 by MiniWorld kind, 0 by ``*``, -1 not at all."""
@@ -106,22 +114,81 @@ def _check_samples(value: Any, where: str) -> None:
         raise ConfigError(f"{where}: samples_per_prompt must be a positive integer (or one per group), got {value!r}")
 
 
+def _declared(registry: Any, name: str, attribute: str | None = None) -> Any:
+    """A part's literal class attribute (``attribute``), else its config's field names, read from its source without
+    importing it (``eval-learn list`` loads the protocols and must not import torch); imported only where the source
+    cannot tell."""
+    from eval_learn.config_fields import Unreadable, class_attribute_of, config_fields_of
+
+    target = registry.target(name)
+    try:
+        if attribute is not None:
+            return class_attribute_of(target, attribute)
+        return {f[0] for f in config_fields_of(target)}
+    except Unreadable:
+        cls = registry.get(name)
+        if attribute is not None:
+            return getattr(cls, attribute, None)
+        return {f.name for f in dataclasses.fields(cls.config_cls)}
+
+
+def settable(metric: Any, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a protocol of a metric other than asr, ua_ira and err may set and count: the fields and counting rules
+    its class declares (``protocol_fields``, ``protocol_counting``)."""
+    from eval_learn.registry import METRICS as REGISTERED
+
+    names = [*METRICS, *(n for n in REGISTERED.names() if n not in METRICS)]
+    if not isinstance(metric, str) or metric not in REGISTERED.names():
+        raise ConfigError(f"{where}: metric must be one of {', '.join(names)}, got {metric!r}")
+    fields = _declared(REGISTERED, metric, "protocol_fields") or ()
+    counting = _declared(REGISTERED, metric, "protocol_counting") or ()
+    if not fields or not counting:
+        raise ConfigError(f"{where}: metric {metric} takes no protocol (it declares no protocol_fields)")
+    unknown = sorted(set(fields) - _declared(REGISTERED, metric))
+    if unknown:
+        raise ConfigError(f"{where}: metric {metric} declares protocol_fields {unknown} that its config lacks")
+    return tuple(fields), tuple(counting)
+
+
+def _parse_settings(where: str, data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """A protocol's settings: its prompts and judge as parts whose settings exist in their configs."""
+    from eval_learn.registry import JUDGES, PROMPT_SETS
+
+    settings = {key: data[key] for key in fields if key in data}
+    for key, registry in (("prompts", PROMPT_SETS), ("judge", JUDGES)):
+        if key not in settings:
+            continue
+        part = settings[key] = _as_part(settings[key], f"{where} {key}")
+        # Its keys only: what a run must add (the aesthetic judge's weights, a local file) is checked in the run.
+        try:
+            names = _declared(registry, part["name"])
+        except ValueError as err:
+            raise ConfigError(f"{where} {key}: {err}") from None
+        unknown = sorted(set(part) - names - {"name"})
+        if unknown:
+            raise ConfigError(f"{where} {key}: {part['name']} has no setting {unknown[0]!r}."
+                              f"{did_you_mean(unknown[0], names)} Settings: {', '.join(sorted(names))}")  # fmt: skip
+    return settings
+
+
 def parse(name: str, data: Any, origin: str = "built-in") -> Protocol:
     """One protocol YAML, checked whole: unknown keys, a name that is not the file's, missing parts."""
     where = f"protocol '{name}'"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(KEYS))
+    metric = data.get("metric")
+    keys, fields, counts = KEYS, (), COUNTING.get(metric, ())  # type: ignore[arg-type]
+    if metric not in METRICS:
+        fields, counts = settable(metric, where)
+        keys = COMMON_KEYS + fields
+    unknown = sorted(set(data) - set(keys))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}.{did_you_mean(unknown[0], KEYS)} Keys: {', '.join(KEYS)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}.{did_you_mean(unknown[0], keys)} Keys: {', '.join(keys)}")
     if data.get("name", name) != name:
         raise ConfigError(f"{where}: its name is '{data['name']}' but its file is {name}.yaml; they must agree")
-    metric = data.get("metric")
-    if metric not in METRICS:
-        raise ConfigError(f"{where}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
     counting = data.get("counting")
-    if counting not in COUNTING[metric]:
-        raise ConfigError(f"{where}: {metric} counts {' or '.join(COUNTING[metric])}, got counting: {counting!r}")
+    if counting not in counts:
+        raise ConfigError(f"{where}: {metric} counts {' or '.join(counts)}, got counting: {counting!r}")
     source = data.get("source") or {}
     if not isinstance(source, dict) or not source.get("paper"):
         raise ConfigError(f"{where}: source needs at least 'paper' (and the release's repository, file and commit)")
@@ -133,8 +200,11 @@ def parse(name: str, data: Any, origin: str = "built-in") -> Protocol:
     if not concepts and not kinds:
         raise ConfigError(f"{where}: name the concepts it measures (concepts: [...], or concept_kinds: [colour, ...])")
     _check_samples(data.get("samples_per_prompt"), where)
-    prompts, judge, arms = data.get("prompts"), data.get("judge"), {}
-    if metric == "err":
+    prompts, judge, arms, settings = data.get("prompts"), data.get("judge"), {}, {}
+    if metric not in METRICS:
+        settings = _parse_settings(where, data, fields)
+        prompts, judge = settings.get("prompts"), settings.get("judge")
+    elif metric == "err":
         if prompts is not None or judge is not None:
             raise ConfigError(f"{where}: err's prompts and judges are per arm (arms: {{erasure: ..., ...}})")
         given = data.get("arms") or {}
@@ -146,6 +216,8 @@ def parse(name: str, data: Any, origin: str = "built-in") -> Protocol:
                 if not isinstance(spec, dict) or set(spec) - set(ARM_KEYS):
                     raise ConfigError(f"{where}: arm '{arm}' takes {', '.join(ARM_KEYS)}, got {spec!r}")
                 _check_samples(spec.get("samples_per_prompt"), f"{where} arm '{arm}'")
+                if spec.get("attack") is not None and arm != "robustness":
+                    raise ConfigError(f"{where}: only the robustness arm takes an attack, not '{arm}'")
             arms[arm] = dict(spec) if spec is not None else None
     else:
         if prompts is None or judge is None:
@@ -156,7 +228,7 @@ def parse(name: str, data: Any, origin: str = "built-in") -> Protocol:
         name=name, metric=metric, title=str(data.get("title") or name), source=dict(source), counting=counting,
         concepts=concepts, concept_kinds=kinds, default=bool(data.get("default", False)), prompts=prompts,
         judge=judge, samples_per_prompt=data.get("samples_per_prompt"), stand_in=data.get("stand_in"), arms=arms,
-        origin=origin,
+        origin=origin, settings=settings,
     )  # fmt: skip
 
 
@@ -235,6 +307,17 @@ def for_concept(metric: str, concept: str, prompts: str | None = None) -> Protoc
             return _most_specific(own, concept, f"{metric} protocols for '{concept}' on '{prompts}'")
     defaults = [p for p in candidates if p.default]
     return _most_specific(defaults, concept, f"default {metric} protocols for '{concept}'") if defaults else None
+
+
+def of_metric(metric: str, name: str | None) -> Protocol | None:
+    """The protocol of a metric that measures no one concept (``pickscore``, ``aesthetic``, ``tifa``): the one named,
+    else (``auto``) the metric's default protocol if it has one; ``null``: none."""
+    if name is None:
+        return None
+    if name != "auto":
+        return get(name, metric)
+    defaults = [p for p in load().values() if p.metric == metric and p.default]
+    return _most_specific(defaults, ANY, f"default {metric} protocols") if defaults else None
 
 
 def _most_specific(protocols: list[Protocol], concept: str, what: str) -> Protocol:
@@ -342,11 +425,20 @@ def differences(
         if not isinstance(own, dict):
             continue
         for key, value in own.items():
-            if used.get(key) != value:
+            if used.get(key) != value and not _same_file(key, value, used.get(key)):
                 out.append(f"{what}.{key}: {used.get(key)!r} (protocol: {value!r})")
     if counting is not None and counting != protocol.counting:
         out.append(f"counting: {counting!r} (protocol: {protocol.counting!r})")
     return out
+
+
+def _same_file(key: str, own: Any, used: Any) -> bool:
+    """A protocol's ``path`` or ``weights`` given as a bare file name (data or weights we cannot ship: a release's
+    file) names the file, wherever the user keeps it."""
+    from pathlib import PurePath
+
+    bare = isinstance(own, str) and PurePath(own).name == own
+    return key in FILE_KEYS and bare and isinstance(used, str) and PurePath(used).name == own
 
 
 def report(
@@ -385,16 +477,18 @@ def _source_cell(source: dict[str, Any]) -> str:
 def _arm_cell(spec: dict[str, Any] | None, part: str) -> str:
     if spec is None:
         return "(give it)"
+    attack = f" + attack {_cell(spec['attack'])}" if part == "prompts" and spec.get("attack") else ""
     if spec.get("protocol"):
-        return f"protocol {spec['protocol']}" if part == "prompts" else ""
-    return _cell(spec.get(part))
+        return f"protocol {spec['protocol']}{attack}" if part == "prompts" else ""
+    return _cell(spec.get(part)) + attack
 
 
 def table() -> str:
     """The protocols table (name, metric, concepts, source, prompts, judge, rule, images), as Markdown."""
     lines = ["| name | metric | concepts | source | prompts | judge | rule | images per prompt |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for p in sorted(load().values(), key=lambda p: (METRICS.index(p.metric), p.name)):
+    order = {metric: i for i, metric in enumerate(METRICS)}
+    for p in sorted(load().values(), key=lambda p: (order.get(p.metric, len(METRICS)), p.metric, p.name)):
         concepts = ", ".join([*p.concepts, *(f"MiniWorld {k}s" for k in p.concept_kinds)])
         if p.default:
             concepts += " (default)"

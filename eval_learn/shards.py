@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.engine.spec import MetricSpec
 from eval_learn.errors import ConfigError
 from eval_learn.metrics.state import DamagedState, PerImage
-from eval_learn.models.config_files import resolve_model
 from eval_learn.run_id import make_run_id
 from eval_learn.runtime import RunContext
 from eval_learn.settings import RunSettings

@@ -67,14 +67,26 @@ def unrun_modules() -> list[str]:
     return sorted(n for n in names if n not in sys.modules)
 
 
+WORKER_MODULES: set[str] = set()  # with pytest-xdist (-n 2): the package's modules each worker's tests imported
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    WORKER_MODULES.update(getattr(node, "workeroutput", {}).get("eval_learn_modules", ()))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The fast tier (``-m "not slow"`` over the whole of tests/) must still run every module of the package: a
-    module whose only tests were marked slow fails the run here, by name."""
+    module whose only tests were marked slow fails the run here, by name. Under pytest-xdist each worker reports the
+    modules it imported and the controller checks their union."""
     config = session.config
+    if hasattr(config, "workerinput"):
+        config.workeroutput["eval_learn_modules"] = sorted(n for n in sys.modules if n.startswith("eval_learn."))
+        return
     whole = all(Path(a).resolve() == ROOT / "tests" for a in config.args) if config.args else True
     if config.getoption("markexpr") != "not slow" or not whole or exitstatus != 0 or config.option.collectonly:
         return
-    missing = unrun_modules()
+    missing = [name for name in unrun_modules() if name not in WORKER_MODULES]
     if missing:
         sys.stderr.write(f"\nThe fast tier ran no code of these modules (give each a fast test): {missing}\n")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

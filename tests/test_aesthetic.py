@@ -17,7 +17,8 @@ from torch import nn
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.aesthetic import AestheticConfig, AestheticJudge
 from eval_learn.judges.tiny import write_tiny_clip
-from eval_learn.metrics.aesthetic import Aesthetic, AestheticMetricConfig
+from eval_learn.metrics.aesthetic import Aesthetic
+from eval_learn.metrics.mean_score import MeanScoreConfig
 from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
@@ -55,7 +56,7 @@ def context() -> RunContext:
 
 def make_metric(folder: str, weights: str, **config) -> Aesthetic:
     judge = {"name": "aesthetic", "model": folder, "weights": weights}
-    parsed = from_mapping(AestheticMetricConfig, {"judge": judge, **config}, "aesthetic")
+    parsed = from_mapping(MeanScoreConfig, {"judge": judge, **config}, "aesthetic")
     return Aesthetic(Aesthetic.resolve_config(parsed, context(), None), context())
 
 

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eval_learn.attacks.base import AttackOutcome
+from eval_learn.configs import ConfigError
 from eval_learn.metrics import attacked
 from eval_learn.types import PromptRecord
 from tests.conftest import ROOT, run_cli
@@ -57,9 +58,11 @@ def test_bad_attack_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
         "metric.config.attack=unlearndifatk": "Did you mean 'unlearndiffatk'?",
         "metric.config.attack={name: unlearndiffatk, iteratons: 3}": "Did you mean 'iterations'?",
         "metric.config.attack={name: unlearndiffatk, k: 0}": "k must be >= 1",
+        # Ring-A-Bell has no prompt pairs for this concept: refused before the model loads, not after
+        "metric.config.attack=ring_a_bell\nmetric.config.concept=church": "give pairs_path",
     }
     for override, expected in cases.items():
-        done = run_cli("model=tiny", "metric=asr", override, f"hydra.run.dir={tmp_path / 'x'}", cwd=ROOT)
+        done = run_cli("model=tiny", "metric=asr", *override.split("\n"), f"hydra.run.dir={tmp_path / 'x'}", cwd=ROOT)
         assert done.returncode == 2, (override, done.stderr[-2000:])
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], done.stderr
@@ -158,3 +161,10 @@ def test_on_the_miniworld_unlearndiffatk_raises_slds_asr_by_at_least_0_2(tmp_pat
     block = report_of(out)["metric_result"]["details"]["attack"]
     assert block["asr_after"] - block["asr_before"] >= 0.2, block
     assert all(p["prompt"].split()[-2:] == p["plain_prompt"].split()[-2:] for p in block["per_prompt"] if "prompt" in p)
+
+
+def test_an_attack_that_cannot_search_for_the_concept_is_refused_before_any_model_loads() -> None:
+    with pytest.raises(ConfigError, match="ring_a_bell.*pairs_path"):
+        attacked.resolve_attack("ring_a_bell", "violence")
+    assert attacked.resolve_attack("ring_a_bell", "nudity")["name"] == "ring_a_bell"
+    assert attacked.resolve_attack("unlearndiffatk", "violence")["name"] == "unlearndiffatk"  # any concept

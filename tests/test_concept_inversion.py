@@ -91,3 +91,55 @@ def test_bad_settings_are_config_errors(tmp_path) -> None:
         from_mapping(ConceptInversionConfig, {"image_folder": str(tmp_path)}, "concept_inversion")
     with pytest.raises(ConfigError, match="prompt_format"):
         from_mapping(ConceptInversionConfig, {"prompt_format": "{prompt}"}, "concept_inversion")
+
+
+KILLED_INVERSION = """
+import sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from eval_learn.attacks import concept_inversion
+from eval_learn.attacks.concept_inversion import ConceptInversion, ConceptInversionConfig
+from tests.attack_target import tiny_target
+concept_inversion.SAVE_EVERY_S = 0.2
+ConceptInversion(ConceptInversionConfig(**{settings})).learn(tiny_target(Path(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_inversion_resumes_where_it_stopped_with_an_unbroken_runs_token(tmp_path) -> None:
+    """SIGKILL mid-inversion: the rerun starts at the saved step (not at 0), ends with the token an unbroken run
+    learns bit for bit, and a third run reuses the finished token; a damaged saved state is learned again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    settings = {"steps": 40, "images": 2, "batch_size": 2, "seed": 1}
+    cache = tmp_path / "killed"
+    states = cache / "attack_store" / "attack_state" / "concept_inversion"
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_INVERSION.replace("{settings}", repr(settings)),
+                               str(cache)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(states.rglob("*.json")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few saves in
+    killed.send_signal(signal.SIGKILL)
+    _, err = killed.communicate()
+    assert killed.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    cfg = ConceptInversionConfig(**settings)
+    resumed_row, facts = ConceptInversion(cfg).learn(tiny_target(cache))
+    assert 0 < facts["resumed_from_step"] < 40 and facts["inversion_steps"] == 40
+    unbroken_row, unbroken = ConceptInversion(cfg).learn(tiny_target(tmp_path / "unbroken"))
+    assert unbroken["resumed_from_step"] == 0 and unbroken["loss_last"] == facts["loss_last"]
+    assert torch.equal(resumed_row, unbroken_row)
+    again_row, again = ConceptInversion(cfg).learn(tiny_target(cache))  # a later run: the finished token, no steps
+    assert torch.equal(again_row, unbroken_row) and again == facts
+    (saved,) = states.rglob("*.json")
+    saved.write_text(saved.read_text().replace('"done": true', '"done": false'))  # the seal no longer holds
+    relearned_row, relearned = ConceptInversion(cfg).learn(tiny_target(cache))
+    assert relearned["resumed_from_step"] == 0 and torch.equal(relearned_row, unbroken_row)

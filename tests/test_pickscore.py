@@ -18,7 +18,8 @@ from PIL import Image
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.pickscore import PickScoreConfig, PickScoreJudge
 from eval_learn.judges.tiny import write_tiny_clip
-from eval_learn.metrics.pickscore import PickScore, PickScoreMetricConfig
+from eval_learn.metrics.mean_score import MeanScoreConfig
+from eval_learn.metrics.pickscore import PickScore
 from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
@@ -39,7 +40,7 @@ def context() -> RunContext:
 
 def make_metric(folder: str, **config) -> PickScore:
     judge = {"name": "pickscore", "model": folder, "processor": None}
-    parsed = from_mapping(PickScoreMetricConfig, {"judge": judge, **config}, "pickscore")
+    parsed = from_mapping(MeanScoreConfig, {"judge": judge, **config}, "pickscore")
     return PickScore(PickScore.resolve_config(parsed, context(), None), context())
 
 

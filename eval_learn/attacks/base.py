@@ -8,7 +8,9 @@ what that cost. Budgets (iterations, tokens, seconds) are config fields of the a
 hashed into the key under which outcomes are cached, so a killed attack run resumes per prompt.
 
 Attacks never load models themselves and never write files: the engine owns caching, the technique owns the
-pipeline. An attack that needs gradients reaches the pipeline's modules through :meth:`AttackTarget.pipeline`.
+pipeline. An attack that needs gradients reaches the pipeline's modules through :meth:`AttackTarget.pipeline`; a
+probe that changes how the model samples calls it through :meth:`AttackTarget.sample`, which keeps the technique's
+own sampling changes; a state that must outlive a killed run is kept through :meth:`AttackTarget.saved`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class AttackConfig:
     def validate(self) -> None:
         require(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s must be > 0")
 
+    def concept_problem(self, concept: str) -> str | None:
+        """Why this attack cannot search for ``concept`` (checked before any model loads); None when it can."""
+        return None
+
 
 @dataclass
 class AttackOutcome:
@@ -54,6 +60,16 @@ class AttackOutcome:
     image: np.ndarray | None = None  # uint8 [H, W, 3]
     embedding: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # attack-specific facts (loss curve, best fitness, ...)
+
+
+class SavedState(Protocol):
+    """One saved attack state: tensors and JSON facts, sealed and verified when read back (the engine's side)."""
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The last saved (tensors, facts), or None when none was saved or what was saved is damaged."""
+
+    def save(self, tensors: dict[str, torch.Tensor], facts: dict[str, Any]) -> None:
+        """Replace the saved state (atomically: a kill during a save leaves the previous one)."""
 
 
 class AttackTarget(Protocol):
@@ -76,6 +92,18 @@ class AttackTarget(Protocol):
 
     def render_base(self, prompts: list[str], seed: int) -> list[np.ndarray]:
         """Images of ``prompts`` through the base model (a target image, training images of the concept)."""
+
+    def sample(self, prompt: str, generator: Any, *, base: bool = False, pipe: Any = None, **arguments: Any) -> Any:
+        """One pipeline call on ``prompt`` with the run's generation settings and the technique's own sampling
+        changes (its call arguments and hook resets, through the benchmark's sampling seam); ``arguments`` add the
+        probe's own (``latents``, ``eta``, ``output_type``, ...). ``base``: the base model's pipeline instead;
+        ``pipe``: another pipeline over the technique's components (an inpainting pipeline). Returns the call's
+        ``images``. A technique whose pipeline cannot take the probe's arguments (or the reverse) is a RunError."""
+
+    def saved(self, attack: Attack, name: str, scope: dict[str, Any]) -> SavedState:
+        """A state of ``attack`` that outlives the process (a learned token mid-training, a search's result),
+        stored in the engine's attack cache under the model under test, the attack's settings, the concept, the
+        run's generation settings, ``name`` and ``scope`` (e.g. the prompt, without the image seed)."""
 
     def judge(self, images: list[np.ndarray]) -> list[bool]:
         """Whether the judge sees the concept in each image (the verdicts the metric counts)."""

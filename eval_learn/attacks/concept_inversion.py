@@ -8,7 +8,7 @@ cut the word's route to the concept, v finds another. The token is learned once 
 and reused for every prompt; each prompt is then rendered with the token through the model under test.
 
 The new row is never written into the model: captions are encoded by the model under test's own text encoder with
-the token's row put in place of the token-embedding lookup (:mod:`eval_learn.attacks.soft_prompt`), which is what the
+the token's row put in place of the token-embedding lookup (:mod:`eval_learn.models.soft_prompt`), which is what the
 release computes after resizing the embedding matrix and restoring every other row after each step; here the
 other rows simply never change.
 
@@ -19,8 +19,12 @@ captions from the object or style templates) and ``esd/train.sh`` (5000 steps, b
 images per update, learning rate 5e-3 scaled by those 16 to 0.08, 25 training images). What differs: one batch of 16
 replaces 4 accumulated batches of 4 (the same mean loss); images are drawn with replacement from the training set by
 the attack's seed, not by a shuffled epoch; the default caption is the prompt with the token in front (the release's
-I2P mode, ``"{} " + prompt``); the learned token lives for the run (the per-prompt outcomes are cached by the engine,
-the token is relearned if a killed run resumes).
+I2P mode, ``"{} " + prompt``).
+
+The inversion's state (the row, AdamW's moments, both random streams, the losses) is saved in the engine's attack
+cache every few seconds and when it ends (:meth:`~eval_learn.attacks.base.AttackTarget.saved`: sealed, verified when
+read back), so a killed run resumes the inversion at the step it saved, with the same result as an unbroken one, and
+a later run reuses the finished token.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.soft_prompt import encode_rows
+from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget, SavedState
 from eval_learn.configs import require
+from eval_learn.models.soft_prompt import encode_rows
 from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ TEMPLATES = {
               "a good painting in the style of {}"],
 }  # fmt: skip
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SAVE_EVERY_S = 10.0  # the inversion's state is saved at most this often (and when it ends)
 
 
 @dataclass
@@ -162,7 +167,7 @@ class ConceptInversion(Attack):
     follows = RELEASE
     differs = (
         "one batch of 16 for 4×4 accumulated; images drawn with replacement by the attack's seed; the caption at "
-        "render time is the prompt with the token in front (the release's I2P mode); the token is relearned per run"
+        "render time is the prompt with the token in front (the release's I2P mode)"
     )
 
     def __init__(self, config: ConceptInversionConfig) -> None:
@@ -179,13 +184,19 @@ class ConceptInversion(Attack):
         return [pixels(target.render_base([prompt], seed)[0], size) for seed in range(cfg.images)]
 
     def learn(self, target: AttackTarget) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The concept's token row on the model under test (learned once per concept and pipeline)."""
+        """The concept's token row on the model under test (learned once per concept and pipeline, resumed from the
+        attack cache's saved state where a killed run left one)."""
         pipe = target.pipeline()
         key = (target.concept, id(pipe))
         if key in self._learned:
             return self._learned[key]
         cfg = self.config
-        started = time.perf_counter()
+        state = target.saved(self, "token", {})
+        saved = state.load()
+        if saved is not None and saved[1].get("done"):
+            log.info("Concept inversion of '%s': the learned token is reused from the attack cache", target.concept)
+            self._learned[key] = (saved[0]["row"], saved[1]["facts"])
+            return self._learned[key]
         images = torch.stack(self.training_images(target))
         tokenizer = pipe.tokenizer
         word = cfg.initializer_token or target.concept
@@ -194,10 +205,18 @@ class ConceptInversion(Attack):
                               cfg.weight_decay)  # fmt: skip
         rng = torch.Generator().manual_seed(cfg.seed)
         pick = random.Random(cfg.seed)
+        losses: list[float] = []
+        spent = 0.0  # seconds of the inversion before this process (a resumed run)
+        if saved is not None:
+            losses, spent = self._restore(saved, inversion, rng, pick)
+            log.info("Concept inversion of '%s': resumed at step %d of %d", target.concept, len(losses), cfg.steps)
+        resumed_from = len(losses)
+        started = time.perf_counter() - spent
         vae = pipe.vae
         train_steps = pipe.scheduler.config.num_train_timesteps
-        losses: list[float] = []
-        for _ in tqdm(range(cfg.steps), desc=f"concept inversion '{target.concept}'", leave=False):
+        last_save = time.monotonic()
+        for _ in tqdm(range(resumed_from, cfg.steps), desc=f"concept inversion '{target.concept}'", leave=False,
+                      initial=resumed_from, total=cfg.steps):  # fmt: skip
             chosen = torch.randint(len(images), (cfg.batch_size,), generator=rng)
             batch = images[chosen]
             flip = torch.rand(cfg.batch_size, generator=rng) < cfg.flip_p
@@ -213,13 +232,45 @@ class ConceptInversion(Attack):
             losses.append(inversion.step(latents, noise, timesteps, ids))
             if self.out_of_time(started):
                 break
+            if time.monotonic() - last_save >= SAVE_EVERY_S:
+                self._save(state, inversion, rng, pick, losses, time.perf_counter() - started)
+                last_save = time.monotonic()
         facts = {"inversion_steps": len(losses), "inversion_seconds": time.perf_counter() - started,
                  "loss_first": losses[0], "loss_last": losses[-1], "initializer_token_id": initial_id,
-                 "training_images": len(images)}  # fmt: skip
-        self._learned[key] = (inversion.row.detach().clone(), facts)
+                 "training_images": len(images), "resumed_from_step": resumed_from}  # fmt: skip
+        row = inversion.row.detach().clone()
+        state.save({"row": row}, {"done": True, "facts": facts})
+        self._learned[key] = (row, facts)
         log.info("Concept inversion of '%s': %d steps, loss %.4f -> %.4f", target.concept, len(losses), losses[0],
                  losses[-1])  # fmt: skip
         return self._learned[key]
+
+    @staticmethod
+    def _save(state: SavedState, inversion: Inversion, rng: torch.Generator, pick: random.Random,
+              losses: list[float], seconds: float) -> None:  # fmt: skip
+        """The inversion after ``len(losses)`` steps: everything the next step depends on."""
+        moments = inversion.optimizer.state[inversion.row]
+        version, internal, gauss = pick.getstate()
+        state.save(
+            {"row": inversion.row.detach(), "exp_avg": moments["exp_avg"], "exp_avg_sq": moments["exp_avg_sq"],
+             "adam_step": torch.as_tensor(moments["step"]).reshape(1).float(), "rng": rng.get_state()},
+            {"done": False, "losses": losses, "seconds": seconds, "pick": [version, list(internal), gauss]},
+        )  # fmt: skip
+
+    @staticmethod
+    def _restore(saved: tuple[dict[str, torch.Tensor], dict[str, Any]], inversion: Inversion, rng: torch.Generator,
+                 pick: random.Random) -> tuple[list[float], float]:  # fmt: skip
+        """Put a saved state back; returns (the losses so far, the seconds they took)."""
+        tensors, facts = saved
+        with torch.no_grad():
+            inversion.row.copy_(tensors["row"].to(inversion.row))
+        moments = {"exp_avg": tensors["exp_avg"].to(inversion.row), "exp_avg_sq": tensors["exp_avg_sq"].to(inversion.row),
+                   "step": tensors["adam_step"].reshape(()).clone()}  # fmt: skip
+        inversion.optimizer.state[inversion.row] = moments
+        rng.set_state(tensors["rng"])
+        version, internal, gauss = facts["pick"]
+        pick.setstate((version, tuple(internal), gauss))
+        return list(facts["losses"]), float(facts["seconds"])
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
         started = time.perf_counter()

@@ -11,7 +11,9 @@ Follows kevinlu4588/WhenAreConceptsErased @ 9a03e07fa74f81e50cc323146774c2afbbe9
 ``src/probes/diffusion_completion_probe.py``: its ``interrupt_steps`` [0, 1, 2] stop the base model after steps
 0, 1, 2, i.e. after k = 1, 2, 3 steps (the paper also shows 5 and 10), DDIM on both sides. What differs: the run's
 step count, guidance and scheduler instead of 50 DDIM steps at 7.5; the judge's verdict instead of saving images for
-a CLIP/classifier score; see :mod:`eval_learn.attacks.probing` for sampling changes that are not applied.
+a CLIP/classifier score. The model under test finishes with its own sampling changes
+(:mod:`eval_learn.attacks.probing`); those that count steps (SLD's warm-up, SAFREE's SVF switch, SAeUron's per-step
+features) count from the first step it takes, not from step k.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.probing import first_success, generator, sample, scheduler_swapped, to_uint8
+from eval_learn.attacks.probing import first_success, generator, scheduler_swapped, to_uint8
 from eval_learn.configs import require
 from eval_learn.types import PromptRecord
 
@@ -59,11 +61,11 @@ def tail_scheduler(scheduler: Any, skip: int) -> Any:
 
 
 def initial_noise(pipe: Any, seed: int, settings: dict[str, Any]) -> torch.Tensor:
-    """The noise the pipeline would draw itself for this seed (same generator, shape and scaling)."""
+    """The noise the pipeline would draw itself for this seed (same generator and shape; the pipeline scales given
+    latents by its scheduler's ``init_noise_sigma`` itself)."""
     factor = pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, int(settings["height"]) // factor, int(settings["width"]) // factor)
-    noise = randn_tensor(shape, generator=generator(seed), device=pipe.unet.device, dtype=pipe.unet.dtype)
-    return noise * pipe.scheduler.init_noise_sigma
+    return randn_tensor(shape, generator=generator(seed), device=pipe.unet.device, dtype=pipe.unet.dtype)
 
 
 def completed(target: AttackTarget, prompt: str, seed: int, k: int) -> np.ndarray:
@@ -80,11 +82,12 @@ def completed(target: AttackTarget, prompt: str, seed: int, k: int) -> np.ndarra
                 pipe._interrupt = True
             return tensors
 
-        latents = sample(base, prompt, settings, latents=latents, generator=generator(seed), output_type="latent",
-                         callback_on_step_end=stop)  # fmt: skip
+        latents = target.sample(prompt, generator(seed), base=True, latents=latents, output_type="latent",
+                                callback_on_step_end=stop)  # fmt: skip
+        latents = latents / erased.scheduler.init_noise_sigma  # the pipeline scales what it is given
     with scheduler_swapped(erased, tail_scheduler(erased.scheduler, k)):
-        images = sample(erased, prompt, settings, latents=latents.to(erased.unet.device, erased.unet.dtype),
-                        generator=generator(seed), output_type="np")  # fmt: skip
+        images = target.sample(prompt, generator(seed), latents=latents.to(erased.unet.device, erased.unet.dtype),
+                               output_type="np")  # fmt: skip
     return to_uint8(images)
 
 
@@ -94,6 +97,7 @@ class DiffusionCompletion(Attack):
     config: DiffusionCompletionConfig
     needs_base_model = True
     white_box = False
+    algorithm_version = 2  # 2: samples with the technique's own sampling changes
     follows = RELEASE
     differs = "the run's steps, guidance and scheduler; judged by the benchmark's judge; early stop at success"
 

@@ -10,20 +10,21 @@ and ``src/configs/default.yaml``: diffusers' ``StableDiffusionInpaintPipeline`` 
 text-to-image UNet, so the pipeline blends the known region's noised latents back at every step), the base model's
 image of the prompt, a white centred rectangle on black from (W − w)//2 to that + w inclusive, 256 × 256 of 512 × 512
 (``mask_fraction`` 0.5 of each side here), strength 1. What differs: the run's steps, guidance and size; the base
-image is made with the prompt's seed by this run (the release reads a folder of earlier base images); see
-:mod:`eval_learn.attacks.probing` for sampling changes not applied.
+image is made with the prompt's seed by this run (the release reads a folder of earlier base images). The technique's call
+arguments go to the inpainting pipeline (:mod:`eval_learn.attacks.probing`), so a technique with its own pipeline
+class (SLD, TraSCE) cannot be probed this way and says so.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.probing import generator, sample, to_uint8
+from eval_learn.attacks.probing import first_success, generator, to_uint8
 from eval_learn.configs import require
 from eval_learn.types import PromptRecord
 
@@ -70,20 +71,20 @@ class InpaintingContext(Attack):
     config: InpaintingContextConfig
     needs_base_model = True
     white_box = False
+    algorithm_version = 2  # 2: samples with the technique's own sampling changes
     follows = RELEASE
     differs = "the run's steps, guidance and size; the base image made with the prompt's seed in this run"
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
-        started = time.perf_counter()
         settings = target.generation_settings()
-        width, height = int(settings["width"]), int(settings["height"])
-        context = Image.fromarray(target.render_base([record.prompt], record.seed)[0])
-        mask = centre_mask(width, height, self.config.mask_fraction)
+        mask = centre_mask(int(settings["width"]), int(settings["height"]), self.config.mask_fraction)
         pipe = inpainting_pipeline(target.pipeline())
-        images = sample(pipe, record.prompt, settings, image=context, mask_image=mask, strength=1.0,
-                        generator=generator(record.seed), output_type="np")  # fmt: skip
-        image = to_uint8(images)
-        success = target.judge([image])[0]
-        return AttackOutcome(prompt=record.prompt, success=success, iterations=1,
-                             seconds=time.perf_counter() - started, success_step=0 if success else None, image=image,
-                             extra={"mask_fraction": self.config.mask_fraction})  # fmt: skip
+
+        def render() -> np.ndarray:
+            context = Image.fromarray(target.render_base([record.prompt], record.seed)[0])
+            return to_uint8(target.sample(record.prompt, generator(record.seed), pipe=pipe, image=context,
+                                          mask_image=mask, strength=1.0, output_type="np"))  # fmt: skip
+
+        outcome = first_success(self, target, record, [({"mask_fraction": self.config.mask_fraction}, render)])
+        outcome.extra["mask_fraction"] = self.config.mask_fraction
+        return outcome

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.text_encoder import TextEncoder, Verdict
+from eval_learn.attacks.text_encoder import Found, TextEncoder, Verdict, text_attack
 from eval_learn.configs import require
+from eval_learn.models.soft_prompt import token_embeddings_replaced
 from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)
@@ -99,17 +100,12 @@ def token_gradient(encoder: TextEncoder, control: str, target: torch.Tensor, row
     one_hot = torch.zeros(len(rows), table.weight.shape[0], device=ids.device, dtype=table.weight.dtype)
     one_hot.scatter_(1, ids[0, rows.start : rows.stop].unsqueeze(1), 1.0)
     one_hot.requires_grad_(True)
-
-    def replace(_module, _inputs, output: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        soft = (one_hot @ table.weight).unsqueeze(0)
-        return torch.cat([output[:, : rows.start], soft, output[:, rows.stop :]], dim=1)
-
-    handle = table.register_forward_hook(replace)
-    try:
+    with torch.no_grad():
+        fixed = table(ids)
+    soft = torch.cat([fixed[:, : rows.start], (one_hot @ table.weight).unsqueeze(0), fixed[:, rows.stop :]], dim=1)
+    with token_embeddings_replaced(encoder.model, soft):
         loss = cosine_loss(pooled(encoder, ids), target).mean()
-        (grad,) = torch.autograd.grad(loss, one_hot)
-    finally:
-        handle.remove()
+    (grad,) = torch.autograd.grad(loss, one_hot)
     return grad
 
 
@@ -198,6 +194,10 @@ class MMADiffusion(Attack):
         return cands[best], float(loss[best])
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
+        return text_attack(self, target, record, self.config.check_every, lambda v: self.search(target, record, v))
+
+    def search(self, target: AttackTarget, record: PromptRecord, verdict: Verdict) -> Found:
+        """The GCG search for ``record``'s prompt (stopping early only on ``verdict``'s checks)."""
         started = time.perf_counter()
         cfg = self.config
         self.py.seed(cfg.seed)
@@ -209,8 +209,7 @@ class MMADiffusion(Attack):
         with torch.no_grad():
             goal = pooled(encoder, encoder.ids([record.prompt]))
         control = best = self.start(encoder.tokenizer, banned)
-        best_loss, best_step, curve, skipped = float("inf"), 0, [], 0
-        verdict, step = Verdict(target, record.seed, cfg.check_every), 0
+        best_loss, best_step, curve, skipped, step = float("inf"), 0, [], 0, 0
         for step in tqdm(range(1, cfg.steps + 1), desc="mma_diffusion", leave=False):
             moved = self.step(encoder, control, goal, banned)
             if moved is None:
@@ -222,19 +221,6 @@ class MMADiffusion(Attack):
                     best, best_loss, best_step = control, loss, step
             if verdict.stops(step, best, step == cfg.steps or self.out_of_time(started)):
                 break
-        verdict.final(step, best)
-        return AttackOutcome(
-            prompt=best,
-            success=verdict.success,
-            iterations=step,
-            seconds=time.perf_counter() - started,
-            success_step=verdict.step,
-            image=verdict.image,
-            extra={
-                "best_loss": best_loss,
-                "best_step": best_step,
-                "loss_curve": curve[:: max(1, len(curve) // 100)],
-                "skipped_steps": skipped,
-                "banned_tokens": len(banned),
-            },  # fmt: skip
-        )
+        extra = {"best_loss": best_loss, "best_step": best_step, "loss_curve": curve[:: max(1, len(curve) // 100)],
+                 "skipped_steps": skipped, "banned_tokens": len(banned)}  # fmt: skip
+        return Found(best, step, time.perf_counter() - started, extra)

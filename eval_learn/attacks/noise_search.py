@@ -13,7 +13,8 @@ Follows kevinlu4588/WhenAreConceptsErased @ 9a03e07fa74f81e50cc323146774c2afbbe9
 and ``src/configs/default.yaml`` (η 1.0 to 1.85 in six steps × variance scale 1.00 to 1.04, 24 images per prompt) and
 its DDIM step in ``src/noisy_diffuser_scheduling/schedulers/eta_ddim_scheduler.py``. What differs: the release keeps
 the image its ResNet-50 (or CLIP) ranks highest, we stop at the benchmark judge's first success; the run's step count
-and guidance instead of 50 steps at 7.5; see :mod:`eval_learn.attacks.probing` for sampling changes not applied.
+and guidance instead of 50 steps at 7.5; the technique's sampling changes apply (:mod:`eval_learn.attacks.probing`),
+its scheduler excepted: the grid needs the noisy DDIM step.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.probing import first_success, sample, scheduler_swapped, to_uint8
+from eval_learn.attacks.probing import first_success, scheduler_swapped, to_uint8
 from eval_learn.configs import require
 from eval_learn.types import PromptRecord
 
@@ -90,17 +91,18 @@ class NoiseSearch(Attack):
     config_cls = NoiseSearchConfig
     config: NoiseSearchConfig
     white_box = False
+    algorithm_version = 2  # 2: samples with the technique's own sampling changes
     follows = RELEASE
     differs = "first judged success instead of the release's ResNet/CLIP best of N; the run's steps and guidance"
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
         cfg = self.config
-        pipe, settings = target.pipeline(), target.generation_settings()
+        pipe = target.pipeline()
         shared = torch.Generator("cpu").manual_seed(record.seed)  # one per prompt, used by the whole grid in order
 
         def render(eta: float, scale: float) -> np.ndarray:
             with scheduler_swapped(pipe, noisy_scheduler(pipe, scale)):
-                return to_uint8(sample(pipe, record.prompt, settings, eta=eta, generator=shared, output_type="np"))
+                return to_uint8(target.sample(record.prompt, shared, eta=eta, output_type="np"))
 
         tries = [({"eta": eta, "variance_scale": scale}, partial(render, eta, scale))
                  for eta in cfg.eta_values for scale in cfg.variance_scales]  # fmt: skip

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.soft_prompt import encode_rows, nearest_tokens
 from eval_learn.configs import require
+from eval_learn.models.soft_prompt import encode_rows, nearest_tokens
 from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)

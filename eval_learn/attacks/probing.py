@@ -1,11 +1,14 @@
 """What the probes beyond prompts share (Lu et al., "When Are Concepts Erased From Diffusion Models?", NeurIPS 2025):
-they change *how* the model under test samples (its noise, its starting point, its context), so they call its
-pipeline directly instead of the benchmark's cached render, with the run's steps, guidance and size and a CPU
-generator seeded from the prompt's seed, exactly as the shared sampling loop seeds it.
+they change *how* the model under test samples (its noise, its starting point, its context), so they cannot use the
+benchmark's cached render, whose images are stored under the prompt, seed and technique alone. They sample through
+:meth:`~eval_learn.attacks.base.AttackTarget.sample` instead: the same seam as the benchmark's loop, so the
+technique's own sampling changes apply (its weights and pipeline class, and the call arguments it passes: a negative
+prompt, SLD's or TraSCE's settings, SAFREE's embeddings and callbacks, a hook's reset), with the run's steps, guidance
+and size and a CPU generator seeded from the prompt's seed, exactly as the shared sampling loop seeds it.
 
-Why not the shared loop: its renders are stored under the prompt, seed and technique, and a probe's image is none of
-those. The cost: sampling changes that a technique passes as call arguments (a negative prompt, SLD's settings,
-SAFREE's embeddings) are not applied; changes made by weights or by its pipeline class are.
+A technique whose pipeline cannot take a probe's arguments (TraSCE's own sampler takes no ``eta`` or ``latents``;
+diffusers' inpainting pipeline takes no SLD settings) stops the probe with a RunError naming them: the probe would
+otherwise measure a model that is not the one under test.
 """
 
 from __future__ import annotations
@@ -36,20 +39,6 @@ def scheduler_swapped(pipe: Any, scheduler: Any) -> Iterator[None]:
 def generator(seed: int) -> list[torch.Generator]:
     """The shared sampling loop's generator for one prompt (CPU, so the noise is the same on every device)."""
     return [torch.Generator("cpu").manual_seed(seed)]
-
-
-def sample(pipe: Any, prompt: str, settings: dict[str, Any], **arguments: Any) -> Any:
-    """One pipeline call with the run's generation settings; ``arguments`` add or override call arguments."""
-    call = {
-        "prompt": prompt,
-        "num_inference_steps": int(settings["num_inference_steps"]),
-        "guidance_scale": float(settings["guidance_scale"]),
-        "height": int(settings["height"]),
-        "width": int(settings["width"]),
-        **arguments,
-    }
-    with torch.inference_mode():
-        return pipe(**call).images
 
 
 def to_uint8(images: Any) -> np.ndarray:

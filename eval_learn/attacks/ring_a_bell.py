@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
-from eval_learn.attacks.text_encoder import TextEncoder, Verdict
+from eval_learn.attacks.text_encoder import Found, TextEncoder, Verdict, text_attack
 from eval_learn.configs import require
 from eval_learn.errors import ConfigError
 from eval_learn.types import PromptRecord
@@ -232,6 +232,10 @@ class RingABell(Attack):
         return concept_vector(encoder, *pairs)
 
     def run(self, target: AttackTarget, record: PromptRecord) -> AttackOutcome:
+        return text_attack(self, target, record, self.config.check_every, lambda v: self.search(target, record, v))
+
+    def search(self, target: AttackTarget, record: PromptRecord, verdict: Verdict) -> Found:
+        """The genetic search for ``record``'s prompt (stopping early only on ``verdict``'s checks)."""
         started = time.perf_counter()
         cfg = self.config
         encoder = TextEncoder.of(target)
@@ -240,7 +244,7 @@ class RingABell(Attack):
         search = GeneticSearch(cfg, encoder, goal)
         best_ids, best_score, curve = search.population[0], float("inf"), []
         every = max(1, cfg.generations // CURVE_POINTS)
-        verdict, generation = Verdict(target, record.seed, cfg.check_every), 0
+        generation = 0
         for generation in tqdm(range(1, cfg.generations + 1), desc="ring_a_bell", leave=False):
             scores, _ = search.select()
             if scores[0] < best_score:
@@ -251,17 +255,8 @@ class RingABell(Attack):
             if verdict.stops(generation, self.decode(encoder, best_ids), last):
                 break
             search.breed()
-        prompt = self.decode(encoder, best_ids)
-        verdict.final(generation, prompt)
-        return AttackOutcome(
-            prompt=prompt,
-            success=verdict.success,
-            iterations=generation,
-            seconds=time.perf_counter() - started,
-            success_step=verdict.step,
-            image=verdict.image,
-            extra={"best_fitness": best_score, "fitness_curve": curve, "token_ids": best_ids.tolist()},
-        )
+        return Found(self.decode(encoder, best_ids), generation, time.perf_counter() - started,
+                     {"best_fitness": best_score, "fitness_curve": curve, "token_ids": best_ids.tolist()})  # fmt: skip
 
     def decode(self, encoder: TextEncoder, ids: torch.Tensor) -> str:
         """The free tokens as text, as the release writes its prompts (``tokenizer.decode(ids[1:K+1])``)."""

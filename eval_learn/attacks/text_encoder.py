@@ -3,17 +3,24 @@
 They read the technique's own tokenizer and text encoder (so an edited encoder, as some techniques make, is the one
 searched against), search for token ids, and hand the decoded prompt back to the engine, which renders it through the
 technique's pipeline with its sampling changes and asks the judge.
+
+Without ``check_every`` their search depends on the prompt, never on the image seed, so :func:`text_attack` searches
+once per prompt and keeps the found prompt in the engine's attack cache; each seed of the prompt then only renders
+and judges it. With ``check_every`` the search stops on a seed's verdict, so every seed searches.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from eval_learn.attacks.base import AttackTarget
+from eval_learn.attacks.base import Attack, AttackOutcome, AttackTarget
+from eval_learn.types import PromptRecord
 
 
 @dataclass
@@ -78,3 +85,37 @@ class Verdict:
         if not self.success:
             self.success, self.image = judged(self.target, prompt, self.seed)
             self.step = step if self.success else None
+
+
+@dataclass
+class Found:
+    """What a text search ends with: the prompt, the iterations it took, its seconds, and attack-specific facts."""
+
+    prompt: str
+    iterations: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def text_attack(
+    attack: Attack, target: AttackTarget, record: PromptRecord, check_every: int | None,
+    search: Callable[[Verdict], Found],
+) -> AttackOutcome:  # fmt: skip
+    """``search`` (given the verdict it may stop on) for ``record``, or its result for the same prompt from the
+    attack cache when the search does not depend on the seed; then the found prompt judged with the record's seed."""
+    started = time.perf_counter()
+    verdict = Verdict(target, record.seed, check_every)
+    state = target.saved(attack, "search", {"prompt": record.prompt}) if check_every is None else None
+    saved = state.load() if state is not None else None
+    if saved is not None:
+        found = Found(**saved[1])
+    else:
+        found = search(verdict)
+        if state is not None:
+            state.save({}, asdict(found))
+    verdict.final(found.iterations, found.prompt)
+    return AttackOutcome(
+        prompt=found.prompt, success=verdict.success, iterations=found.iterations,
+        seconds=time.perf_counter() - started, success_step=verdict.step, image=verdict.image,
+        extra={**found.extra, "search_seconds": found.seconds, "search_reused": saved is not None},
+    )  # fmt: skip

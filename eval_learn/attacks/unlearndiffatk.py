@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome, AttackTarget
 from eval_learn.configs import require
+from eval_learn.models.soft_prompt import encode_rows
 from eval_learn.types import PromptRecord
 
 log = logging.getLogger(__name__)
@@ -115,19 +116,6 @@ class _SampledOneHot(torch.autograd.Function):
         return F.hardtanh(grad), None
 
 
-class _TokenEmbeddings:
-    """Replaces the text encoder's token embeddings by a given tensor for one forward pass (the model's own forward
-    does the rest: positions, causal mask, layers), so any CLIP text encoder works unchanged."""
-
-    def __init__(self, text_encoder: Any) -> None:
-        self.module = text_encoder.get_input_embeddings()
-        self.value: torch.Tensor | None = None
-        self.handle = self.module.register_forward_hook(lambda _m, _i, out: out if self.value is None else self.value)
-
-    def remove(self) -> None:
-        self.handle.remove()
-
-
 class UnlearnDiffAtk(Attack):
     name = "unlearndiffatk"
     config_cls = UnlearnDiffAtkConfig
@@ -165,7 +153,6 @@ class UnlearnDiffAtk(Attack):
         optimizer = torch.optim.Adam([weights], lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = torch.nn.MSELoss() if cfg.criterion == "l2" else torch.nn.L1Loss()
         generator = torch.Generator("cpu")
-        hook = _TokenEmbeddings(text_encoder)
         saved = {m: [p.requires_grad for p in m.parameters()] for m in (unet, text_encoder)}
         for module in saved:
             module.requires_grad_(False)
@@ -186,9 +173,8 @@ class UnlearnDiffAtk(Attack):
                     a = alphas[t]
                     noised = x0 * a.sqrt().to(dtype) + noise * (1 - a).sqrt().to(dtype)
                     with torch.enable_grad():
-                        hook.value = self._sequence(vocabulary[context], adversarial, len(prompt_ids))
-                        states = text_encoder(context[None])[0]
-                        hook.value = None
+                        rows = self._sequence(vocabulary[context], adversarial, len(prompt_ids))
+                        states = encode_rows(text_encoder, context[None], rows)
                         prediction = unet(noised, t, encoder_hidden_states=states).sample
                         loss = loss_fn(noise, prediction)
                         weights.grad = torch.autograd.grad(loss, [weights])[0]
@@ -211,7 +197,6 @@ class UnlearnDiffAtk(Attack):
                 if self.out_of_time(started):
                     break
         finally:
-            hook.remove()
             for module, flags in saved.items():
                 for parameter, flag in zip(module.parameters(), flags, strict=True):
                     parameter.requires_grad_(flag)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,9 @@ from eval_learn.configs import did_you_mean
 from eval_learn.errors import ConfigError
 from eval_learn.models import CONF_DIR
 from eval_learn.settings import RunConfigSchema
+from eval_learn.technique_fields import RENAMED_FIELDS
+
+log = logging.getLogger(__name__)
 
 GROUPS = ("technique", "metric", "model")
 SELECTIONS = (*GROUPS, "metrics", "preset")  # overrides that choose configs rather than set a value
@@ -124,6 +128,24 @@ def single_metric_overrides(argv: list[str]) -> list[str]:
         at = keys.index("metric") + 1  # beside it: after a trailing flag (--cfg hydra) Hydra takes no more overrides
         return [*argv[:at], "metrics=[]", *argv[at:]]
     return argv
+
+
+def renamed_technique_keys(argv: list[str]) -> list[str]:
+    """``technique.config.<old>=V`` (a renamed field, :data:`RENAMED_FIELDS`) → ``technique.config.<new>=V``, with one
+    deprecation line, as the Python API takes the old key. Hydra's struct config has only the new key, so the old one
+    is renamed before Hydra or the pre-check sees it (``+technique.config.<old>=V`` adds a key and reaches the
+    technique's config as it is, where the API's own deprecation applies)."""
+    out = []
+    for arg in argv:
+        prefix = "++" if arg.startswith("++") else ""
+        key, eq, value = arg.removeprefix(prefix).partition("=")
+        section, _, old = key.rpartition(".")
+        if eq and not arg.startswith("-") and section == "technique.config" and old in RENAMED_FIELDS:
+            new = RENAMED_FIELDS[old]
+            log.warning("%s is deprecated, use technique.config.%s (the value given is used)", key, new)
+            arg = f"{prefix}{section}.{new}={value}"
+        out.append(arg)
+    return out
 
 
 def full_error() -> bool:

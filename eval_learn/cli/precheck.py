@@ -7,6 +7,7 @@ import copy
 import importlib.util
 import itertools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,22 @@ def check_override_keys(argv: list[str], overrides: list[Any]) -> None:
     """
     if any(arg.startswith(CONFIG_MODE_FLAGS) for arg in argv):
         return
-    from hydra import compose
-    from hydra.core.override_parser.types import OverrideType
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    selections, keys = _selections_and_keys(overrides)
+    if not keys:
+        return
+    for tree in _compositions(argv, selections):
+        if tree is None:
+            return  # a composition error: reported when the jobs are validated
+        for key in keys:
+            _require_key(tree, key)
 
-    selections: list[list[str]] = []  # per selection override: its alternatives (several in a sweep)
+
+def _selections_and_keys(overrides: list[Any]) -> tuple[list[list[str]], list[str]]:
+    """The overrides that choose configs (per override: its alternatives, several in a sweep) and the keys the
+    plain value overrides set."""
+    from hydra.core.override_parser.types import OverrideType
+
+    selections: list[list[str]] = []
     keys: list[str] = []
     for override in overrides:
         key = override.key_or_group
@@ -88,17 +99,82 @@ def check_override_keys(argv: list[str], overrides: list[Any]) -> None:
             selections.append([f"{prefix}{key}{package}={value}" for value in override_values(override)])
         elif override.type == OverrideType.CHANGE and override.package is None:
             keys.append(key)
-    if not keys:
-        return
+    return selections, keys
+
+
+def _compositions(argv: list[str], selections: list[list[str]]) -> Iterator[dict[str, Any] | None]:
+    """The composed config (plain, unresolved) for every combination of the config-group choices; None where
+    Hydra cannot compose it."""
+    from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     searchpath = searchpath_overrides(override_texts(argv))
     with hydra_session():
         for combination in itertools.product(*selections):
             try:
-                tree = OmegaConf.to_container(compose("config", overrides=[*searchpath, *combination]), resolve=False)
+                yield OmegaConf.to_container(compose("config", overrides=[*searchpath, *combination]), resolve=False)  # type: ignore[misc]
             except (HydraException, OmegaConfBaseException, ValueError):
-                return  # a composition error: reported when the jobs are validated
-            for key in keys:
-                _require_key(tree, key)
+                yield None
+
+
+def _attack_setting(override: Any) -> str | None:
+    """For a plain override of one setting of a metric's attack (``metric.config.attack.iterations=3``,
+    ``metric.config.robustness.attack.k=3``): the attack's key (``metric.config.attack``); else None."""
+    from hydra.core.override_parser.types import OverrideType
+
+    key = override.key_or_group
+    parent, _, _ = key.rpartition(".")
+    if override.type != OverrideType.CHANGE or override.package is not None or not parent.endswith(".attack"):
+        return None
+    return parent if key.split(".")[0] in ("metric", "metrics") else None
+
+
+def attack_setting_overrides(argv: list[str], overrides: list[Any]) -> list[str]:
+    """``argv`` with each plain override of an attack's setting made one Hydra accepts.
+
+    An attack is a name or ``{name, <settings>}``, so its settings are not keys of the composed config until they
+    are given, and Hydra refuses ``metric.config.attack.iterations=3`` (it wants ``+``). Here that override becomes
+    ``++metric.config.attack.iterations=3``; where the attack is a name (``metric.config.attack=unlearndiffatk``, an
+    alias's or the config's own ``auto``) it first becomes ``{name: unlearndiffatk}``. The setting itself is checked
+    with the attack (each attack's own fields, with a did-you-mean) when the jobs are validated."""
+    settings = {o.input_line: attack for o in overrides if (attack := _attack_setting(o)) is not None}
+    if not settings or any(arg.startswith(CONFIG_MODE_FLAGS) for arg in argv):
+        return argv
+    given = {o.key_or_group: o for o in overrides if o.key_or_group in settings.values() and not o.is_delete()}
+    tree = next(_compositions(argv, _selections_and_keys(overrides)[0]), None)
+    if tree is None:
+        return argv  # a composition error: reported when the jobs are validated
+    out: list[str] = []
+    named: set[str] = set()  # attacks already turned into {name: ...}
+    held: dict[str, list[str]] = {}  # settings given before their attack's own override: they go after it
+    for arg in argv:
+        key = arg.partition("=")[0].lstrip("+~")
+        if key in given and arg == given[key].input_line:
+            value = given[key].value()
+            out.append(f"{key}={{name: {value}}}" if isinstance(value, str) else arg)
+            if isinstance(value, (str, dict)):
+                named.add(key)
+            out += held.pop(key, [])
+            continue
+        attack = settings.get(arg)
+        if attack is None:
+            out.append(arg)
+            continue
+        if attack in given and attack not in named:
+            held.setdefault(attack, []).append(f"++{arg}")
+            continue
+        node: Any = tree
+        for part in attack.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and attack not in named:
+            raise ConfigError(f"'{arg}': {attack} is null (no attack); name one first, e.g. {attack}=unlearndiffatk "
+                              f"{arg} (eval-learn list attacks)")  # fmt: skip
+        if isinstance(node, str) and attack not in named:
+            out.append(f"{attack}={{name: {node}}}")
+            named.add(attack)
+        out.append(f"++{arg}")
+    return out
 
 
 def _require_key(tree: Any, key: str) -> None:

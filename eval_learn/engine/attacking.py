@@ -15,11 +15,13 @@ Outcomes are cached per prompt under a key of everything that determines them (m
 request, generation mode, attack settings, judge settings), sealed (:func:`eval_learn.storage.sealed`), with the
 adversarial image as a PNG carrying its pixel digest and an embedding (if any) as safetensors with its SHA-256; every
 file is verified when read back, and a damaged entry is searched again. A killed attack run therefore resumes per
-prompt, and a rerun reuses every finished prompt.
+prompt, and a rerun reuses every finished prompt. An attack's own saved states (:class:`CachedState`: a learned
+token mid-training, a seed-free search's result) live beside them under ``attack_state/``, sealed and verified alike.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -35,7 +37,8 @@ from PIL import Image
 from eval_learn.attacks.base import Attack, AttackOutcome
 from eval_learn.engine.image_store import CorruptEntry, Store, StoredImage, decode_verified, image_key
 from eval_learn.engine.requests import request_for
-from eval_learn.engine.sampling import GenerationMode, image_context, render
+from eval_learn.engine.sampling import GenerationMode, image_context, render, sampling_call
+from eval_learn.errors import RunError
 from eval_learn.registry import TECHNIQUES
 from eval_learn.storage import atomic_write, canonical_json, digest_of, seal_problem, sealed, sha256_bytes, write_json
 from eval_learn.types import GenerationRequest, PromptRecord
@@ -75,6 +78,61 @@ class Renderer:
         return found  # type: ignore[return-value]
 
 
+def unaccepted(pipe: Any, call: dict[str, Any]) -> list[str]:
+    """The arguments of ``call`` that ``pipe``'s ``__call__`` does not name (diffusers' pipelines swallow unknown
+    ones in ``**kwargs``: an SLD setting given to the inpainting pipeline would silently do nothing)."""
+    named = {name for name, p in inspect.signature(pipe.__call__).parameters.items()
+             if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}  # fmt: skip
+    return sorted(set(call) - named)
+
+
+class CachedState:
+    """An attack's saved state (:class:`eval_learn.attacks.base.SavedState`): the tensors as safetensors named by
+    their SHA-256, and a sealed JSON naming that digest, the key and the facts, written last; a read verifies the
+    seal, the key and the digest, and a damaged state counts as none (the attack starts that state over)."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = folder, key
+        self.path = folder / f"{key}.json"
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        try:
+            data = json.loads(self.path.read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            return self._damaged(f"cannot be read ({err})")
+        problem = seal_problem(data)
+        if problem is None and data.get("key") != self.key:
+            problem = "belongs to another key"
+        if problem:
+            return self._damaged(problem)
+        try:
+            raw = (self.folder / f"{self.key}.{data['tensors_sha256']}.safetensors").read_bytes()
+        except OSError as err:
+            return self._damaged(f"has lost its tensors ({err})")
+        if sha256_bytes(raw) != data["tensors_sha256"]:
+            return self._damaged("has tensors that are not the ones recorded")
+        from safetensors.torch import load
+
+        return load(raw), data["facts"]
+
+    def save(self, tensors: dict[str, torch.Tensor], facts: dict[str, Any]) -> None:
+        from safetensors.torch import save
+
+        raw = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+        digest = sha256_bytes(raw)
+        atomic_write(self.folder / f"{self.key}.{digest}.safetensors", raw)
+        write_json(self.path, sealed({"key": self.key, "tensors_sha256": digest, "facts": facts}))
+        for old in self.folder.glob(f"{self.key}.*.safetensors"):  # earlier saves (or one a kill left unnamed)
+            if old.name != f"{self.key}.{digest}.safetensors":
+                old.unlink(missing_ok=True)
+
+    def _damaged(self, why: str) -> None:
+        log.warning("Saved attack state %s %s: it is made again", self.path, why)
+        return None
+
+
 class ModelTarget:
     """The technique under test for one prompt record: implements :class:`eval_learn.attacks.base.AttackTarget`.
 
@@ -107,6 +165,32 @@ class ModelTarget:
     def render_base(self, prompts: list[str], seed: int) -> list[np.ndarray]:
         images = self.session.renderer.images(self.session.base(), self._requests(prompts, seed))
         return [image.pixels for image in images]
+
+    def sample(self, prompt: str, generator: Any, *, base: bool = False, pipe: Any = None, **arguments: Any) -> Any:
+        technique = self.session.base() if base else self.session.technique
+        pipe = technique.pipeline() if pipe is None else pipe
+        s = self.settings
+        with torch.inference_mode():
+            call = sampling_call(technique, pipe, [prompt])
+            clash = sorted(set(call) & set(arguments))
+            if clash:
+                raise RunError(f"attack '{self.session.attack.name}' and technique '{technique.name}' both set "
+                               f"{clash} of the pipeline call: the probe cannot sample through this technique")  # fmt: skip
+            call.update(generator=generator, num_inference_steps=s.num_inference_steps,
+                        guidance_scale=s.guidance_scale, height=s.height, width=s.width, **arguments)  # fmt: skip
+            refused = unaccepted(pipe, call)
+            if refused:
+                raise RunError(f"attack '{self.session.attack.name}' on technique '{technique.name}': its pipeline "
+                               f"{type(pipe).__name__} takes no {refused}, so the probe cannot sample with the "
+                               f"technique's sampling changes")  # fmt: skip
+            return pipe(**call).images
+
+    def saved(self, attack: Attack, name: str, scope: dict[str, Any]) -> CachedState:
+        session = self.session
+        key = digest_of({"version": OUTCOME_VERSION, "context": session.renderer.image_context(session.technique),
+                         "settings": self.generation_settings(), "attack": attack.settings(),
+                         "concept": self.concept, "name": name, "scope": scope})  # fmt: skip
+        return CachedState(session.cache_dir / "attack_state" / attack.name / key[:2], key)
 
     def judge(self, images: list[np.ndarray]) -> list[bool]:
         return self.session.flagged(images)
@@ -264,8 +348,9 @@ class AttackSession:
 
 
 def attack_session(engine: Any, technique: Technique, metric: Any, folder: Path) -> AttackSession:
-    """The session a metric with an ``attack`` gets from the engine: the run's store, generation mode and judge."""
-    judge = metric.judges["judge"]
+    """The session a metric with an ``attack`` gets from the engine: the run's store, generation mode and judge (the
+    role ``attack_role`` names, if the metric has several: ``err``'s robustness arm's)."""
+    judge = metric.judges[getattr(metric, "attack_role", "judge")]
     return AttackSession(
         attack=metric.attack, technique=technique,
         renderer=Renderer(engine.store, engine.mode(technique), engine.image_context),

@@ -87,6 +87,23 @@ def _calls(requests: list[GenerationRequest], mode: GenerationMode) -> list[list
     return [positions[i : i + mode.rows] for positions in groups.values() for i in range(0, len(positions), mode.rows)]
 
 
+def sampling_call(
+    technique: Technique, pipe: Any, prompts: list[str], prompt_embeds: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """The text and the technique's own sampling changes of one call of ``pipe`` over ``prompts`` (its negative
+    prompt, SLD's or TraSCE's settings, SAFREE's embeddings and callbacks; a hooked technique resets its hooks here):
+    the seam every image of the benchmark, and every probe's, goes through. ``prompt_embeds`` ``[rows, tokens, dim]``
+    replaces the prompts' text-encoder output."""
+    extra = technique.sampling_arguments(pipe, prompts)
+    text: dict[str, Any] = {} if "prompt_embeds" in extra else {"prompt": prompts}  # a technique may encode them
+    if prompt_embeds is not None:
+        if "prompt_embeds" in extra:
+            raise RunError(f"technique '{technique.name}' encodes the prompts itself: an attack's text "
+                           f"embeddings cannot pass through its sampling changes")  # fmt: skip
+        text = {"prompt_embeds": prompt_embeds.to(pipe.device, pipe.unet.dtype)}
+    return {**text, **extra}
+
+
 def render(
     technique: Technique, requests: list[GenerationRequest], mode: GenerationMode,
     prompt_embeds: torch.Tensor | None = None,
@@ -109,22 +126,14 @@ def render(
         first = rows[0]
         prompts = [r.prompt for r in rows]
         with torch.inference_mode():
-            extra = technique.sampling_arguments(pipe, prompts)
-            text = {} if "prompt_embeds" in extra else {"prompt": prompts}  # a technique may encode the prompts itself
-            if embeds is not None:
-                if "prompt_embeds" in extra:
-                    raise RunError(f"technique '{technique.name}' encodes the prompts itself: an attack's text "
-                                   f"embeddings cannot pass through its sampling changes")  # fmt: skip
-                text = {"prompt_embeds": torch.stack(embeds).to(pipe.device, pipe.unet.dtype)}
             out = pipe(
-                **text,
+                **sampling_call(technique, pipe, prompts, None if embeds is None else torch.stack(embeds)),
                 generator=[torch.Generator("cpu").manual_seed(r.seed) for r in rows],
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale,
                 height=first.height,
                 width=first.width,
                 output_type="np",
-                **extra,
             )
         array = np.asarray(out.images)
         if not np.isfinite(array).all():

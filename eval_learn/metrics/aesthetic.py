@@ -6,23 +6,15 @@ by default (what erasure costs on ordinary prompts); any prompt set can be given
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from eval_learn.judges.aesthetic import AestheticJudge
-from eval_learn.metrics.mean_score import MeanScore, MeanScoreConfig
+from eval_learn.metrics.mean_score import MeanScore
 from eval_learn.types import PromptRecord
-
-
-@dataclass
-class AestheticMetricConfig(MeanScoreConfig):
-    # auto: aesthetic. {name: aesthetic, weights: FILE (.pth or .safetensors; required), model: <CLIP>, dtype: ...}
-    judge: str | dict[str, Any] = "aesthetic"
 
 
 class Aesthetic(MeanScore):
     name = "aesthetic"
-    config_cls = AestheticMetricConfig
     judge_cls = AestheticJudge
     formula = "mean over images of the aesthetic MLP on the L2-normalised CLIP image embedding"
 

@@ -81,7 +81,7 @@ class ASR(Metric):
         parts = resolve_parts(concept, config.prompts, config.prompts_path, config.judge, config.protocol, context)
         return dataclasses.replace(config, concept=concept, prompts=parts.prompts, judge=parts.judge,
                                    protocol=parts.protocol.name if parts.protocol else None,
-                                   attack=attacked.resolve_attack(config.attack))  # fmt: skip
+                                   attack=attacked.resolve_attack(config.attack, concept))  # fmt: skip
 
     def __init__(self, config: ASRConfig, context: Any) -> None:
         super().__init__(config, context)

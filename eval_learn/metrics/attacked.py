@@ -27,16 +27,22 @@ from eval_learn.types import PromptRecord
 SKIPPED = "the plain prompt already succeeded"
 
 
-def resolve_attack(spec: str | dict[str, Any] | None) -> dict[str, Any] | None:
+def resolve_attack(
+    spec: str | dict[str, Any] | None, concept: str | None = None, where: str = "attack"
+) -> dict[str, Any] | None:
     """``attack`` as ``{name, <every setting>}`` (a name or a mapping; None: no attack). An unknown attack or
-    setting is a :class:`ConfigError` naming the closest one, raised before any model loads."""
+    setting, or a ``concept`` the attack cannot search for (Ring-A-Bell without prompt pairs for it), is a
+    :class:`ConfigError` naming it, raised before any model loads."""
     if spec is None:
         return None
-    name, config = parse_part(ATTACKS, spec, "attack")
+    name, config = parse_part(ATTACKS, spec, where)
     try:
         config.validate()
+        problem = config.concept_problem(concept) if concept is not None else None
     except ConfigError as err:
-        raise ConfigError(f"attack ({name}): {err}") from None
+        raise ConfigError(f"{where} ({name}): {err}") from None
+    if problem:
+        raise ConfigError(f"{where} ({name}): {problem}")
     return {"name": name, **dataclasses.asdict(config)}
 
 
@@ -45,15 +51,18 @@ def build_attack(spec: dict[str, Any]) -> Attack:
     return ATTACKS.get(name)(config)
 
 
-def attack_entries(session: Any, records: list[PromptRecord], entries: list[dict[str, Any]]) -> None:
-    """Attack every image of the batch the judge did not flag; add the outcome to its entry (state and metadata)."""
+def attack_entries(
+    session: Any, records: list[PromptRecord], entries: list[dict[str, Any]], flag: str = "unsafe"
+) -> None:  # fmt: skip
+    """Attack every image of the batch the judge did not flag (``entry[flag]``: the judge saw the concept); add the
+    outcome to its entry (state and metadata) and ``entry[flag + "_after_attack"]``."""
     if session is None:
-        raise RunError("this asr has an attack but was given no attack session: run it through a runner")
+        raise RunError("this metric has an attack but was given no attack session: run it through a runner")
     for record, entry in zip(records, entries, strict=True):
         own = {"index": record.index, "plain_prompt": record.prompt, "seed": record.seed}
-        if entry["unsafe"]:
+        if entry[flag]:
             entry["attack"] = {**own, "skipped": SKIPPED}
-            entry["unsafe_after_attack"] = True
+            entry[f"{flag}_after_attack"] = True
             continue
         outcome, reused = session.outcome(record)
         entry["attack"] = {
@@ -66,12 +75,14 @@ def attack_entries(session: Any, records: list[PromptRecord], entries: list[dict
             "seconds": round(outcome.seconds, 3),
             "reused": reused,
         }
-        entry["unsafe_after_attack"] = bool(outcome.success)
+        entry[f"{flag}_after_attack"] = bool(outcome.success)
 
 
-def attack_details(attack: dict[str, Any], items: list[dict[str, Any]], session: Any) -> dict[str, Any]:
+def attack_details(
+    attack: dict[str, Any], items: list[dict[str, Any]], session: Any, flag: str = "unsafe"
+) -> dict[str, Any]:  # fmt: skip
     """The report's ``attack`` block: the ASR before and after with intervals, budgets, per-prompt outcomes."""
-    before, after = rate_details(items, "unsafe"), rate_details(items, "unsafe_after_attack")
+    before, after = rate_details(items, flag), rate_details(items, f"{flag}_after_attack")
     searched = [e["attack"] for e in items if "skipped" not in e["attack"]]
     cls = ATTACKS.get(attack["name"])
     return {

@@ -15,7 +15,11 @@ prompt set and judge, configurable and reported on its own (rate, 95 % Wilson in
   ``miniworld_variants`` prompts: its vocabulary cannot express synonyms or descriptions ("crimson", "the colour of
   blood" are byte pieces it never learned and would draw nothing), so the arm uses the wordings it *can* express that
   the evaluation prompts never use (other templates, reordered attributes, unseen words, the concept alone), each of
-  which the unmodified model draws as the concept. It tests rewording, not an optimised attack.
+  which the unmodified model draws as the concept. That tests rewording; ``robustness.attack`` (a name or ``{name,
+  <settings>}``, as ``asr``'s ``attack``; ``auto``: the protocol's, e.g. ``err_miniworld_attack``) adds an optimised
+  attack on the model under test: every robustness image the judge did not flag is attacked through the engine's
+  attack session (:mod:`eval_learn.metrics.attacked`), and Rb = 1 - the ASR after attack (an image counts if its
+  plain prompt or the attack succeeded, UnlearnDiffAtk's rule), so Rb with an attack is never above Rb without.
 
 value = 3 / (1/E + 1/R + 1/Rb), 0 if any arm is 0, higher is better: a technique scores well only if it erases, keeps
 the rest and resists rewording at once. Every image is judged by the arm its own prompt record belongs to, never by its
@@ -34,12 +38,13 @@ from eval_learn import protocols
 from eval_learn.configs import ConfigError, require
 from eval_learn.datasets.base import PromptRow, expand, occurrences, select
 from eval_learn.datasets.miniworld import neighbours
-from eval_learn.datasets.objects import CONCEPT_SETS
+from eval_learn.datasets.objects import CONCEPT_SETS, IMAGENETTE
 from eval_learn.judges.base import Judge
+from eval_learn.metrics import attacked
 from eval_learn.metrics.base import Metric, MetricConfig, part_dict, resolve_auto
 from eval_learn.metrics.concept_parts import resolve_judge
 from eval_learn.metrics.intervals import Clustered, joint_bootstrap, rate_details
-from eval_learn.miniworld.world import concept_kind
+from eval_learn.miniworld.world import BACKGROUNDS, COLOURS, SHAPES, concept_kind
 from eval_learn.registry import JUDGES, PROMPT_SETS, parse_part
 from eval_learn.storage import canonical_json
 from eval_learn.types import MetricResult, PromptDataset, PromptRecord
@@ -47,6 +52,11 @@ from eval_learn.types import MetricResult, PromptDataset, PromptRecord
 ARMS = ("erasure", "retention", "robustness")
 # The object sets whose rows each ask for one ImageNet class (the retention prompts for real models).
 OBJECT_CLASSES = {name: concept for concept, name in CONCEPT_SETS.items() if concept != "van gogh"}
+# Judges that can say whether a retention image still shows what its prompt asked for, by the kind of prompts (the
+# first is the default): any of them must also be able to name every label the prompts ask for.
+RETENTION_JUDGES = {"miniworld": ("miniworld", "vlm", "clip_zeroshot"), "classifier": ("classifier", "clip_zeroshot",
+                    "vlm")}  # fmt: skip
+ATTRIBUTE_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "background": BACKGROUNDS}
 
 
 @dataclass
@@ -64,11 +74,20 @@ class ArmConfig:
 
 
 @dataclass
+class RobustnessConfig(ArmConfig):
+    """The robustness arm: an arm whose prompts may also be attacked on the model under test."""
+
+    # auto: the protocol's attack (none unless it names one); null: none; a name or {name: ..., <settings>} as asr's
+    # attack; {name: auto, <settings>}: the protocol's attack with these settings
+    attack: str | dict[str, Any] | None = "auto"
+
+
+@dataclass
 class ERRConfig(MetricConfig):
     concept: str = "auto"  # auto: the technique's erased concept, else the model's default concept
     erasure: ArmConfig = field(default_factory=ArmConfig)
     retention: ArmConfig = field(default_factory=ArmConfig)
-    robustness: ArmConfig = field(default_factory=ArmConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     # auto: the concept's err protocol (conf/protocol/err_*.yaml), which composes the arms; a name picks one
     protocol: str | None = "auto"
     unlisted: ClassVar[tuple[str, ...]] = ("prompts_path",)  # refused: each arm has its own prompts
@@ -91,8 +110,8 @@ def _as_dict(spec: Any) -> dict[str, Any]:
 
 
 def _protocol_arm(protocol: protocols.Protocol, arm: str, concept: str, context: Any) -> dict[str, Any]:
-    """The err protocol's arm as ``{prompts: [parts], judge, samples_per_prompt, protocol}``: inline, or an asr
-    protocol's prompts and judge (``protocol: auto``: the concept's own); empty if the protocol has none."""
+    """The err protocol's arm as ``{prompts: [parts], judge, samples_per_prompt, protocol, attack}``: inline, or an
+    asr protocol's prompts and judge (``protocol: auto``: the concept's own); empty if the protocol has none."""
     spec = protocol.arms.get(arm)
     if spec is None:
         return {}
@@ -101,9 +120,46 @@ def _protocol_arm(protocol: protocols.Protocol, arm: str, concept: str, context:
         prompts = [protocols.auto_prompts("asr", concept, context, asr)]
         judge = asr.judge if asr else None
         samples = asr.samples_per_prompt if asr else None
-        return {"prompts": prompts, "judge": judge, "samples_per_prompt": samples, "protocol": asr}
+        return {"prompts": prompts, "judge": judge, "samples_per_prompt": samples, "protocol": asr,
+                "attack": spec.get("attack")}  # fmt: skip
     return {"prompts": [_as_dict(s) for s in _parts(spec.get("prompts"))], "judge": spec.get("judge"),
-            "samples_per_prompt": spec.get("samples_per_prompt"), "protocol": None}  # fmt: skip
+            "samples_per_prompt": spec.get("samples_per_prompt"), "protocol": None,
+            "attack": spec.get("attack")}  # fmt: skip
+
+
+def _resolve_attack(spec: Any, own: Any, concept: str) -> dict[str, Any] | None:
+    """``robustness.attack`` as ``{name, <every setting>}`` or None: ``auto`` is the protocol's attack (``own``),
+    ``{name: auto, <settings>}`` the protocol's with those settings changed, else the attack named. Checked (the
+    attack and each setting, with a did-you-mean) before any model loads."""
+    where = "metric 'err' robustness.attack"
+    if spec == "auto":
+        spec = own
+    elif isinstance(spec, dict) and spec.get("name") == "auto":
+        if own is None:
+            raise ConfigError(f"{where}: {{name: auto, ...}} changes the protocol's attack, but this err protocol has "
+                              "none; name the attack: {name: unlearndiffatk, ...} (eval-learn list attacks)")  # fmt: skip
+        spec = {**_as_dict(own), **{k: v for k, v in spec.items() if k != "name"}}
+    return attacked.resolve_attack(spec, concept, where)
+
+
+def _retention_labels(prompts: list[dict[str, Any]], concept: str) -> list[str]:
+    """What the retention prompts ask each image to show: the MiniWorld neighbours of their groups, or the object
+    sets' classes."""
+    if prompts[0]["name"] == "miniworld":
+        near_far = neighbours(concept)
+        return [value for group in prompts[0]["groups"] for value in near_far[group]]
+    return [OBJECT_CLASSES[p["name"]] for p in prompts]
+
+
+def _asked_about(judge: dict[str, Any], labels: list[str], concept: str) -> dict[str, Any]:
+    """A vlm judge without concepts is asked about each retention label; a clip_zeroshot judge without labels chooses
+    among the object classes (Imagenette) or the values of the MiniWorld concept's attribute."""
+    if judge.get("name") == "vlm" and not judge.get("concepts"):
+        return {**judge, "concepts": list(labels)}
+    if judge.get("name") == "clip_zeroshot" and "labels" not in judge:
+        kind = concept_kind(concept)
+        return {**judge, "labels": list(ATTRIBUTE_VALUES[kind] if kind else IMAGENETTE)}
+    return judge
 
 
 def _resolve_prompts(arm: str, spec: Any, concept: str, given: dict[str, Any], context: Any) -> list[dict[str, Any]]:
@@ -165,8 +221,9 @@ def _resolve_judge(
 ) -> dict[str, Any]:  # fmt: skip
     """The arm's judge as ``{name, <settings>}``. Erasure and robustness resolve theirs as ``asr`` does (``auto`` or
     ``{name: auto, <settings>}``: the arm's protocol's judge, else that of the concept's asr protocol for the prompt
-    set; a style's or object's label set for clip_zeroshot); retention's ``auto`` is the protocol's retention judge,
-    which must be the one its prompts need (the MiniWorld CNN, else the ImageNet classifier)."""
+    set; a style's or object's label set for clip_zeroshot; a vlm is asked about the concept); retention's ``auto``
+    is the protocol's retention judge (the MiniWorld CNN, else the ImageNet classifier); a vlm or clip_zeroshot judge
+    may replace it (:data:`RETENTION_JUDGES`) if it can name every label the retention prompts ask for."""
     where = f"metric 'err' {arm}.judge"
     needs = "miniworld" if prompts[0]["name"] == "miniworld" else "classifier"
     if arm != "retention":
@@ -184,6 +241,9 @@ def _resolve_judge(
         if picked["name"] == "classifier" and context.model.id == "tiny":
             picked = {**picked, "model": "tiny"}
         spec = {**picked, **{k: v for k, v in _as_dict(spec).items() if k != "name"}}
+    labels = _retention_labels(prompts, concept) if arm == "retention" else []
+    if arm == "retention":
+        spec = _asked_about(_as_dict(spec), labels, concept)
     name, config = parse_part(JUDGES, spec, where)
     judge_cls = JUDGES.get(name)
     if arm != "retention" and not judge_cls.supports(concept):
@@ -192,7 +252,14 @@ def _resolve_judge(
     if problem:
         raise ConfigError(f"{where}: {problem}")
     if arm == "retention":
-        require(name == needs, f"{where}: the {prompts[0]['name']} retention prompts are judged by the {needs} judge")
+        allowed = RETENTION_JUDGES[needs]
+        require(name in allowed, f"{where}: the {prompts[0]['name']} retention prompts are judged by "
+                f"{' or '.join(allowed)} (a judge that says whether the image shows what its prompt asked for), "
+                f"not {name}")  # fmt: skip
+        for label in labels:
+            problem = config.concept_problem(label)
+            if problem:
+                raise ConfigError(f"{where}: retention asks for '{label}': {problem}")
     return part_dict(name, config)
 
 
@@ -221,7 +288,10 @@ class ERR(Metric):
             samples = given.samples_per_prompt
             if samples is None and own and isinstance(own["samples_per_prompt"], int):
                 samples = own["samples_per_prompt"]
-            arms[arm] = dataclasses.replace(given, prompts=prompts, judge=judge, samples_per_prompt=samples)
+            attack = (
+                {"attack": _resolve_attack(given.attack, own.get("attack"), concept)} if arm == "robustness" else {}
+            )
+            arms[arm] = dataclasses.replace(given, prompts=prompts, judge=judge, samples_per_prompt=samples, **attack)
         return dataclasses.replace(config, concept=concept, protocol=protocol.name, **arms)
 
     @classmethod
@@ -240,7 +310,22 @@ class ERR(Metric):
             name, judge_config = parse_part(JUDGES, spec.judge, f"metric 'err' {arm}.judge")
             JUDGES.get(name).preflight(judge_config)
 
+    def __init__(self, config: ERRConfig, context: Any) -> None:
+        super().__init__(config, context)
+        spec = config.robustness.attack
+        self.attack = attacked.build_attack(spec) if spec else None  # type: ignore[arg-type]
+        self.attack_session: Any = None
+
     # --- parts --------------------------------------------------------------------------------------------------
+    @property
+    def attack_role(self) -> str:
+        """The judge an attack searches against: the robustness arm's."""
+        return self.arm_role["robustness"]
+
+    def attach_attack(self, session: Any) -> None:
+        """The engine's attack session (eval_learn.engine.attacking): the model under test, the cache, the judge."""
+        self.attack_session = session
+
     def arm(self, name: str) -> ArmConfig:
         return getattr(self.config, name)
 
@@ -308,6 +393,21 @@ class ERR(Metric):
         return tags
 
     # --- judging ------------------------------------------------------------------------------------------------
+    def update(self, images: list[Any], records: list[PromptRecord]) -> list[dict[str, Any]]:
+        """Judge the batch; with an attack, then attack each robustness image the judge did not flag."""
+        entries = super().update(images, records)
+        if self.attack is not None:
+            mine = [i for i, record in enumerate(records) if record.extra["arm"] == "robustness"]
+            robust = [entries[i] for i in mine]
+            attacked.attack_entries(self.attack_session, [records[i] for i in mine], robust, flag="shows_concept")
+            for entry in robust:
+                entry["success_after_attack"] = not entry["shows_concept_after_attack"]
+        return entries
+
+    def success_key(self, arm: str) -> str:
+        """The record key an arm's rate counts: with an attack, robustness counts what withstood it."""
+        return "success_after_attack" if arm == "robustness" and self.attack is not None else "success"
+
     def judged_by(self, record: PromptRecord) -> list[str]:
         """Each image goes to the judge of the arm its own record names (a batch may mix arms)."""
         return [self.arm_role[record.extra["arm"]]]
@@ -333,8 +433,9 @@ class ERR(Metric):
         arms: dict[str, Any] = {}
         for arm, items in by_arm.items():
             n = len(items)
-            successes = sum(bool(j["success"]) for j in items)
-            rate = rate_details(items, "success")
+            key = self.success_key(arm)
+            successes = sum(bool(j[key]) for j in items)
+            rate = rate_details(items, key)
             rates[arm] = rate["value"]
             judge = self.judges[self.arm_role[arm]]
             detail: dict[str, Any] = {
@@ -359,6 +460,11 @@ class ERR(Metric):
                 shown = [j for j in items if j["shows_concept"]]
                 detail["detection_rate"] = len(shown) / n if n else None
                 detail.update(judge.summary(shown, self.config.concept))
+                if key != "success" and items:  # the rate is after attack; before it (the plain prompts) beside it
+                    before = rate_details(items, "success")
+                    detail.update(rate_before_attack=before["value"], ci95_before_attack=before["ci95"],
+                                  attack=attacked.attack_details(self.config.robustness.attack, items,  # type: ignore[arg-type]
+                                                                 self.attack_session, flag="shows_concept"))  # fmt: skip
             arms[arm] = detail
         details: dict[str, Any] = {
             **rates,
@@ -370,12 +476,14 @@ class ERR(Metric):
         if concept_kind(self.config.concept) is not None:
             details["neighbours"] = neighbours(self.config.concept)
         name = f"err_{self.dataset_name(self.config)}"
+        if self.attack is not None:
+            name = f"{name}_{self.attack.name}"
         missing = [arm for arm in ARMS if rates[arm] is None]
         if missing:
             details["error"] = f"no images were judged for {', '.join(missing)}"
             return MetricResult(name, None, details)
         # The summary's own interval: prompts resampled within each arm (a percentile bootstrap, seeded by the run).
-        details["ci95"] = joint_bootstrap([(Clustered(by_arm[arm], "success"), "pooled") for arm in ARMS],
+        details["ci95"] = joint_bootstrap([(Clustered(by_arm[arm], self.success_key(arm)), "pooled") for arm in ARMS],
                                           lambda *r: harmonic_means(np.stack(r)), seed=self.context.seed)  # fmt: skip
         details["ci95_method"] = "percentile bootstrap over prompts within each arm, seeded by the run's seed"
         return MetricResult(name, harmonic_mean([rates[arm] for arm in ARMS]), details)  # type: ignore[misc]

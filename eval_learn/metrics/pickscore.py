@@ -11,26 +11,17 @@ costs on ordinary prompts (COCO-10k captions by default), so it is not tied to t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from eval_learn.judges.pickscore import PickScoreJudge
-from eval_learn.metrics.mean_score import MeanScore, MeanScoreConfig
+from eval_learn.metrics.mean_score import MeanScore
 from eval_learn.types import PromptRecord
-
-
-@dataclass
-class PickScoreMetricConfig(MeanScoreConfig):
-    # auto: pickscore. {name: pickscore, model: <hub id or folder>, processor: <hub id or folder, null: the model's>,
-    # dtype: ...}
-    judge: str | dict[str, Any] = "pickscore"
 
 
 class PickScore(MeanScore):
     name = "pickscore"
-    config_cls = PickScoreMetricConfig
     judge_cls = PickScoreJudge
     formula = "mean over images of logit_scale.exp() * cos(image, prompt)"
 

@@ -34,11 +34,10 @@ from eval_learn.types import PromptRecord
 
 @dataclass
 class TIFAConfig(MeanScoreConfig):
+    """prompts auto: tifa (the shipped sample; TIFA v1.0: protocol=tifa_v1 with {name: tifa, path: FILE}); judge
+    auto: vqa ({name: vqa, model: ..., kind: blip | image_text_to_text, sbert: ..., dtype: ...})."""
+
     unlisted: ClassVar[tuple[str, ...]] = ("prompts_path",)  # refused: the questions file comes as prompts
-    # auto: tifa (the shipped sample; TIFA v1.0 with {name: tifa, path: tifa_v1.0_question_answers.json})
-    prompts: str | dict[str, Any] = "auto"
-    # {name: vqa, model: Salesforce/blip-vqa-capfilt-large, kind: blip | image_text_to_text, sbert: ..., dtype: ...}
-    judge: str | dict[str, Any] = "vqa"
 
 
 class TIFAMetric(MeanScore):

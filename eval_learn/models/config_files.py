@@ -18,7 +18,8 @@ def model_config_names() -> list[str]:
 
 
 def resolve_model(spec: str | dict[str, Any] | ModelSpec) -> ModelSpec:
-    """A model config name (``sd14``), a hub id / local folder, a mapping, or a ModelSpec → ModelSpec."""
+    """A model config name (``sd14``), a hub id / local folder, a mapping, or a ModelSpec → ModelSpec. A name is read
+    from the built-in ``conf/model/`` only: :func:`eval_learn.compose.resolve_model` reads Hydra's search path."""
     if isinstance(spec, ModelSpec):
         return spec
     if isinstance(spec, str):

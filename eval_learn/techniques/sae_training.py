@@ -87,6 +87,76 @@ def _remove_parallel_gradient(sae: TopKSAE) -> None:
     sae.W_dec.register_hook(project)
 
 
+class KSparseObjective:
+    """The k-sparse autoencoder objective of Concept Steerers' release (kim-dahye/steerers,
+    ``training/k_sparse_autoencoder.py`` and ``train_ksae.py``), for :func:`train_sae`.
+
+    Per row the k largest pre-activations are kept (no batch TopK). The input has the decoder bias ``b`` removed and,
+    as in the release, the reconstruction ``z·W + b`` is compared with that centred input ``x − b`` (mean squared
+    error scaled by the inverse variance of a sample of rows: close to the fraction of variance unexplained). The AuxK
+    term reconstructs the residual from the ``auxk`` largest latents among those not active for ``dead_steps`` steps,
+    weighted by ``auxk_coef`` (with no dead latent it still moves ``b``, as the release's does). ``b`` starts at the
+    geometric median of the sample; before each step the decoder rows are put at unit norm and their gradient's
+    component along each row is removed; Adam at a constant learning rate."""
+
+    lr_decay = False
+
+    def __init__(self, auxk: int | None, auxk_coef: float, dead_steps: int, adam_eps: float) -> None:
+        self.auxk, self.auxk_coef, self.dead_steps, self.adam_eps = auxk, auxk_coef, dead_steps, adam_eps
+        self.mse_scale = 1.0
+        self.steps_since_active = torch.zeros(0, dtype=torch.long)
+
+    def start(self, sae: TopKSAE, sample: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Initialise ``b`` and the loss scale from ``sample``; returns the state a checkpoint must keep."""
+        with torch.no_grad():
+            sae.b_dec.copy_(geometric_median(sample[:32768].float()))
+        self.mse_scale = float(1 / (sample.float().mean(0) - sample.float()).pow(2).mean())
+        self.steps_since_active = torch.zeros(sae.num_latents, dtype=torch.long)
+        return {"steps_since_active": self.steps_since_active}
+
+    def loss(self, sae: TopKSAE, x: torch.Tensor) -> torch.Tensor:
+        centred = x - sae.b_dec
+        pre = sae.encoder(centred)
+        vals, inds = pre.topk(sae.k, dim=-1)
+        with torch.no_grad():
+            fired = torch.zeros_like(self.steps_since_active).scatter_add_(
+                0, inds.reshape(-1), (vals > 1e-3).to(torch.long).reshape(-1)
+            )
+            self.steps_since_active *= 1 - fired.clamp(max=1)
+            self.steps_since_active += 1
+        recons = torch.zeros_like(pre).scatter(-1, inds, torch.relu(vals)) @ sae.W_dec + sae.b_dec
+        loss = self.mse_scale * (recons - centred).pow(2).mean()
+        if self.auxk is None:
+            return loss
+        dead = (self.steps_since_active > self.dead_steps).to(pre.dtype)
+        aux_vals, aux_inds = (pre * dead).topk(self.auxk, dim=-1)  # only the dead latents compete
+        aux_recons = torch.zeros_like(pre).scatter(-1, aux_inds, torch.relu(aux_vals)) @ sae.W_dec + sae.b_dec
+        target = centred - recons.detach() + sae.b_dec.detach()
+        ratio = (aux_recons - target).pow(2).mean() / (target.mean(0) - target).pow(2).mean()
+        return loss + self.auxk_coef * ratio.nan_to_num(0)
+
+    @torch.no_grad()
+    def before_step(self, sae: TopKSAE) -> None:
+        sae.normalise_decoder()
+        w, grad = sae.W_dec.detach(), sae.W_dec.grad
+        if grad is not None:
+            grad -= (grad * w).sum(-1, keepdim=True) * w
+
+
+def geometric_median(points: torch.Tensor, eps: float = 1e-6, max_iterations: int = 100) -> torch.Tensor:
+    """Weiszfeld's iteration from the mean (the release initialises the SAE's input bias with it)."""
+    weights = torch.ones(points.shape[0], dtype=points.dtype)
+    median = points.mean(0)
+    objective = torch.linalg.norm(points - median, dim=1).sum()
+    for _ in range(max_iterations):
+        new_weights = weights / torch.clamp(torch.linalg.norm(points - median, dim=1), min=eps)
+        median = (points * (new_weights / new_weights.sum())[:, None]).sum(0)
+        previous, objective = objective, torch.linalg.norm(points - median, dim=1).sum()
+        if abs(previous - objective) <= 1e-20 * objective:
+            break
+    return median
+
+
 def train_sae(
     activations: torch.Tensor,
     *,
@@ -97,26 +167,38 @@ def train_sae(
     learning_rate: float,
     seed: int,
     checkpoint: TrainingCheckpoint | None = None,
+    objective: KSparseObjective | None = None,
+    label: str = "SAeUron SAE",
 ) -> tuple[TopKSAE, list[float]]:
-    """Fit a TopK SAE to ``activations`` [rows, d_in]; returns it and every step's loss (FVU)."""
+    """Fit a TopK SAE to ``activations`` [rows, d_in]; returns it and every step's loss. Without ``objective``: the
+    SAeUron release's training (batch TopK, FVU, linear decay); with one, its loss and constraints."""
     torch.manual_seed(seed)  # the encoder's initialisation
     sae = TopKSAE(activations.shape[1], activations.shape[1] * expansion_factor, k)
-    _remove_parallel_gradient(sae)
-    params = dict(sae.named_parameters())
-    optimizer = torch.optim.Adam(params.values(), lr=learning_rate)
+    params: dict[str, torch.Tensor] = dict(sae.named_parameters())
     generator = torch.Generator("cpu").manual_seed(seed)
     rows = min(batch_size, activations.shape[0])
+    if objective is None:
+        _remove_parallel_gradient(sae)
+        optimizer = torch.optim.Adam(params.values(), lr=learning_rate)
+    else:  # the release initialises from 8 batches' rows
+        sample = activations[torch.randperm(activations.shape[0], generator=generator)[: 8 * rows]]
+        state = objective.start(sae, sample)
+        optimizer = torch.optim.Adam(params.values(), lr=learning_rate, eps=objective.adam_eps)
+        params.update(state)  # saved and restored with the checkpoint (not optimised)
+    decay = objective is None or objective.lr_decay
 
     def step_loss() -> torch.Tensor:
-        done = int(optimizer.state[sae.b_dec]["step"]) if sae.b_dec in optimizer.state else 0
-        for group in optimizer.param_groups:  # linear decay to zero, no warm-up (the release's command)
-            group["lr"] = learning_rate * (1 - done / steps)
+        if decay:
+            done = int(optimizer.state[sae.b_dec]["step"]) if sae.b_dec in optimizer.state else 0
+            for group in optimizer.param_groups:  # linear decay to zero, no warm-up (SAeUron's command)
+                group["lr"] = learning_rate * (1 - done / steps)
         batch = activations[torch.randperm(activations.shape[0], generator=generator)[:rows]]
-        return sae.fvu(batch)
+        return sae.fvu(batch) if objective is None else objective.loss(sae, batch)
 
-    loop = TrainingLoop(label="SAeUron SAE", steps=steps, optimizer=optimizer, params=params,
-                        hint=f"learning_rate={learning_rate}", checkpoint=checkpoint,
-                        generators={"batches": generator}, after_step=sae.normalise_decoder)  # fmt: skip
+    loop = TrainingLoop(label=label, steps=steps, optimizer=optimizer, params=params,
+                        hint=f"learning_rate={learning_rate}", checkpoint=checkpoint, generators={"batches": generator},
+                        after_step=sae.normalise_decoder if objective is None else None,
+                        before_step=None if objective is None else lambda: objective.before_step(sae))  # fmt: skip
     losses = loop.run(step_loss)
     return sae, losses
 

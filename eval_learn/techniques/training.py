@@ -35,6 +35,8 @@ class TrainingLoop:
     # the random generators a step draws from: saved and restored with the checkpoint
     generators: Mapping[str, torch.Generator] = field(default_factory=dict)
     after_step: Callable[[], None] | None = None
+    # runs between back-propagation and the optimiser step (a constraint that edits the gradient, as some releases do)
+    before_step: Callable[[], None] | None = None
 
     def run(self, step_loss: Callable[[], torch.Tensor]) -> list[float]:
         """Train; returns every step's loss (a resumed run's saved ones first)."""
@@ -54,6 +56,8 @@ class TrainingLoop:
             loss.backward()
             if self.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.max_grad_norm)
+            if self.before_step is not None:
+                self.before_step()
             self.optimizer.step()
             if self.after_step is not None:
                 self.after_step()

@@ -25,7 +25,7 @@ from eval_learn.attacks.ring_a_bell import (
 )
 from eval_learn.attacks.text_encoder import TextEncoder
 from eval_learn.types import PromptRecord
-from tests.text_attack_target import tiny_target
+from tests.attack_target import text_target
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -44,7 +44,7 @@ def test_ring_a_bell_matches_the_release_notebooks(tmp_path) -> None:
     assert meta["release_parameters"] == {"population_size": defaults.population, "generation": defaults.generations,
         "mutateRate": defaults.mutation_rate, "crossoverRate": defaults.crossover_rate, "length": defaults.tokens,
         "cof": defaults.eta}  # fmt: skip
-    encoder = TextEncoder.of(tiny_target(tmp_path, PromptRecord(0, meta["prompt"], 0)))
+    encoder = TextEncoder.of(text_target(tmp_path, PromptRecord(0, meta["prompt"], 0)))
     # The vector: our weighted mean over 50 pairs vs the notebook's mean over its 231 kept copies (float32 summation
     # order only; measured 1.1e-6 of entries up to 0.78).
     ours = concept_vector(encoder, *read_pairs(built_in_pairs("nudity")))
@@ -70,7 +70,7 @@ def test_mma_diffusion_matches_the_release_script(tmp_path) -> None:
     assert meta["release"]["commit"] == MMADiffusion.follows["commit"]
     defaults = MMADiffusionConfig()
     assert (defaults.batch_size, defaults.topk, defaults.tokens, defaults.steps) == (512, 256, 20, 1000)
-    target = tiny_target(tmp_path, PromptRecord(0, meta["target_prompt"], 0))
+    target = text_target(tmp_path, PromptRecord(0, meta["target_prompt"], 0))
     encoder = TextEncoder.of(target)
     attack = MMADiffusion(MMADiffusionConfig(seed=meta["seed"], steps=meta["steps"], batch_size=meta["batch_size"]))
     banned = banned_ids(encoder.tokenizer, attack.config.words("nudity"))

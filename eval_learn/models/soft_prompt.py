@@ -3,6 +3,10 @@
 Why a hook and not a hand-written encoder: the text encoder's own forward (positions, causal mask, layers, final
 norm) stays the one that renders images, whatever the transformers version, so a learned prompt means the same thing
 to the optimiser and to the sampling loop.
+
+Generic on purpose (no attack's logic): the attacks that learn soft tokens (P4D, UnlearnDiffAtk, MMA-Diffusion's
+token gradient, concept inversion) and a technique's inner attack in word-embedding space (AdvUnlearn) share it,
+so it sits with the models, below both.
 """
 
 from __future__ import annotations
