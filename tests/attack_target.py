@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from eval_learn.attacks.base import Attack
+from eval_learn.compose import resolve_model
 from eval_learn.engine.attacking import ModelTarget, standalone_session
 from eval_learn.judges.miniworld import MiniWorldJudgeConfig, MiniWorldJudgePart
-from eval_learn.models import resolve_model
 from eval_learn.registry import JUDGES, parse_part
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.base import Technique

@@ -14,12 +14,12 @@ from metric_contract import check_metric_contract
 from PIL import Image
 from torch import nn
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.aesthetic import AestheticConfig, AestheticJudge
 from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.aesthetic import Aesthetic
 from eval_learn.metrics.mean_score import MeanScoreConfig
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
@@ -122,6 +122,7 @@ def test_weights_are_checked_and_recorded(clip_folder, seeded_weights, tmp_path)
         make_metric(clip_folder, wide).update(images(1), [PromptRecord(0, "a cat", 0)])
 
 
+@pytest.mark.slow
 def test_end_to_end_on_tiny_reuses_the_clip_embedding(clip_folder, seeded_weights, tmp_path, cache_dir) -> None:
     judge = {"name": "aesthetic", "model": clip_folder, "weights": seeded_weights}
     report = SingleBenchmarkRunner("free_run", "aesthetic", {}, {"limit": 3, "judge": judge}, tmp_path,

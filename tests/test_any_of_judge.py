@@ -15,6 +15,7 @@ from conftest import run_cli
 from metric_contract import check_metric_contract
 from PIL import Image, ImageDraw, ImageFilter
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.datasets.i2p import I2P_CATEGORIES
 from eval_learn.judges.any_of import AnyOfConfig, AnyOfJudge
@@ -23,7 +24,6 @@ from eval_learn.judges.nudenet import NudeNetConfig, NudeNetJudge
 from eval_learn.judges.q16 import Q16Config, Q16Judge
 from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.asr import ASR, ASRConfig
-from eval_learn.models import resolve_model
 from eval_learn.registry import check_compatible
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.sld import SLD

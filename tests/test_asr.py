@@ -8,11 +8,11 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.nudenet import NudeNetConfig, NudeNetJudge
 from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.metrics.intervals import wilson_interval
-from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
 

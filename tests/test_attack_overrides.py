@@ -19,7 +19,9 @@ def rewritten(*argv: str) -> list[str]:
 def test_a_setting_of_an_attack_given_by_name_becomes_hydras_add_form() -> None:
     assert rewritten("metric=asr_p4d", "metric.config.attack.iterations=3") == [
         "metric=asr_p4d", "++metric.config.attack.iterations=3"]  # fmt: skip
-    # the attack named on the command line, before or after its setting
+
+
+def test_an_attack_named_on_the_command_line_takes_its_settings_before_or_after() -> None:
     named = ["metric=asr", "metric.config.attack={name: unlearndiffatk}", "++metric.config.attack.iterations=3"]
     assert rewritten("metric=asr", "metric.config.attack=unlearndiffatk", "metric.config.attack.iterations=3") == named
     assert rewritten("metric=asr", "metric.config.attack.iterations=3", "metric.config.attack=unlearndiffatk") == named

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from eval_learn.attacks.base import Attack, AttackConfig, AttackOutcome
+from eval_learn.compose import resolve_model
 from eval_learn.engine.attacking import ModelTarget, standalone_session
 from eval_learn.engine.requests import request_for
 from eval_learn.engine.sampling import GenerationMode, render
-from eval_learn.models import resolve_model
 from eval_learn.registry import JUDGES, parse_part
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.free_run import FreeRun
@@ -58,6 +58,7 @@ def technique(tmp_path: Path) -> NegativePrompt:
     return NegativePrompt(NegativePromptConfig(erase_concept="nudity"), context)
 
 
+@pytest.mark.slow
 def test_a_candidate_renders_exactly_as_the_benchmark_renders_its_prompt(tmp_path: Path, technique) -> None:
     out = tmp_path / "out"
     done = run_cli("model=tiny", "technique=negative_prompt", "metric=asr", "metric.config.limit=1", "batch_size=2",

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.errors import NonFiniteError
-from eval_learn.models import resolve_model
 from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.ca import (

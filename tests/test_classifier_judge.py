@@ -58,9 +58,9 @@ def test_object_asr_end_to_end_on_tiny(tmp_path, cache_dir) -> None:
 
 
 def test_auto_parts_for_an_object_and_an_unavailable_model() -> None:
+    from eval_learn.compose import resolve_model
     from eval_learn.configs import from_mapping
     from eval_learn.metrics.asr import ASR, ASRConfig
-    from eval_learn.models import resolve_model
     from eval_learn.runtime import RunContext
 
     context = RunContext(resolve_model("tiny"), "cpu", torch.float32, 0, None)

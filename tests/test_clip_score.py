@@ -14,11 +14,11 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.clip import CLIPConfig, CLIPJudge
 from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.clip_score import CLIPScore, CLIPScoreConfig, mean_interval, t_quantile
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord

@@ -12,6 +12,7 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.datasets.objects import ARTISTS, IMAGENETTE
 from eval_learn.judges.clip_zeroshot import (
@@ -23,7 +24,6 @@ from eval_learn.judges.clip_zeroshot import (
 )
 from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.asr import ASR, ASRConfig
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
@@ -193,6 +193,7 @@ def test_style_asr_contract(clip_folder, tmp_path) -> None:
     check_metric_contract(lambda: make_style_asr(clip_folder), images(4), records, tmp_path)
 
 
+@pytest.mark.slow
 def test_style_asr_end_to_end_on_tiny(clip_folder, tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("free_run", "asr", {}, {"concept": "van gogh", "limit": 2, "judge": {"name": "auto",
                                    "model": clip_folder}}, tmp_path, model="tiny", cache_dir=cache_dir).run()  # fmt: skip

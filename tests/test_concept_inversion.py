@@ -56,6 +56,7 @@ def test_encoding_with_the_row_in_place_equals_a_resized_embedding_matrix(target
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_row_fits_a_fixed_batch(target: ModelTarget) -> None:
     pipe = target.pipeline()
     start = pipe.text_encoder.get_input_embeddings().weight[5]

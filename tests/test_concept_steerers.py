@@ -84,6 +84,15 @@ def test_prompt_moves_away_from_the_concept_and_the_negative_towards_it(cache_di
     assert along < 0 and (seen[1][0] * direction).sum() > (plain_negative * direction).sum()
     # outside sampling the text encoder is the plain one (an attack's loss, a metric)
     torch.testing.assert_close(layer_outputs(pipe, LAYER, ["a nude woman"])[0], plain_prompt)
+    # an attack's own prompt embeddings skip the text encoder: only the negative text is encoded, and steered by −s
+    seen.clear()
+    handle = layer.register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()))
+    try:
+        pipe.encode_prompt(None, "cpu", 1, True, None, prompt_embeds=torch.zeros(1, 77, 32))
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0][0], plain_negative - FAST["strength"] * direction)
 
 
 def test_strength_zero_renders_free_runs_images_exactly(cache_dir) -> None:
@@ -165,3 +174,13 @@ def test_default_recipe_runs_on_tiny_from_the_command_line(tmp_path) -> None:
     report = json.loads(path.read_text())
     text = json.dumps(report)
     assert "steering_latents_per_token" in text and '"sae_prompts": 142' in text  # the shipped I2P nudity prompts
+
+
+def test_a_prompt_file_edited_in_place_changes_the_weights_key(cache_dir, tmp_path) -> None:
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("prompt\na nude woman\na dog\n", encoding="utf-8")
+    before = steerers(cache_dir, train_prompts_csv=str(csv), train_prompts=[]).weights_key()
+    csv.write_text("prompt\na nude woman\na cat\n", encoding="utf-8")
+    after = steerers(cache_dir, train_prompts_csv=str(csv), train_prompts=[]).weights_key()
+    assert before != after
+    assert steerers(cache_dir, train_prompts_csv=str(csv), train_prompts=[]).weights_key() == after

@@ -11,12 +11,12 @@ from conftest import ROOT, run_cli
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import from_mapping
 from eval_learn.datasets.objects import ARTISTS
 from eval_learn.errors import ConfigError
 from eval_learn.metrics.err import ARMS, ERR, ERRConfig, harmonic_mean
 from eval_learn.miniworld.world import Scene, render
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 

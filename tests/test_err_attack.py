@@ -66,7 +66,10 @@ def test_the_attack_is_resolved_from_the_config_or_the_protocol() -> None:
             {"robustness": {"attack": {"name": "unlearndiffatk", "k": 0}}},
             "robustness.attack \\(unlearndiffatk\\): k must be >= 1",
         ),  # fmt: skip
-        ({"robustness": {"attack": {"name": "auto", "iterations": 3}}}, "this err protocol has none"),
+        (
+            {"robustness": {"attack": {"name": "auto", "iterations": 3}}},
+            "the err protocol 'err_miniworld' has none; name the attack",
+        ),
         ({"erasure": {"attack": "unlearndiffatk"}}, "unknown key 'attack'"),
     ],
 )

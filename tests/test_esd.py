@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
-from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.esd import ESD, ESDConfig, ESDTrainer, select_parameters
 

@@ -15,12 +15,12 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.errors import RunError
 from eval_learn.judges.fid_features import FIDFeatures, FIDFeaturesConfig, clean_resize
 from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.fid import FID, FeatureMoments, FIDConfig, frechet_distance
-from eval_learn.models import resolve_model
 from eval_learn.runners import MultiBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import from_mapping
 from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.metrics.err import harmonic_mean, harmonic_means
@@ -22,7 +23,6 @@ from eval_learn.metrics.intervals import (
     rate_details,
     wilson_interval,
 )
-from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 
 

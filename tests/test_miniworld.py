@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.engine.sampling import generate
 from eval_learn.miniworld.judge import load_shipped_judge
 from eval_learn.miniworld.world import COLOURS, SHAPES, Scene, prompt, render
-from eval_learn.models import resolve_model
 from eval_learn.runners import MultiBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.free_run import FreeRun

@@ -15,12 +15,12 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.pickscore import PickScoreConfig, PickScoreJudge
 from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.mean_score import MeanScoreConfig
 from eval_learn.metrics.pickscore import PickScore
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord

@@ -44,6 +44,7 @@ def test_diffusion_completion_ends_are_the_two_models_own_images(target: ModelTa
     assert not np.array_equal(middle, erased) and not np.array_equal(middle, base)
 
 
+@pytest.mark.slow
 def test_noisy_ddim_is_ddim_up_to_eta_one_and_adds_noise_beyond(target: ModelTarget) -> None:
     pipe = target.pipeline()
 

@@ -57,6 +57,7 @@ QUOTING = st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERI
 @FAST
 @given(columns=COLUMNS, rows=st.lists(st.lists(CELL, min_size=1, max_size=5), max_size=6), encoding=ENCODINGS,
        delimiter=DELIMITERS, quoting=QUOTING, limit=st.one_of(st.none(), st.integers(1, 4)))  # fmt: skip
+@pytest.mark.slow
 def test_any_prompt_file_reads_into_valid_prompts_or_one_line(
     tmp_path_factory, columns, rows, encoding, delimiter, quoting, limit
 ) -> None:
@@ -141,6 +142,7 @@ DAMAGE = st.sampled_from(["truncate", "flip", "empty", "duplicate_folder", "fore
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(damage=DAMAGE, pick=st.integers(0, 10**6), cut=st.floats(0, 1, exclude_max=True),
        junk=st.binary(max_size=200))  # fmt: skip
+@pytest.mark.slow
 def test_a_damaged_run_folder_gives_the_true_value_or_one_line(
     shard_runs, tmp_path_factory, damage, pick, cut, junk
 ) -> None:

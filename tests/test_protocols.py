@@ -14,13 +14,13 @@ import torch
 from conftest import DATA, ROOT
 
 from eval_learn import protocols
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.datasets.i2p import I2P_FILE, I2P_REPO
 from eval_learn.judges.nudenet import PRESETS
 from eval_learn.metrics.asr import ASR, ASRConfig
 from eval_learn.metrics.err import ERR, ERRConfig
 from eval_learn.metrics.ua_ira import UAIRA, UAIRAConfig
-from eval_learn.models import resolve_model
 from eval_learn.registry import JUDGES, PROMPT_SETS
 from eval_learn.runtime import RunContext
 

@@ -12,6 +12,7 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.datasets.i2p import I2P_CATEGORIES
 from eval_learn.errors import RunError
@@ -19,7 +20,6 @@ from eval_learn.judges.clip import CLIPConfig, CLIPJudge
 from eval_learn.judges.q16 import Q16Config, Q16Judge
 from eval_learn.judges.tiny import write_tiny_clip
 from eval_learn.metrics.asr import ASR, ASRConfig
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord

@@ -10,8 +10,8 @@ import dataclasses
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.rece import RECE, RECEConfig, adversarial_embedding, edit_rounds

@@ -207,6 +207,7 @@ def test_every_job_of_a_large_sweep_is_checked_before_the_first_starts(tmp_path:
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_composed_fast_equals_hydra_composing_every_job() -> None:
     from hydra import compose
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import run_cli
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.engine.requests import GenerationRequest
 from eval_learn.engine.sampling import GenerationMode, render
-from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.free_run import FreeRun
 from eval_learn.techniques.sae_training import TopKSAE, collect_activations, train_sae

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.engine.requests import GenerationRequest
 from eval_learn.engine.sampling import GenerationMode, render
-from eval_learn.models import resolve_model
 from eval_learn.runners import MultiBenchmarkRunner, SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.free_run import FreeRun

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
-from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.salun import SalUn, SalUnConfig, SalUnTrainer, saliency_mask
 from tests.conftest import ROOT, run_cli
@@ -30,6 +30,7 @@ def context(cache) -> RunContext:
     return RunContext(model=resolve_model("tiny"), device="cpu", dtype=torch.float32, seed=0, cache_dir=cache)
 
 
+@pytest.mark.slow
 def test_weights_outside_the_mask_are_bit_identical_and_the_forget_loss_goes_down(tiny_pipe) -> None:
     cfg = from_mapping(SalUnConfig, FAST, "salun")
     trainer = SalUnTrainer(tiny_pipe, cfg, "cpu", 64, 64)
@@ -67,6 +68,7 @@ def test_train_method_xattn_trains_only_salient_cross_attention(tiny_pipe) -> No
     assert trainer.trained and all("attn2" in n for n in trainer.trained)
 
 
+@pytest.mark.slow
 def test_a_killed_salun_training_resumes_and_ends_with_the_same_weights(tmp_path, monkeypatch) -> None:
     build = lambda cache: SalUn(from_mapping(SalUnConfig, FAST, "salun"), context(cache))  # noqa: E731
     clean, resumed = kill_then_resume(build, tmp_path, monkeypatch, SalUnTrainer)
@@ -97,6 +99,7 @@ def test_bad_salun_configs_fail_clearly() -> None:
             from_mapping(SalUnConfig, fields, "salun")
 
 
+@pytest.mark.slow
 def test_a_bad_salun_setting_exits_2_before_any_model_loads(tmp_path) -> None:
     proc = run_cli("model=tiny", "technique=salun", "technique.config.mask_threshold=2", "metric=asr",
                    f"hydra.run.dir={tmp_path}", cwd=ROOT, timeout=120)  # fmt: skip

@@ -11,9 +11,9 @@ import pytest
 import torch
 from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig, StableDiffusionPipelineSafe
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.engine.sampling import generate
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.sld import PAPER_SAFETY_TEXT, PRESETS, SLD, SLDConfig, safe_pipeline

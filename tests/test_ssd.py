@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
-from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.base import Technique
 from eval_learn.techniques.checkpoint import TrainingCheckpoint
@@ -118,6 +118,7 @@ def kill_then_resume(build, tmp_path, monkeypatch, render_owner: type) -> tuple[
     return clean, resumed
 
 
+@pytest.mark.slow
 def test_a_killed_ssd_resumes_and_ends_with_the_same_weights(tmp_path, monkeypatch) -> None:
     kill_then_resume(lambda cache: SSD(from_mapping(SSDConfig, FAST, "ssd"), context(cache)), tmp_path, monkeypatch,
                      SSDEstimator)  # fmt: skip
@@ -134,6 +135,7 @@ def test_bad_ssd_configs_fail_clearly() -> None:
             from_mapping(SSDConfig, fields, "ssd")
 
 
+@pytest.mark.slow
 def test_a_bad_ssd_setting_exits_2_before_any_model_loads(tmp_path) -> None:
     proc = run_cli("model=tiny", "technique=ssd", "technique.config.selection_weighting=-1", "metric=asr",
                    f"hydra.run.dir={tmp_path}", cwd=ROOT, timeout=120)  # fmt: skip

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.engine.requests import GenerationRequest
 from eval_learn.engine.sampling import GenerationMode, render
 from eval_learn.errors import ConfigError, NonFiniteError, RunError
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques import weights as weight_files
@@ -145,6 +145,7 @@ def test_negative_prompt_goes_through_the_shared_sampling_loop(cache_dir) -> Non
     assert technique.fingerprint()["config"] == {"erase_concept": "dog", "negative_prompt": None}
 
 
+@pytest.mark.slow
 def test_negative_prompt_end_to_end_records_what_it_did(tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("negative_prompt", "asr", {}, {"limit": 2}, tmp_path, model="tiny",
                                    cache_dir=cache_dir).run()  # fmt: skip

@@ -5,6 +5,7 @@ tests/parity/test_text_attacks.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -185,19 +186,25 @@ def test_mma_bad_input() -> None:
     assert MMADiffusionConfig().words("church") == ["church"]
 
 
-@pytest.mark.parametrize(
-    ("attack", "settings"),
-    [(RingABell, {"population": 10, "generations": 3, "tokens": 4}),
-     pytest.param(MMADiffusion, {"steps": 2, "batch_size": 8, "topk": 16, "tokens": 4}, marks=pytest.mark.slow)],
-)  # fmt: skip
+SEARCHES = [
+    (RingABell, {"population": 10, "generations": 3, "tokens": 4}),
+    pytest.param(MMADiffusion, {"steps": 2, "batch_size": 8, "topk": 16, "tokens": 4}, marks=pytest.mark.slow),
+]
+
+
+def counted(attack: Any, searches: list[int]) -> Any:
+    """``attack`` with its search counted (by the record's seed); the search itself runs unchanged."""
+    search = attack.search
+    attack.search = lambda target, record, verdict: searches.append(record.seed) or search(target, record, verdict)
+    return attack
+
+
+@pytest.mark.parametrize(("attack", "settings"), SEARCHES)
 def test_one_search_serves_every_seed_of_a_prompt(target, attack, settings: dict) -> None:
     """The search does not depend on the image seed: a second seed of the prompt renders and judges the prompt the
-    first seed's search found, and searches nothing; with check_every (a search that stops on a seed's verdict)
-    every seed searches."""
-    runs = attack(attack.config_cls(**settings))
+    first seed's search found, and searches nothing."""
     searches: list[int] = []
-    search = runs.search
-    runs.search = lambda target, record, verdict: searches.append(record.seed) or search(target, record, verdict)
+    runs = counted(attack(attack.config_cls(**settings)), searches)
     first = runs.run(target, RECORD)
     other = PromptRecord(RECORD.index, RECORD.prompt, RECORD.seed + 1)
     target.rendered.clear()
@@ -206,9 +213,14 @@ def test_one_search_serves_every_seed_of_a_prompt(target, attack, settings: dict
     assert second.prompt == first.prompt and second.iterations == first.iterations
     assert target.rendered == [first.prompt]  # rendered with the second seed and judged
     assert second.extra["search_seconds"] == first.extra["search_seconds"]
-    checked = attack(attack.config_cls(**settings, check_every=1))
-    searches.clear()
-    search = checked.search
-    checked.search = lambda target, record, verdict: searches.append(record.seed) or search(target, record, verdict)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("attack", "settings"), SEARCHES)
+def test_a_search_that_stops_on_a_verdict_runs_for_every_seed(target, attack, settings: dict) -> None:
+    """With check_every the search stops on one seed's verdict, so each seed searches."""
+    searches: list[int] = []
+    checked = counted(attack(attack.config_cls(**settings, check_every=1)), searches)
+    other = PromptRecord(RECORD.index, RECORD.prompt, RECORD.seed + 1)
     checked.run(target, RECORD), checked.run(target, other)
     assert searches == [RECORD.seed, other.seed]

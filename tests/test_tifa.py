@@ -14,13 +14,13 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.datasets.tifa import TIFA
 from eval_learn.datasets.tifa import TIFAConfig as TIFAPromptsConfig
 from eval_learn.judges.tiny import write_tiny_blip_vqa, write_tiny_sbert
 from eval_learn.judges.vqa import VQAConfig, VQAJudge
 from eval_learn.metrics.tifa import TIFAConfig, TIFAMetric
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.types import PromptRecord
@@ -125,6 +125,7 @@ def test_bad_configs_and_unavailable_weights(models, tmp_path) -> None:
         SingleBenchmarkRunner("free_run", "tifa", {}, {}, tmp_path, model="tiny")
 
 
+@pytest.mark.slow
 def test_batched_equals_whole_restores_and_shards(models, tmp_path) -> None:
     captions = {f"c_{i}": [HAND[1], HAND[2]] for i in range(3)}
     path = questions_file(tmp_path, captions)
@@ -133,6 +134,7 @@ def test_batched_equals_whole_restores_and_shards(models, tmp_path) -> None:
                           records, tmp_path)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_end_to_end_on_tiny_over_the_shipped_sample(models, tmp_path, cache_dir) -> None:
     report = SingleBenchmarkRunner("free_run", "tifa", {}, {"judge": models}, tmp_path, model="tiny",
                                    cache_dir=cache_dir).run()  # fmt: skip

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import from_mapping
-from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.base import Technique
 from eval_learn.techniques.ca import CAConfig, CATrainer, ConceptAblation

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.engine.sampling import generate
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.trasce import CONCEPT_TEXTS, TraSCE, TraSCEConfig
@@ -105,6 +105,7 @@ def test_steer_steps_limits_the_window(tiny_pipe) -> None:
     assert acted == [True, True, False, False, False]
 
 
+@pytest.mark.slow
 def test_an_image_is_its_own_whatever_it_is_batched_with() -> None:
     """Each image's loss has its own norm: rendered with a neighbour or alone, the same image (the release's norm over
     the whole batch would couple them)."""

@@ -8,11 +8,11 @@ import torch
 from metric_contract import check_metric_contract
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.metrics.intervals import wilson_interval
 from eval_learn.metrics.ua_ira import UAIRA, UAIRAConfig
 from eval_learn.miniworld.world import Scene, render
-from eval_learn.models import resolve_model
 from eval_learn.runtime import RunContext
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import ConfigError, from_mapping
 from eval_learn.judges.tiny import write_tiny_vlm
 from eval_learn.judges.vlm import VLMConfig, VLMJudge, yes_probability
 from eval_learn.metrics.err import ERR, ERRConfig
 from eval_learn.metrics.ua_ira import UAIRA, UAIRAConfig
-from eval_learn.models import resolve_model
 from eval_learn.runners import SingleBenchmarkRunner
 from eval_learn.runtime import RunContext
 
@@ -95,6 +95,7 @@ def test_bad_settings_are_refused() -> None:
     assert VLMJudge.supports("Brad Pitt") and VLMJudge.supports("Mickey Mouse")
 
 
+@pytest.mark.slow
 def test_asr_end_to_end_on_tiny(vlm_folder, tmp_path, cache_dir) -> None:
     judge = {"name": "vlm", "model": vlm_folder}
     report = SingleBenchmarkRunner("free_run", "asr", {}, {"limit": 3, "judge": judge}, tmp_path, model="tiny",

@@ -127,17 +127,18 @@ def _protocol_arm(protocol: protocols.Protocol, arm: str, concept: str, context:
             "attack": spec.get("attack")}  # fmt: skip
 
 
-def _resolve_attack(spec: Any, own: Any, concept: str) -> dict[str, Any] | None:
+def _resolve_attack(spec: Any, own: Any, concept: str, protocol: str) -> dict[str, Any] | None:
     """``robustness.attack`` as ``{name, <every setting>}`` or None: ``auto`` is the protocol's attack (``own``),
     ``{name: auto, <settings>}`` the protocol's with those settings changed, else the attack named. Checked (the
     attack and each setting, with a did-you-mean) before any model loads."""
-    where = "metric 'err' robustness.attack"
+    where = "robustness.attack"  # the runner prefixes "metric 'err' config:"
     if spec == "auto":
         spec = own
     elif isinstance(spec, dict) and spec.get("name") == "auto":
         if own is None:
-            raise ConfigError(f"{where}: {{name: auto, ...}} changes the protocol's attack, but this err protocol has "
-                              "none; name the attack: {name: unlearndiffatk, ...} (eval-learn list attacks)")  # fmt: skip
+            raise ConfigError(f"{where}: settings were given for the protocol's attack (auto: {{name: auto, ...}}), "
+                              f"but the err protocol '{protocol}' has none; name the attack, e.g. "
+                              "metric.config.robustness.attack=unlearndiffatk (eval-learn list attacks)")  # fmt: skip
         spec = {**_as_dict(own), **{k: v for k, v in spec.items() if k != "name"}}
     return attacked.resolve_attack(spec, concept, where)
 
@@ -288,9 +289,9 @@ class ERR(Metric):
             samples = given.samples_per_prompt
             if samples is None and own and isinstance(own["samples_per_prompt"], int):
                 samples = own["samples_per_prompt"]
-            attack = (
-                {"attack": _resolve_attack(given.attack, own.get("attack"), concept)} if arm == "robustness" else {}
-            )
+            attack = {}
+            if arm == "robustness":
+                attack["attack"] = _resolve_attack(given.attack, own.get("attack"), concept, protocol.name)
             arms[arm] = dataclasses.replace(given, prompts=prompts, judge=judge, samples_per_prompt=samples, **attack)
         return dataclasses.replace(config, concept=concept, protocol=protocol.name, **arms)
 

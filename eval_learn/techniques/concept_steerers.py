@@ -36,6 +36,7 @@ import torch
 
 from eval_learn.configs import require
 from eval_learn.errors import RunError
+from eval_learn.storage import digest_of
 from eval_learn.techniques import weights as weight_files
 from eval_learn.techniques.base import Technique, WeightsConfig
 from eval_learn.techniques.sae_training import KSparseObjective, TopKSAE, train_sae
@@ -175,7 +176,8 @@ class SteeringHook:
 
     def wrap(self, encode_prompt: Callable[..., Any]) -> Callable[..., Any]:
         """``encode_prompt`` with the signs queued: + for the prompt, − for the negative text, each only when it is
-        encoded here (an attack's ``prompt_embeds`` pass through unsteered, as they bypass the text encoder)."""
+        encoded here (an attack's ``prompt_embeds`` bypass the text encoder and pass unsteered; the negative text is
+        still steered)."""
         signature = inspect.signature(encode_prompt)
 
         def encode(*args: Any, **kwargs: Any) -> Any:
@@ -184,12 +186,13 @@ class SteeringHook:
             if bound.get("do_classifier_free_guidance") and bound.get("negative_prompt_embeds") is None:
                 self.signs.append(-1.0)
             try:
-                return encode_prompt(*args, **kwargs)
+                out = encode_prompt(*args, **kwargs)
+                if self.signs:
+                    raise RunError(f"Concept Steerers: encode_prompt made {len(self.signs)} text-encoder call(s) "
+                                   f"fewer than expected; the steering was not applied as the release applies it")  # fmt: skip
+                return out
             finally:
-                left, self.signs = self.signs, []
-                if left:
-                    raise RunError(f"Concept Steerers: encode_prompt made {len(left)} text-encoder call(s) fewer "
-                                   f"than expected; the steering was not applied as the release applies it")  # fmt: skip
+                self.signs = []
 
         return encode
 
@@ -228,6 +231,10 @@ class ConceptSteerers(Technique):
         super().__init__(*args, **kwargs)
         self.sae: TopKSAE | None = None
         self.hook: SteeringHook | None = None
+
+    def weights_key(self) -> str:
+        """The training prompts' content is part of the key: a prompt file edited in place trains again."""
+        return digest_of({"config": super().weights_key(), "prompts": self.training_prompts()}, length=24)
 
     def training_prompts(self) -> list[str]:
         from eval_learn.datasets.tables import prompt_rows, read_table
@@ -287,6 +294,10 @@ class ConceptSteerers(Technique):
         log.info("Concept Steerers: layer %d steered by '%s' at strength %g (%d latents per token)", cfg.layer,
                  cfg.text(), cfg.strength, active)  # fmt: skip
         return pipe
+
+    def sampling_dtype(self) -> torch.dtype:
+        """float32, as the release samples (``unsafe_gen_sd14.py``: ``dtype = torch.float32``)."""
+        return torch.float32
 
     def sampling_settings(self) -> dict[str, Any]:
         return {"layer": self.config.layer, "strength": self.config.strength, "steer_text": self.config.text()}

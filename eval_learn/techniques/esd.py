@@ -128,6 +128,35 @@ def select_parameters(
     return selected
 
 
+def partial_schedule(scheduler, steps: int, k: int, loop: Loop) -> tuple[torch.Tensor, int, int]:
+    """For the drawn DDIM index ``k`` in [0, S): the DDIM timesteps that turn noise into x_t, and the range [lo, hi)
+    its training timestep is drawn from (``scheduler`` set to S = ``steps`` timesteps).
+
+    compvis (train-esd.py with the release's DDIMSampler): the sampler drops the highest of the S timesteps
+    (``t_start=-1``), starting from noise at the next one, and stops after the step whose index counted from the end
+    is k - 1 (k = 0: it never stops), so x_t has had S - 1 - max(k - 1, 0) steps; the timestep is drawn uniformly in
+    [round(k/S·T), round((k+1)/S·T)) of the T training steps. diffusers (esd_sd.py): the first k steps, and the
+    timestep is the scheduler's k-th."""
+    timesteps = scheduler.timesteps
+    if loop == "compvis":
+        train_steps = scheduler.config.num_train_timesteps
+        run = timesteps[1:][: steps - 1 - max(k - 1, 0)]
+        return run, round(k / steps * train_steps), round((k + 1) / steps * train_steps)
+    t = int(timesteps[k])
+    return timesteps[:k], t, t + 1
+
+
+@torch.no_grad()
+def denoise(unet, scheduler, latents: torch.Tensor, run: torch.Tensor, cond: torch.Tensor,
+            guidance: float) -> torch.Tensor:  # fmt: skip
+    """DDIM over the timesteps ``run`` with classifier-free guidance; ``cond`` is [empty prompts; prompts]."""
+    for t in run:
+        model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        uncond, text = unet(model_in, t, encoder_hidden_states=cond).sample.chunk(2)
+        latents = scheduler.step(uncond + guidance * (text - uncond), t, latents).prev_sample
+    return latents
+
+
 def _batch(embedding: torch.Tensor, n: int) -> torch.Tensor:
     return embedding.expand(n, -1, -1)
 
@@ -173,21 +202,8 @@ class ESDTrainer:
         return int(torch.randint(low, high, (1,), generator=self.generator))
 
     def schedule(self, k: int) -> tuple[torch.Tensor, int, int]:
-        """For the drawn DDIM index ``k`` in [0, S): the DDIM timesteps that turn noise into x_t, and the range
-        [lo, hi) its training timestep is drawn from.
-
-        compvis (train-esd.py with the release's DDIMSampler): the sampler drops the highest of the S timesteps
-        (``t_start=-1``), starting from noise at the next one, and stops after the step whose index counted from
-        the end is k - 1 (k = 0: it never stops), so x_t has had S - 1 - max(k - 1, 0) steps; the timestep is drawn
-        uniformly in [round(k/S·T), round((k+1)/S·T)) of the T training steps. diffusers (esd_sd.py): the first k
-        steps, and the timestep is the scheduler's k-th."""
-        steps, timesteps = self.config.sample_steps, self.scheduler.timesteps
-        if self.config.loop == "compvis":
-            train_steps = self.scheduler.config.num_train_timesteps
-            run = timesteps[1:][: steps - 1 - max(k - 1, 0)]
-            return run, round(k / steps * train_steps), round((k + 1) / steps * train_steps)
-        t = int(timesteps[k])
-        return timesteps[:k], t, t + 1
+        """:func:`partial_schedule` for this trainer's sampler and loop."""
+        return partial_schedule(self.scheduler, self.config.sample_steps, k, self.config.loop)
 
     @torch.no_grad()
     def sample_xt(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,11 +216,7 @@ class ESDTrainer:
         latents = latents * self.scheduler.init_noise_sigma
         cond = torch.cat([_batch(self.emb_null, x_t_batch := len(latents)), _batch(self.emb_from, x_t_batch)])
         sampler = self.unet if self.config.loop == "compvis" else self.frozen
-        for t in run:
-            model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
-            uncond, text = sampler(model_in, t, encoder_hidden_states=cond).sample.chunk(2)
-            noise = uncond + self.config.sample_guidance * (text - uncond)
-            latents = self.scheduler.step(noise, t, latents).prev_sample
+        latents = denoise(sampler, self.scheduler, latents, run, cond, self.config.sample_guidance)
         t = self._draw(high, low) if self.config.loop == "compvis" else low
         return latents, torch.tensor(t, device=self.device)
 

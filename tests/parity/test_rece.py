@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import from_mapping
-from eval_learn.models import resolve_model
 from eval_learn.recipes import find_recipe
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.rece import RECE, RECEConfig, adversarial_embedding, edit_rounds

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -37,6 +38,7 @@ def golden(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, load_file(GOLDEN / f"{name}.safetensors")
 
 
+@pytest.mark.slow
 def test_ring_a_bell_matches_the_release_notebooks(tmp_path) -> None:
     meta, tensors = golden("ring_a_bell_release")
     assert meta["release"]["commit"] == RingABell.follows["commit"]
@@ -65,6 +67,7 @@ def test_ring_a_bell_matches_the_release_notebooks(tmp_path) -> None:
     assert any(b > a for a, b in zip(curve, curve[1:], strict=False))  # the release's best can get worse (see differs)
 
 
+@pytest.mark.slow
 def test_mma_diffusion_matches_the_release_script(tmp_path) -> None:
     meta, tensors = golden("mma_diffusion_release")
     assert meta["release"]["commit"] == MMADiffusion.follows["commit"]

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from eval_learn.compose import resolve_model
 from eval_learn.configs import from_mapping
-from eval_learn.models import resolve_model
 from eval_learn.recipes import find_recipe
 from eval_learn.runtime import RunContext
 from eval_learn.techniques.trasce import TraSCE, TraSCEConfig
@@ -49,6 +49,7 @@ def run(tiny_pipe, config: TraSCEConfig, prompt: str, seed: int, guidance: float
 
 
 @pytest.mark.parametrize(("case", "option", "overrides"), RECIPES)
+@pytest.mark.slow
 def test_recipe_steps_equal_the_releases(tiny_pipe, case, option, overrides) -> None:
     assert META["commit"] == find_recipe("trasce").info.follows.commit
     spec = CASES[case]
@@ -62,6 +63,7 @@ def test_recipe_steps_equal_the_releases(tiny_pipe, case, option, overrides) -> 
     assert worst <= TOLERANCE, worst
 
 
+@pytest.mark.slow
 def test_the_comparison_can_fail(tiny_pipe) -> None:
     """Without steering (a vanishing loss scale) the nudity case ends more than 100 tolerances from the release's."""
     spec = CASES["nudity"]
