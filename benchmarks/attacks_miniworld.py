@@ -77,7 +77,9 @@ def rows() -> list[str]:
 
 def request(technique: str, label: str, limit: int) -> dict[str, Any]:
     attack, budget = columns()[label]
-    return {"technique": technique, "column": label, "attack": attack, "budget": budget, "limit": limit}
+    made = {"technique": technique, "column": label, "attack": attack, "budget": budget, "limit": limit}
+    version = getattr(ATTACKS.get(attack), "algorithm_version", 1)  # a changed algorithm makes its cells stale
+    return made if version == 1 else {**made, "algorithm_version": version}
 
 
 def cell_path(technique: str, label: str, cache: Path) -> Path:
