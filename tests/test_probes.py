@@ -174,3 +174,9 @@ def test_diffusion_completion_carries_safrees_embeddings_and_callbacks(sampled: 
     benchmark = target.render([PROMPT], SEED)[0]
     assert np.abs(benchmark.astype(int) - free.render([PROMPT], SEED)[0]).max() > 10
     assert np.array_equal(completed(target, PROMPT, SEED, 0), benchmark)
+
+
+def test_a_pipeline_without_prompt_embeds_is_refused_with_a_clear_error(sampled: dict[str, ModelTarget]) -> None:
+    """SLD's pipeline takes no text-encoder outputs: concept inversion's embedding cannot be rendered through it."""
+    with pytest.raises(RunError, match="takes no prompt_embeds"):
+        sampled["sld"].render_embeddings(torch.zeros(1, 16, 32), SEED)

@@ -159,6 +159,11 @@ class ModelTarget:
         return [image.pixels for image in images]
 
     def render_embeddings(self, embeddings: torch.Tensor, seed: int) -> list[np.ndarray]:
+        technique = self.session.technique
+        if not technique.supplies_images and unaccepted(technique.pipeline(), {"prompt_embeds": None}):
+            raise RunError(f"attack '{self.session.attack.name}' on technique '{technique.name}': its pipeline "
+                           f"{type(technique.pipeline()).__name__} takes no prompt_embeds, so text-encoder outputs "
+                           f"cannot be rendered through it")  # fmt: skip
         requests = self._requests([""] * len(embeddings), seed)
         return render(self.session.technique, requests, self.session.renderer.mode, prompt_embeds=embeddings)
 
