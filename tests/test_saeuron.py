@@ -61,7 +61,8 @@ def test_hook_output_is_the_ablated_reconstruction_plus_the_error(error_term, si
     features = hook.features[0]
     assert 3 in features.tolist()
     x = torch.randn(2, 8, 4, 4)
-    out = hook(None, (), (x,))[0]
+    with torch.no_grad():  # as in every sampling call
+        out = hook(None, (), (x,))[0]
     # the release's formula, written out: encode, scale the selected latents above their all-concept mean, decode,
     # add the reconstruction error back (the release adds recon − input: utils/hooks.py)
     rows = x.permute(0, 2, 3, 1).reshape(-1, 8)
@@ -149,3 +150,20 @@ def test_default_recipe_runs_on_tiny_from_the_command_line(tmp_path) -> None:
     (path,) = out.glob("*/report.json")
     text = path.read_text()
     assert "selected_features_per_step" in text and "up_blocks.1.attentions.1" in text  # the tiny preset's block
+
+
+def test_a_differentiable_call_sees_the_block_as_trained_and_keeps_the_step_count() -> None:
+    """An attack's loss (gradients on) passes through the hook unchanged and does not use up a sampling step."""
+    torch.manual_seed(0)
+    sae = TopKSAE(8, 32, 4)
+    stats = {"concept_mean": torch.rand(1, 32) + torch.eye(32)[3] * 5, "others_mean": torch.rand(1, 32),
+             "all_concepts_mean": torch.rand(1, 32) * 0.1}  # fmt: skip
+    hook = SAeUronHook(sae, stats, 90.0, -3.0, "exact")
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    out = hook(None, (), (x * 2,))[0]
+    assert torch.equal(out, x * 2) and hook.step == 0
+    out.sum().backward()  # the gradient reaches the input: the graph is intact
+    assert torch.equal(x.grad, torch.full_like(x, 2.0))
+    with torch.no_grad():
+        assert not torch.allclose(hook(None, (), (x,))[0], x)
+    assert hook.step == 1

@@ -127,8 +127,12 @@ class SAeUronHook:
         self.thresholds = [stats["all_concepts_mean"][t, f].float() for t, f in enumerate(self.features)]
         self.step = 0
 
-    @torch.no_grad()
     def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> Any:
+        # Sampling runs without gradients (every pipeline call); a call with gradients on is an attack's
+        # differentiable loss on the UNet, which SAeUron leaves as trained: like every sampling-time technique's
+        # change, the edit applies to the images that are rendered and judged, and its step count stays the sampler's.
+        if torch.is_grad_enabled():
+            return output
         if self.step >= len(self.features):
             raise RunError(
                 f"SAeUron: the block ran {self.step + 1} times in one sampling call; its features were selected for "
