@@ -23,6 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 
 
+@pytest.fixture(autouse=True)
+def no_hydra_job_after_a_test():
+    """A test that runs the Hydra app in this process leaves Hydra's job config set, and protocol look-ups then read
+    that job's search path: clear it after every test, so no test depends on which ran before it in its process."""
+    yield
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None  # type: ignore[assignment]
+
+
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     """A fresh technique-weight cache, so that a test sees training happen (or not) by itself."""
