@@ -65,6 +65,7 @@ def test_files_as_people_save_them(tmp_path, content, encoding) -> None:
         (b"prompt\na cat, sitting,1\n", "line 2: 3 fields for 1 columns"),
         (b"prompt,sd_seed\n ,5\n", "line 2: empty prompt"),
         (b"", "is empty or has no header"),
+        (b'prompt,seed\n"a red circle,1\n', "line 2: not a readable CSV file (unexpected end of data)"),  # unclosed
     ],
 )
 def test_malformed_files_fail_with_the_line_and_the_fix(tmp_path, content, message) -> None:

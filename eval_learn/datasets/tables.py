@@ -73,7 +73,7 @@ def _read(path: str, size: int, mtime_ns: int) -> Table:  # size and mtime: an e
     text = _decode(file, file.read_bytes())
     if "\x00" in text:
         raise ConfigError(f"{path} contains NUL bytes: it is not a text file")
-    reader = csv.reader(io.StringIO(text, newline=""), _dialect(text))
+    reader = csv.reader(io.StringIO(text, newline=""), _dialect(text), strict=True)  # an unclosed quote is an error
     try:
         raw_header = next(reader, None)
         if not raw_header or not any(h.strip() for h in raw_header):
